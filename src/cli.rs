@@ -1,0 +1,383 @@
+//! Command-line interface: `runner run | resume | plan | dag | validate | status`.
+
+use crate::error::Error;
+use crate::pipeline::executor::{Executor, Outcome, StepReport};
+use crate::pipeline::layers::Overrides;
+use crate::pipeline::plan::{self, PlanEntry};
+use crate::pipeline::rundir::{self, RunDir, RunRecord, RunStatus, StepStatus};
+use crate::pipeline::select::Selection;
+use crate::pipeline::{self, Pipeline, keys, render};
+use crate::progress;
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// Turn transformer LLMs into RWKV-7 hybrids with declarative, resumable pipelines.
+///
+/// A pipeline file (TOML) lists steps and their dependencies. `runner run` executes them in
+/// order in a new run directory (`runs/<pipeline>/<run-id>/`), reusing the artifacts of any
+/// step whose kind, settings and inputs are unchanged since an earlier run. After a crash or
+/// `kill -9`, `runner resume` continues where the run stopped.
+///
+/// Exit codes: 0 success, 1 a step failed (or another runtime error), 2 bad usage or configuration.
+#[derive(Debug, Parser)]
+#[command(name = "runner", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Where run directories live (default: `runs/` under the pipeline root; for `resume` and
+    /// `status` without a run directory: `./runs`).
+    #[arg(long, global = true, env = "RUNNER_RUNS_DIR")]
+    runs_dir: Option<PathBuf>,
+    /// Only warnings and errors on stderr; no progress bars.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline in a new run directory.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Name of the run directory (default: the UTC time, e.g. 20261128-211400).
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+    /// Continue an interrupted or failed run; completed steps are not rerun.
+    Resume {
+        /// The run directory (default: the newest unfinished run under --runs-dir).
+        run_dir: Option<PathBuf>,
+    },
+    /// Show what `run` would do for each step, and why (cached / changed / new).
+    Plan {
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+    },
+    /// Print the step graph.
+    Dag {
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Graphviz DOT output.
+        #[arg(long, conflicts_with = "mermaid")]
+        dot: bool,
+        /// Mermaid flowchart output.
+        #[arg(long)]
+        mermaid: bool,
+    },
+    /// Check a pipeline file and report every problem at once.
+    Validate {
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Show the state of a run's steps.
+    Status {
+        /// The run directory (default: the newest run under --runs-dir).
+        run_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Override a setting: `--set step.stage1.lr=1e-4`, `--set pipeline.seed=7` (repeatable).
+    /// Environment variables `RUNNER_<SECTION>__<KEY>` (e.g. `RUNNER_PIPELINE__SEED=7`) apply too;
+    /// `--set` wins over the environment, which wins over the file.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct SelectArgs {
+    /// Rerun this step and everything downstream of it.
+    #[arg(long, value_name = "STEP")]
+    from: Vec<String>,
+    /// Run this step and what it depends on, nothing after it.
+    #[arg(long, value_name = "STEP")]
+    until: Vec<String>,
+    /// Run only this step (its dependencies must be complete or cached).
+    #[arg(long, value_name = "STEP")]
+    only: Vec<String>,
+    /// Rerun this step even if cached.
+    #[arg(long, value_name = "STEP")]
+    force: Vec<String>,
+}
+
+impl SelectArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            from: self.from.clone(),
+            until: self.until.clone(),
+            only: self.only.clone(),
+            force: self.force.clone(),
+        }
+    }
+}
+
+pub fn main() -> Result<(), Error> {
+    let cli = Cli::parse();
+    progress::init(cli.quiet);
+    let runs_dir = cli.runs_dir.as_deref();
+    match &cli.command {
+        Command::Run {
+            file,
+            config,
+            select,
+            run_id,
+        } => run(file, config, select, run_id.as_deref(), runs_dir),
+        Command::Resume { run_dir } => resume(run_dir.as_deref(), runs_dir),
+        Command::Plan {
+            file,
+            config,
+            select,
+        } => plan_cmd(file, config, select, runs_dir),
+        Command::Dag {
+            file,
+            config,
+            dot,
+            mermaid,
+        } => {
+            let p = load(file, config)?;
+            let g = pipeline::graph_of(&p);
+            let text = if *dot {
+                render::dot(&p, &g)
+            } else if *mermaid {
+                render::mermaid(&p, &g)
+            } else {
+                render::ascii(&p, &g)
+            };
+            print!("{text}");
+            Ok(())
+        }
+        Command::Validate { file, config } => {
+            let p = load(file, config)?;
+            println!("{}: ok ({} steps)", file.display(), p.steps.len());
+            Ok(())
+        }
+        Command::Status { run_dir } => status(run_dir.as_deref(), runs_dir),
+    }
+}
+
+fn load(file: &Path, config: &ConfigArgs) -> Result<Pipeline, Error> {
+    let sets = Overrides::parse_sets(&config.sets)?;
+    Ok(pipeline::load(
+        file,
+        &Overrides {
+            sets,
+            use_env: true,
+        },
+    )?)
+}
+
+fn run(
+    file: &Path,
+    config: &ConfigArgs,
+    select: &SelectArgs,
+    run_id: Option<&str>,
+    runs_dir: Option<&Path>,
+) -> Result<(), Error> {
+    let p = load(file, config)?;
+    let graph = pipeline::graph_of(&p);
+    let scope = select.selection().resolve(&p, &graph)?;
+    let runs_root = pipeline::runs_root(&p, runs_dir);
+    let run = RunDir::create(&runs_root, &p.name, run_id)?;
+    crate::util::fsx::atomic_write(
+        &run.path.join(rundir::RESOLVED_CONFIG),
+        p.resolved_toml().as_bytes(),
+    )?;
+    let mut record = RunRecord {
+        pipeline: p.name.clone(),
+        run_id: run.run_id(),
+        source_file: file.canonicalize().unwrap_or_else(|_| file.to_path_buf()),
+        overrides: config.sets.clone(),
+        created_at: rundir::now(),
+        status: RunStatus::Running,
+        updated_at: rundir::now(),
+        message: None,
+        runner_version: keys::RUNNER_VERSION.to_string(),
+    };
+    run.write_record(&record)?;
+    progress::set_run_log(Some(&run.path.join(rundir::RUN_LOG)))?;
+    tracing::info!(
+        "run {} of pipeline `{}` in {}",
+        record.run_id,
+        p.name,
+        run.path.display()
+    );
+    let result = Executor::new(&p, &run, &runs_root, graph, scope).execute(&mut record);
+    finish(&run, result)
+}
+
+fn resume(run_dir: Option<&Path>, runs_dir: Option<&Path>) -> Result<(), Error> {
+    let path = match run_dir {
+        Some(p) => p.to_path_buf(),
+        None => rundir::latest_run(runs_dir.unwrap_or(Path::new("runs")), true)?,
+    };
+    let run = RunDir::open(&path)?;
+    let mut record = run
+        .read_record()
+        .ok_or_else(|| rundir::RunDirError::NotARun { path: path.clone() })?;
+    if record.status == RunStatus::Complete {
+        println!(
+            "run {} is already complete; nothing to resume",
+            path.display()
+        );
+        return Ok(());
+    }
+    let resolved = run.path.join(rundir::RESOLVED_CONFIG);
+    let p = pipeline::load(&resolved, &Overrides::default())?;
+    let graph = pipeline::graph_of(&p);
+    let scope = Selection::default().resolve(&p, &graph)?;
+    // runs/<pipeline>/<run-id>: the cache lives two levels up.
+    let runs_root = run
+        .path
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("runs"));
+    record.status = RunStatus::Running;
+    record.updated_at = rundir::now();
+    run.write_record(&record)?;
+    progress::set_run_log(Some(&run.path.join(rundir::RUN_LOG)))?;
+    tracing::info!(
+        "resuming run {} of pipeline `{}`",
+        run.path.display(),
+        p.name
+    );
+    let result = Executor::new(&p, &run, &runs_root, graph, scope).execute(&mut record);
+    finish(&run, result)
+}
+
+fn finish(
+    run: &RunDir,
+    result: Result<Vec<StepReport>, crate::pipeline::executor::ExecError>,
+) -> Result<(), Error> {
+    let _ = progress::set_run_log(None);
+    let reports = result?;
+    println!("{}", summary_table(&reports));
+    println!("run directory: {}", run.path.display());
+    Ok(())
+}
+
+fn summary_table(reports: &[StepReport]) -> String {
+    let width = reports.iter().map(|r| r.id.len()).max().unwrap_or(4).max(4);
+    let mut out = format!("{:<width$}  {:<12}  {:>8}", "step", "outcome", "seconds");
+    for r in reports {
+        let extra = match &r.outcome {
+            Outcome::Ran {
+                resumed_from: Some(tag),
+            } => format!("  (resumed from checkpoint {tag})"),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "\n{:<width$}  {:<12}  {:>8.1}{extra}",
+            r.id,
+            r.outcome.label(),
+            r.seconds
+        ));
+    }
+    out
+}
+
+fn plan_cmd(
+    file: &Path,
+    config: &ConfigArgs,
+    select: &SelectArgs,
+    runs_dir: Option<&Path>,
+) -> Result<(), Error> {
+    let p = load(file, config)?;
+    let graph = pipeline::graph_of(&p);
+    let scope = select.selection().resolve(&p, &graph)?;
+    let runs_root = pipeline::runs_root(&p, runs_dir);
+    let entries = plan::plan(&p, &graph, &scope, &runs_root);
+    let width = entries
+        .iter()
+        .map(|(id, _)| id.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut runs = 0;
+    for (id, entry) in &entries {
+        runs += entry.runs() as usize;
+        let (what, why) = match entry {
+            PlanEntry::Cached { from } => ("cached", format!("same key as {from}")),
+            PlanEntry::Forced => ("run", "forced (--force/--from)".to_string()),
+            PlanEntry::Changed(reasons) => ("run", format!("changed: {}", reasons.join("; "))),
+            PlanEntry::New => ("run", "new: never ran".to_string()),
+            PlanEntry::AfterDeps(deps) => (
+                "run",
+                format!(
+                    "after {} (reused if their outputs are unchanged)",
+                    deps.join(", ")
+                ),
+            ),
+            PlanEntry::NotSelected => ("skip", "not selected".to_string()),
+        };
+        println!("{id:<width$}  {what:<6}  {why}");
+    }
+    println!("{runs} of {} steps would run", entries.len());
+    Ok(())
+}
+
+fn status(run_dir: Option<&Path>, runs_dir: Option<&Path>) -> Result<(), Error> {
+    let path = match run_dir {
+        Some(p) => p.to_path_buf(),
+        None => rundir::latest_run(runs_dir.unwrap_or(Path::new("runs")), false)?,
+    };
+    let record = rundir::read_record(&path)
+        .ok_or_else(|| rundir::RunDirError::NotARun { path: path.clone() })?;
+    let locked = rundir::is_locked(&path);
+    let state = match (record.status, locked) {
+        (RunStatus::Running, false) => "interrupted (resume with `runner resume`)".to_string(),
+        (s, _) => format!("{s:?}").to_lowercase(),
+    };
+    println!(
+        "pipeline {}  run {}  {}",
+        record.pipeline, record.run_id, state
+    );
+    println!("directory {}", path.display());
+    let p = pipeline::load(&path.join(rundir::RESOLVED_CONFIG), &Overrides::default())?;
+    let width = p.steps.iter().map(|s| s.id.len()).max().unwrap_or(4).max(4);
+    println!(
+        "{:<width$}  {:<10}  {:<11}  {:>8}  {:>8}",
+        "step", "kind", "status", "seconds", "attempts"
+    );
+    for s in &p.steps {
+        let m = rundir::read_manifest(&path.join(&s.id));
+        let (st, secs, attempts) = match &m {
+            None => ("pending".to_string(), String::new(), String::new()),
+            Some(m) => {
+                let st = match (m.status, &m.cached_from, locked) {
+                    (StepStatus::Complete, Some(_), _) => "cached",
+                    (StepStatus::Complete, None, _) => "complete",
+                    (StepStatus::Failed, _, _) => "failed",
+                    (StepStatus::Running, _, true) => "running",
+                    (StepStatus::Running, _, false) => "interrupted",
+                };
+                (
+                    st.to_string(),
+                    m.duration_s.map(|d| format!("{d:.1}")).unwrap_or_default(),
+                    m.attempts.to_string(),
+                )
+            }
+        };
+        println!(
+            "{:<width$}  {:<10}  {:<11}  {:>8}  {:>8}",
+            s.id,
+            s.kind(),
+            st,
+            secs,
+            attempts
+        );
+    }
+    if let Some(msg) = record.message {
+        println!("{msg}");
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! rwkvinside: a pipeline-as-config runner that turns pretrained transformer LLMs into RWKV-7
+//! hybrids by distillation. `runner run pipelines/<name>.toml` executes a declarative DAG of
+//! steps with caching, checkpoints and exact resume.
+
+pub mod cli;
+pub mod error;
+pub mod pipeline;
+pub mod progress;
+pub mod steps;
+pub mod util;
+
+pub use error::Error;

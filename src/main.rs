@@ -1,0 +1,12 @@
+//! The `runner` binary: parses the command line, runs the command, maps errors to exit codes.
+
+fn main() {
+    let code = match rwkvinside::cli::main() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,424 @@
+//! Executing a pipeline in a run directory.
+//!
+//! Every step, in dependency order, ends in one of these ways:
+//! - **complete**: this run directory already holds its artifacts under the same key (resume);
+//! - **cached**: an earlier run produced them under the same key; they are hard-linked in;
+//! - **ran**: the step ran (continuing from its checkpoint when a previous attempt left one);
+//! - **failed** / **unavailable** (out of scope and not cached) / **skipped** (a dependency failed).
+//!
+//! Steps run on worker threads as the [`Scheduler`] allows. On a failure, running steps finish,
+//! nothing new starts, and the error says how to resume.
+
+use super::cache::Cache;
+use super::checkpoint::Checkpoints;
+use super::graph::StepGraph;
+use super::keys::{self, RUNNER_VERSION};
+use super::rundir::{self, RunDir, RunRecord, RunStatus, StepManifest, StepStatus};
+use super::scheduler::{NodeState, Scheduler};
+use super::schema::Pipeline;
+use super::select::Scope;
+use crate::steps::StepContext;
+use crate::util::fsx;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// How many complete checkpoints a step keeps.
+const CHECKPOINTS_KEPT: usize = 2;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Complete,
+    Cached {
+        from: PathBuf,
+    },
+    Ran {
+        resumed_from: Option<u64>,
+    },
+    Failed(String),
+    Unavailable(String),
+    /// Not selected (`--until`/`--only`) and not needed by a selected step.
+    NotSelected,
+    /// A dependency failed, or the run stopped after a failure.
+    Skipped,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Complete | Outcome::Cached { .. } | Outcome::Ran { .. } | Outcome::NotSelected
+        )
+    }
+
+    /// Short label for tables.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::Cached { .. } => "cached",
+            Outcome::Ran { .. } => "ran",
+            Outcome::Failed(_) => "failed",
+            Outcome::Unavailable(_) => "unavailable",
+            Outcome::NotSelected => "not selected",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub id: String,
+    pub outcome: Outcome,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(
+        "{}\n  If the fix is outside the pipeline file, continue this run with: runner resume {}\n  If you edit the pipeline file, `runner run` it again: completed steps are reused from the cache.",
+        failures(.failed),
+        .run_dir.display()
+    )]
+    StepsFailed {
+        failed: Vec<(String, String)>,
+        run_dir: PathBuf,
+    },
+    #[error(transparent)]
+    RunDir(#[from] rundir::RunDirError),
+}
+
+fn failures(failed: &[(String, String)]) -> String {
+    failed
+        .iter()
+        .map(|(id, e)| format!("step `{id}` failed: {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub struct Executor<'a> {
+    pipeline: &'a Pipeline,
+    run: &'a RunDir,
+    cache: Cache,
+    graph: StepGraph,
+    scope: Scope,
+}
+
+impl<'a> Executor<'a> {
+    pub fn new(
+        pipeline: &'a Pipeline,
+        run: &'a RunDir,
+        runs_root: &std::path::Path,
+        graph: StepGraph,
+        scope: Scope,
+    ) -> Self {
+        Executor {
+            pipeline,
+            run,
+            cache: Cache::new(runs_root),
+            graph,
+            scope,
+        }
+    }
+
+    /// Runs every step in scope; returns one report per step in declaration order.
+    pub fn execute(&self, record: &mut RunRecord) -> Result<Vec<StepReport>, ExecError> {
+        let n = self.pipeline.steps.len();
+        let exclusive: Vec<bool> = self
+            .pipeline
+            .steps
+            .iter()
+            .map(|s| s.settings.exclusive())
+            .collect();
+        let mut sched = Scheduler::new(
+            self.graph.clone(),
+            exclusive,
+            self.pipeline.header.max_parallel,
+        );
+        let digests: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; n]);
+        let mut reports: Vec<Option<StepReport>> = vec![None; n];
+        let overall = crate::progress::bar(n as u64, "pipeline");
+
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, StepReport, Option<String>)>();
+            loop {
+                while let Some(i) = sched.next() {
+                    let tx = tx.clone();
+                    let digests = &digests;
+                    s.spawn(move || {
+                        let started = Instant::now();
+                        let dep_digests: BTreeMap<String, String> = {
+                            let d = digests.lock().expect("digests");
+                            self.graph
+                                .deps(i)
+                                .into_iter()
+                                .map(|j| {
+                                    (
+                                        self.pipeline.steps[j].id.clone(),
+                                        d[j].clone().unwrap_or_default(),
+                                    )
+                                })
+                                .collect()
+                        };
+                        let (outcome, digest) = self.process(i, &dep_digests);
+                        let report = StepReport {
+                            id: self.pipeline.steps[i].id.clone(),
+                            outcome,
+                            seconds: started.elapsed().as_secs_f64(),
+                        };
+                        let _ = tx.send((i, report, digest));
+                    });
+                }
+                let running: Vec<&str> = sched
+                    .running()
+                    .map(|i| self.pipeline.steps[i].id.as_str())
+                    .collect();
+                overall.set_message(running.join(", "));
+                if sched.is_finished() {
+                    break;
+                }
+                let (i, report, digest) = rx.recv().expect("a worker reports before exiting");
+                digests.lock().expect("digests")[i] = digest;
+                let ok = report.outcome.ok();
+                log_outcome(&report);
+                sched.finish(i, ok);
+                if !ok {
+                    sched.stop();
+                }
+                overall.inc(1);
+                reports[i] = Some(report);
+            }
+        });
+        overall.finish_and_clear();
+
+        let states = sched.states();
+        let reports: Vec<StepReport> = reports
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| {
+                    debug_assert_eq!(states[i], NodeState::Skipped);
+                    StepReport {
+                        id: self.pipeline.steps[i].id.clone(),
+                        outcome: Outcome::Skipped,
+                        seconds: 0.0,
+                    }
+                })
+            })
+            .collect();
+        let failed: Vec<(String, String)> = reports
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Failed(e) | Outcome::Unavailable(e) => Some((r.id.clone(), e.clone())),
+                _ => None,
+            })
+            .collect();
+        record.updated_at = rundir::now();
+        if failed.is_empty() {
+            let all = reports.iter().all(|r| r.outcome != Outcome::NotSelected);
+            record.status = if all {
+                RunStatus::Complete
+            } else {
+                RunStatus::Partial
+            };
+            record.message = None;
+            self.run.write_record(record)?;
+            Ok(reports)
+        } else {
+            record.status = RunStatus::Failed;
+            record.message = Some(failures(&failed));
+            self.run.write_record(record)?;
+            Err(ExecError::StepsFailed {
+                failed,
+                run_dir: self.run.path.clone(),
+            })
+        }
+    }
+
+    /// Decides and does what step `i` needs; returns the outcome and the outputs digest.
+    fn process(
+        &self,
+        i: usize,
+        dep_digests: &BTreeMap<String, String>,
+    ) -> (Outcome, Option<String>) {
+        let step = &self.pipeline.steps[i];
+        if !self.scope.needed[i] {
+            return (Outcome::NotSelected, None);
+        }
+        let inputs = match keys::step_inputs(self.pipeline, step, dep_digests) {
+            Ok(v) => v,
+            Err(e) => return (Outcome::Failed(e.to_string()), None),
+        };
+        let key = keys::step_key(self.pipeline, step, &inputs);
+        let step_dir = self.run.step_dir(&step.id);
+        let previous = self.run.read_manifest(&step.id);
+        let forced = self.scope.forced[i];
+
+        if let Some(m) = &previous {
+            if m.status == StepStatus::Complete && m.key == key && !forced {
+                return (Outcome::Complete, m.outputs_digest.clone());
+            }
+        }
+        if !forced {
+            if let Some((from, manifest)) = self.cache.lookup(&key) {
+                if from != step_dir {
+                    match self.reuse(step, &from, &manifest) {
+                        Ok(()) => return (Outcome::Cached { from }, manifest.outputs_digest),
+                        Err(e) => tracing::warn!(
+                            "step `{}`: could not reuse cached artifacts ({e}); running it",
+                            step.id
+                        ),
+                    }
+                }
+            }
+        }
+        if !self.scope.in_scope[i] {
+            return (
+                Outcome::Unavailable(format!(
+                    "it is outside the selected steps and has no complete or cached result; run it first (e.g. `--until {}`)",
+                    step.id
+                )),
+                None,
+            );
+        }
+        match self.run_step(i, key, inputs, previous) {
+            Ok((resumed_from, digest)) => (Outcome::Ran { resumed_from }, Some(digest)),
+            Err(e) => (Outcome::Failed(format!("{e:#}")), None),
+        }
+    }
+
+    fn reuse(
+        &self,
+        step: &super::schema::StepDef,
+        from: &std::path::Path,
+        cached: &StepManifest,
+    ) -> anyhow::Result<()> {
+        let step_dir = self.run.step_dir(&step.id);
+        std::fs::create_dir_all(&step_dir)?;
+        fsx::link_tree(&from.join(rundir::OUT), &step_dir.join(rundir::OUT))?;
+        let mut m = cached.clone();
+        m.cached_from = Some(from.to_path_buf());
+        m.started_at = rundir::now();
+        m.finished_at = Some(rundir::now());
+        m.duration_s = Some(0.0);
+        self.run.write_manifest(&m)?;
+        self.export(step)?;
+        Ok(())
+    }
+
+    fn run_step(
+        &self,
+        i: usize,
+        key: String,
+        inputs: BTreeMap<String, String>,
+        previous: Option<StepManifest>,
+    ) -> anyhow::Result<(Option<u64>, String)> {
+        let step = &self.pipeline.steps[i];
+        let step_dir = self.run.step_dir(&step.id);
+        let out_dir = step_dir.join(rundir::OUT);
+        let checkpoints = Checkpoints::new(step_dir.join(rundir::CHECKPOINT), CHECKPOINTS_KEPT);
+
+        // A previous attempt under the same key may continue from its checkpoint; anything else starts clean.
+        let same_key = previous.as_ref().is_some_and(|m| m.key == key);
+        if !same_key || self.scope.forced[i] {
+            checkpoints.clear()?;
+        }
+        let resumed_from = checkpoints.latest().map(|c| c.tag);
+        fsx::remove_dir_if_exists(&out_dir)?;
+        std::fs::create_dir_all(&out_dir)?;
+
+        let started = Instant::now();
+        let mut manifest = StepManifest {
+            step: step.id.clone(),
+            kind: step.kind().to_string(),
+            key: key.clone(),
+            status: StepStatus::Running,
+            settings: step.settings.to_json(),
+            inputs,
+            outputs: vec![],
+            outputs_digest: None,
+            cached_from: None,
+            started_at: rundir::now(),
+            finished_at: None,
+            duration_s: None,
+            attempts: previous
+                .as_ref()
+                .filter(|_| same_key)
+                .map_or(0, |m| m.attempts)
+                + 1,
+            error: None,
+            runner_version: RUNNER_VERSION.to_string(),
+        };
+        self.run.write_manifest(&manifest)?;
+        match resumed_from {
+            Some(tag) => tracing::info!(
+                "▶ {} ({}) resuming from checkpoint {tag}",
+                step.id,
+                step.kind()
+            ),
+            None => tracing::info!("▶ {} ({})", step.id, step.kind()),
+        }
+
+        let deps = self
+            .graph
+            .deps(i)
+            .into_iter()
+            .map(|j| {
+                let id = self.pipeline.steps[j].id.clone();
+                let dir = self.run.step_dir(&id).join(rundir::OUT);
+                (id, dir)
+            })
+            .collect();
+        let ctx = StepContext {
+            id: step.id.clone(),
+            root: self.pipeline.root.clone(),
+            step_dir: step_dir.clone(),
+            out_dir: out_dir.clone(),
+            checkpoints,
+            deps,
+            seed: self.pipeline.header.seed,
+            device: self.pipeline.header.device,
+        };
+        let result = step.settings.run(&ctx);
+        manifest.finished_at = Some(rundir::now());
+        manifest.duration_s = Some(started.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            manifest.status = StepStatus::Failed;
+            manifest.error = Some(format!("{e:#}"));
+            self.run.write_manifest(&manifest)?;
+            return Err(e);
+        }
+        let (outputs, digest) = keys::outputs_of(&out_dir)?;
+        manifest.outputs = outputs;
+        manifest.outputs_digest = Some(digest.clone());
+        manifest.status = StepStatus::Complete;
+        self.run.write_manifest(&manifest)?;
+        self.cache.record(&key, &step_dir)?;
+        self.export(step)?;
+        Ok((resumed_from, digest))
+    }
+
+    /// Copies (hard-links) a step's artifacts to its `export` directory, if it has one.
+    fn export(&self, step: &super::schema::StepDef) -> anyhow::Result<()> {
+        if let Some(export) = &step.export {
+            let dst = self.pipeline.root.join(export);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            fsx::link_tree(&self.run.step_dir(&step.id).join(rundir::OUT), &dst)?;
+            tracing::info!("  {} exported to {}", step.id, dst.display());
+        }
+        Ok(())
+    }
+}
+
+fn log_outcome(r: &StepReport) {
+    match &r.outcome {
+        Outcome::Complete => tracing::info!("= {} already complete in this run", r.id),
+        Outcome::Cached { from } => tracing::info!("↺ {} cached (from {})", r.id, from.display()),
+        Outcome::Ran { .. } => tracing::info!("✓ {} done in {:.1}s", r.id, r.seconds),
+        Outcome::Failed(e) => tracing::error!("✗ {} failed after {:.1}s: {e}", r.id, r.seconds),
+        Outcome::Unavailable(e) => tracing::error!("✗ {} unavailable: {e}", r.id),
+        Outcome::NotSelected | Outcome::Skipped => {}
+    }
+}

@@ -1,0 +1,68 @@
+//! Pipelines: parse → layer → validate → graph → plan → execute, one module per stage.
+//!
+//! - [`source`]: TOML files, `extends`, positions of every key;
+//! - [`layers`]: environment and `--set` overrides (figment);
+//! - [`decode`], [`validate`], [`schema`]: the typed, validated [`Pipeline`];
+//! - [`graph`], [`scheduler`], [`select`]: the DAG, the work queue, `--from/--until/--only/--force`;
+//! - [`rundir`], [`checkpoint`], [`cache`], [`keys`]: run directories, checkpoints, caching;
+//! - [`plan`], [`render`]: what would run and why; the DAG as text, DOT or Mermaid;
+//! - [`executor`]: running it.
+
+pub mod cache;
+pub mod checkpoint;
+pub mod decode;
+pub mod diagnostics;
+pub mod executor;
+pub mod graph;
+pub mod keys;
+pub mod layers;
+pub mod plan;
+pub mod render;
+pub mod rundir;
+pub mod scheduler;
+pub mod schema;
+pub mod select;
+pub mod source;
+pub mod validate;
+
+pub use diagnostics::Diagnostics;
+pub use schema::Pipeline;
+
+use graph::StepGraph;
+use std::path::{Path, PathBuf};
+
+/// Loads, layers and validates a pipeline file.
+pub fn load(path: &Path, overrides: &layers::Overrides) -> Result<Pipeline, Diagnostics> {
+    let raw = source::load(path)?;
+    let raw = layers::apply(raw, overrides)?;
+    validate::validate(raw)
+}
+
+/// The step graph of a validated pipeline.
+pub fn graph_of(pipeline: &Pipeline) -> StepGraph {
+    let deps: Vec<Vec<usize>> = pipeline
+        .steps
+        .iter()
+        .map(|s| {
+            s.depends_on
+                .iter()
+                .filter_map(|d| pipeline.step_index(d))
+                .collect()
+        })
+        .collect();
+    StepGraph::from_deps(&deps)
+}
+
+/// Where run directories go: the command-line value, else `[pipeline] runs_dir`, else `<root>/runs`.
+pub fn runs_root(pipeline: &Pipeline, cli: Option<&Path>) -> PathBuf {
+    match cli {
+        Some(p) => p.to_path_buf(),
+        None => pipeline.root.join(
+            pipeline
+                .header
+                .runs_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("runs")),
+        ),
+    }
+}

@@ -1,0 +1,119 @@
+//! The typed pipeline: header, steps and their settings, after layering and validation.
+
+use super::source::SourceMap;
+use crate::steps::StepSettings;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Where tensors live. Only `cpu` exists in the default build; GPU backends are cargo features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+    Wgpu,
+}
+
+/// `[pipeline]`: settings of the whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineHeader {
+    /// Name of the pipeline; runs go to `<runs_dir>/<name>/<run-id>/`. Defaults to the file stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// One line saying what the pipeline is for.
+    #[serde(default)]
+    pub description: String,
+    /// Seed for every random choice of every step (data order, init, sampling).
+    #[serde(default)]
+    pub seed: u64,
+    /// Where tensors live.
+    #[serde(default)]
+    pub device: Device,
+    /// How many non-exclusive steps may run at the same time. Training steps are exclusive.
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: usize,
+    /// Directory that relative paths in this pipeline are resolved against, relative to the
+    /// pipeline file's own directory. Default: the pipeline file's directory.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// Where run directories are created, relative to `root`. Default `runs`.
+    #[serde(default)]
+    pub runs_dir: Option<PathBuf>,
+}
+
+fn default_max_parallel() -> usize {
+    2
+}
+
+/// One `[[step]]` table.
+#[derive(Debug, Clone)]
+pub struct StepDef {
+    pub id: String,
+    pub depends_on: Vec<String>,
+    /// Optional directory (relative to root) the step's artifacts are copied to on success.
+    pub export: Option<PathBuf>,
+    pub description: String,
+    pub settings: StepSettings,
+}
+
+impl StepDef {
+    pub fn kind(&self) -> &'static str {
+        self.settings.kind()
+    }
+}
+
+/// A validated pipeline, ready to be planned and run.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub header: PipelineHeader,
+    /// Absolute directory relative paths are resolved against.
+    pub root: PathBuf,
+    /// Steps in declaration order.
+    pub steps: Vec<StepDef>,
+    /// The file the user gave (for messages).
+    pub main_file: PathBuf,
+    /// The effective configuration, every layer applied (written into the run directory).
+    pub resolved: toml::Table,
+    pub source: SourceMap,
+}
+
+impl Pipeline {
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+
+    /// The effective configuration as a pipeline file: `[pipeline]` and `[[step]]` in order.
+    pub fn resolved_toml(&self) -> String {
+        let mut doc = self.resolved.clone();
+        let mut header = doc
+            .remove("pipeline")
+            .and_then(|v| v.as_table().cloned())
+            .unwrap_or_default();
+        header.insert("name".into(), toml::Value::String(self.name.clone()));
+        header.insert(
+            "root".into(),
+            toml::Value::String(self.root.display().to_string()),
+        );
+        let steps = doc
+            .remove("step")
+            .and_then(|v| v.as_table().cloned())
+            .unwrap_or_default();
+        let ordered: Vec<toml::Value> = self
+            .steps
+            .iter()
+            .filter_map(|s| steps.get(&s.id).cloned())
+            .collect();
+        let mut out = toml::Table::new();
+        out.insert("pipeline".into(), toml::Value::Table(header));
+        for (k, v) in doc {
+            out.insert(k, v);
+        }
+        out.insert("step".into(), toml::Value::Array(ordered));
+        format!(
+            "# Effective configuration of this run, every layer applied (file < environment < --set).\n{}",
+            toml::to_string_pretty(&out).unwrap_or_default()
+        )
+    }
+}

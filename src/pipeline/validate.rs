@@ -1,0 +1,261 @@
+//! Validation: turns a layered [`RawPipeline`] into a typed [`Pipeline`], collecting every
+//! problem at once — unknown keys and sections, wrong types, unknown step kinds, unknown or
+//! misspelt `depends_on` ids, dependency cycles, two steps exporting to one place, missing
+//! input files.
+
+use super::decode::decode;
+use super::diagnostics::{Diagnostic, Diagnostics, did_you_mean};
+use super::graph::StepGraph;
+use super::schema::{Pipeline, PipelineHeader, StepDef};
+use super::source::{KeyPath, RawPipeline};
+use crate::steps::{KINDS, StepSettings};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Top-level sections a pipeline file may have.
+const SECTIONS: &[&str] = &["pipeline", "step"];
+
+/// Keys every step has, whatever its kind.
+#[derive(Debug, Deserialize)]
+struct StepCommon {
+    id: String,
+    kind: String,
+    #[serde(default)]
+    depends_on: Vec<String>,
+    #[serde(default)]
+    export: Option<PathBuf>,
+    #[serde(default)]
+    description: String,
+}
+const COMMON_KEYS: &[&str] = &["id", "kind", "depends_on", "export", "description"];
+
+fn kp(parts: &[&str]) -> KeyPath {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+/// Validates and types a pipeline.
+pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
+    let mut diags = raw.diags.clone();
+    let map = &raw.map;
+
+    for key in raw.root.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            diags.push(
+                Diagnostic::new(map.locate(&kp(&[key])), format!("unknown section `{key}`"))
+                    .key(key.clone())
+                    .help_opt(did_you_mean(key, SECTIONS.iter().copied()))
+                    .help("a pipeline file has `extends`, `[pipeline]` and `[[step]]` tables"),
+            );
+        }
+    }
+
+    let header_value = raw
+        .root
+        .get("pipeline")
+        .cloned()
+        .unwrap_or(toml::Value::Table(Default::default()));
+    let header: Option<PipelineHeader> = decode(header_value, &kp(&["pipeline"]), map, &mut diags);
+    let base_dir = raw
+        .main_file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base_dir = base_dir
+        .canonicalize()
+        .unwrap_or_else(|_| base_dir.to_path_buf());
+    let root = match header.as_ref().and_then(|h| h.root.clone()) {
+        Some(r) if r.is_absolute() => r,
+        Some(r) => base_dir.join(r),
+        None => base_dir,
+    };
+    let root = root.canonicalize().unwrap_or(root);
+    if let Some(h) = &header {
+        if h.max_parallel == 0 {
+            diags.push(
+                Diagnostic::new(
+                    map.locate(&kp(&["pipeline", "max_parallel"])),
+                    "must be at least 1",
+                )
+                .key("pipeline.max_parallel"),
+            );
+        }
+    }
+
+    // Steps: common keys, then the kind's own settings.
+    let step_tables = raw
+        .root
+        .get("step")
+        .and_then(|v| v.as_table())
+        .cloned()
+        .unwrap_or_default();
+    let mut steps: Vec<StepDef> = Vec::new();
+    let mut step_paths: Vec<KeyPath> = Vec::new();
+    for id in &raw.step_order {
+        let path = kp(&["step", id]);
+        let Some(table) = step_tables.get(id).and_then(|v| v.as_table()).cloned() else {
+            continue;
+        };
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || id.is_empty()
+        {
+            diags.push(
+                Diagnostic::new(map.locate(&kp(&["step", id, "id"])), format!("invalid step id `{id}`"))
+                    .help("use letters, digits, `_` and `-` only (ids name folders and environment variables)"),
+            );
+        }
+        let (common, rest): (toml::Table, toml::Table) = table
+            .into_iter()
+            .partition(|(k, _)| COMMON_KEYS.contains(&k.as_str()));
+        if !common.contains_key("kind") {
+            diags.push(
+                Diagnostic::new(map.locate(&path), format!("step `{id}` has no `kind`"))
+                    .help(format!("known kinds: {}", KINDS.join(", "))),
+            );
+            continue;
+        }
+        let Some(common) = decode::<StepCommon>(toml::Value::Table(common), &path, map, &mut diags)
+        else {
+            continue;
+        };
+        if !KINDS.contains(&common.kind.as_str()) {
+            diags.push(
+                Diagnostic::new(
+                    map.locate(&kp(&["step", id, "kind"])),
+                    format!("unknown step kind `{}`", common.kind),
+                )
+                .key(format!("step.{id}.kind"))
+                .help_opt(did_you_mean(&common.kind, KINDS.iter().copied()))
+                .help(format!("known kinds: {}", KINDS.join(", "))),
+            );
+            continue;
+        }
+        let Some(settings) = StepSettings::decode(&common.kind, rest, &path, map, &mut diags)
+        else {
+            continue;
+        };
+        steps.push(StepDef {
+            id: common.id,
+            depends_on: common.depends_on,
+            export: common.export,
+            description: common.description,
+            settings,
+        });
+        step_paths.push(path);
+    }
+
+    // Dependencies.
+    let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    let mut dep_indices: Vec<Vec<usize>> = Vec::new();
+    for step in &steps {
+        let mut ds = Vec::new();
+        for dep in &step.depends_on {
+            match ids.iter().position(|i| i == dep) {
+                Some(j) => ds.push(j),
+                None => {
+                    let all_ids = raw.step_order.iter().map(String::as_str);
+                    diags.push(
+                        Diagnostic::new(
+                            map.locate(&kp(&["step", &step.id, "depends_on"])),
+                            format!("step `{}` depends on unknown step `{dep}`", step.id),
+                        )
+                        .key(format!("step.{}.depends_on", step.id))
+                        .help_opt(did_you_mean(dep, all_ids)),
+                    );
+                }
+            }
+        }
+        dep_indices.push(ds);
+    }
+    let graph = StepGraph::from_deps(&dep_indices);
+    if let Some(cycle) = graph.find_cycle() {
+        let names: Vec<&str> = cycle.iter().map(|&i| steps[i].id.as_str()).collect();
+        diags.push(
+            Diagnostic::new(
+                map.locate(&kp(&["step", names[0], "depends_on"])),
+                format!("dependency cycle: {}", names.join(" -> ")),
+            )
+            .help(
+                "`a -> b` means step a depends on step b; remove one of these `depends_on` entries",
+            ),
+        );
+    }
+
+    // Two steps writing the same place, and inputs that do not exist.
+    let mut exports: BTreeMap<PathBuf, &str> = BTreeMap::new();
+    for step in &steps {
+        if let Some(export) = &step.export {
+            let abs = normalize(&root.join(export));
+            if let Some(other) = exports.insert(abs.clone(), &step.id) {
+                diags.push(
+                    Diagnostic::new(
+                        map.locate(&kp(&["step", &step.id, "export"])),
+                        format!(
+                            "steps `{other}` and `{}` both write to `{}`",
+                            step.id,
+                            export.display()
+                        ),
+                    )
+                    .help("give each step its own `export` directory"),
+                );
+            }
+        }
+        for (key, input) in step.settings.input_paths() {
+            let abs = root.join(&input);
+            if !abs.exists() {
+                diags.push(
+                    Diagnostic::new(
+                        map.locate(&kp(&["step", &step.id, key])),
+                        format!(
+                            "input `{}` does not exist (looked for {})",
+                            input.display(),
+                            abs.display()
+                        ),
+                    )
+                    .key(format!("step.{}.{key}", step.id))
+                    .help(
+                        "relative paths are resolved against the pipeline root (`[pipeline] root`)",
+                    ),
+                );
+            }
+        }
+    }
+
+    diags.sort();
+    let header = match header {
+        Some(h) if diags.is_empty() => h,
+        _ => return Err(diags),
+    };
+    let name = header.name.clone().unwrap_or_else(|| {
+        raw.main_file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into())
+    });
+    diags.into_result(Pipeline {
+        name,
+        header,
+        root,
+        steps,
+        main_file: raw.main_file,
+        resolved: raw.root,
+        source: raw.map,
+    })
+}
+
+/// Lexically removes `.` and `..` components (the path may not exist yet).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}

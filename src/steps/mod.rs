@@ -1,0 +1,74 @@
+//! Step kinds. Each kind is a settings struct (typed, documented, validated) plus the code
+//! that runs it; [`StepSettings`] is the closed set the pipeline file can name.
+
+pub mod command;
+pub mod context;
+
+pub use context::StepContext;
+
+use crate::pipeline::decode::decode;
+use crate::pipeline::diagnostics::Diagnostics;
+use crate::pipeline::source::SourceMap;
+use std::path::PathBuf;
+
+/// The names accepted by `kind = "..."`.
+pub const KINDS: &[&str] = &["command"];
+
+/// The settings of one step, by kind.
+#[derive(Debug, Clone)]
+pub enum StepSettings {
+    Command(command::CommandSettings),
+}
+
+impl StepSettings {
+    /// Decodes the kind-specific keys of a step table (everything but the common keys).
+    pub fn decode(
+        kind: &str,
+        table: toml::Table,
+        path: &[String],
+        map: &SourceMap,
+        diags: &mut Diagnostics,
+    ) -> Option<Self> {
+        let value = toml::Value::Table(table);
+        match kind {
+            "command" => decode(value, path, map, diags).map(StepSettings::Command),
+            other => unreachable!("kind `{other}` is checked against KINDS before decoding"),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepSettings::Command(_) => "command",
+        }
+    }
+
+    /// The settings with every default filled in, as canonical JSON (part of the cache key).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            StepSettings::Command(s) => serde_json::to_value(s),
+        }
+        .expect("settings serialise to JSON")
+    }
+
+    /// Files and directories (relative to the pipeline root) the step reads, with the key that
+    /// names them. They must exist before the run; their contents are part of the cache key.
+    pub fn input_paths(&self) -> Vec<(&'static str, PathBuf)> {
+        match self {
+            StepSettings::Command(s) => s.inputs.iter().map(|p| ("inputs", p.clone())).collect(),
+        }
+    }
+
+    /// Whether the step needs the whole machine (no other step runs beside it).
+    pub fn exclusive(&self) -> bool {
+        match self {
+            StepSettings::Command(s) => s.exclusive,
+        }
+    }
+
+    /// Runs the step, writing its artifacts to `ctx.out_dir`.
+    pub fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        match self {
+            StepSettings::Command(s) => command::run(s, ctx),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Crash-safe filesystem operations.
+//!
+//! Every artifact and manifest the runner writes goes through [`atomic_write`]:
+//! the bytes land in a temporary file beside the target, are flushed to disk,
+//! and the temporary is renamed over the target. A `kill -9` at any moment
+//! leaves either the old file or the new one, never a torn one.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` atomically (temp file + fsync + rename + fsync of the directory).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = temp_sibling(path);
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Serialises `value` as pretty JSON and writes it atomically.
+pub fn atomic_write_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    atomic_write(path, &bytes)
+}
+
+/// Reads and parses a JSON file; `Ok(None)` when it does not exist.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A unique temporary path in the same directory as `path` (same filesystem, so rename is atomic).
+pub fn temp_sibling(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Flushes a directory entry table so that a rename inside it survives a power loss.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Removes a directory tree if it exists.
+pub fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Mirrors the tree `src` into `dst` with hard links (falling back to copies across filesystems).
+/// `dst` is built under a temporary name and renamed into place, so it appears whole or not at all.
+pub fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    let tmp = temp_sibling(dst);
+    remove_dir_if_exists(&tmp)?;
+    link_tree_inner(src, &tmp)?;
+    remove_dir_if_exists(dst)?;
+    fs::rename(&tmp, dst)?;
+    if let Some(parent) = dst.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
+fn link_tree_inner(src: &Path, dst: &Path) -> io::Result<()> {
+    fs::create_dir_all(dst)?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            link_tree_inner(&from, &to)?;
+        } else if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Lists every regular file below `root` as a path relative to `root`, sorted.
+pub fn list_files(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if root.exists() {
+        walk(root, Path::new(""), &mut out)?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let rel_path = rel.join(entry.file_name());
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(".") && name.to_string_lossy().contains(".tmp-") {
+            continue; // a crashed writer's leftover, never an artifact
+        }
+        if entry.file_type()?.is_dir() {
+            walk(root, &rel_path, out)?;
+        } else {
+            out.push(rel_path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a/b.json");
+        atomic_write(&p, b"one").unwrap();
+        atomic_write(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            list_files(dir.path()).unwrap(),
+            vec![PathBuf::from("a/b.json")]
+        );
+    }
+
+    #[test]
+    fn link_tree_mirrors_nested_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("x")).unwrap();
+        fs::write(src.join("x/f"), b"1").unwrap();
+        fs::write(src.join("g"), b"2").unwrap();
+        let dst = dir.path().join("dst");
+        link_tree(&src, &dst).unwrap();
+        assert_eq!(
+            list_files(&dst).unwrap(),
+            vec![PathBuf::from("g"), PathBuf::from("x/f")]
+        );
+        assert_eq!(fs::read(dst.join("x/f")).unwrap(), b"1");
+    }
+}

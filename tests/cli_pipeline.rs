@@ -1,0 +1,496 @@
+//! End-to-end tests of the runner on pipelines of `command` steps: validation, ordering,
+//! caching, partial reruns, crash + resume, and the run-directory lock.
+
+mod common;
+
+use common::{Project, manifest};
+use std::collections::BTreeMap;
+
+/// Three steps: `a` -> `b`, and `c` alone. Each appends its id to `log.txt` when it runs.
+const PIPELINE: &str = r#"
+[pipeline]
+name = "demo"
+max_parallel = 1
+
+[[step]]
+id = "a"
+kind = "command"
+run = "echo a >> log.txt; tr a-z A-Z < input.txt > $RUNNER_OUT/a.txt"
+inputs = ["input.txt"]
+outputs = ["a.txt"]
+
+[[step]]
+id = "b"
+kind = "command"
+depends_on = ["a"]
+run = "echo b >> log.txt; cat $RUNNER_DEP_A/a.txt $RUNNER_DEP_A/a.txt > $RUNNER_OUT/b.txt"
+outputs = ["b.txt"]
+
+[[step]]
+id = "c"
+kind = "command"
+run = "echo c >> log.txt; echo seed=$RUNNER_SEED > $RUNNER_OUT/c.txt"
+"#;
+
+fn demo() -> Project {
+    let p = Project::new();
+    p.write("input.txt", "hello\n");
+    p.write("p.toml", PIPELINE);
+    p
+}
+
+#[test]
+fn validate_reports_every_mistake_with_its_line_and_exits_2() {
+    let p = Project::new();
+    p.write(
+        "bad.toml",
+        r#"[pipeline]
+name = "bad"
+sed = 3
+
+[[step]]
+id = "a"
+kind = "comand"
+run = "true"
+
+[[step]]
+id = "b"
+kind = "command"
+run = "true"
+depends_on = ["aa"]
+"#,
+    );
+    let r = p.run(&["validate", "bad.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("bad.toml:3:1: `pipeline.sed`: unknown key"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("did you mean `seed`?"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("bad.toml:7:1: `step.a.kind`: unknown step kind `comand`"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("did you mean `command`?"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("bad.toml:14:1: `step.b.depends_on`: step `b` depends on unknown step `aa`"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("3 errors"), "{}", r.stderr);
+}
+
+#[test]
+fn validate_prints_the_cycle() {
+    let p = Project::new();
+    p.write(
+        "cycle.toml",
+        r#"[[step]]
+id = "stage2"
+kind = "command"
+run = "true"
+depends_on = ["sft"]
+
+[[step]]
+id = "sft"
+kind = "command"
+run = "true"
+depends_on = ["stage2"]
+"#,
+    );
+    let r = p.run(&["validate", "cycle.toml"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("dependency cycle: stage2 -> sft -> stage2"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn validate_reports_wrong_types_missing_inputs_duplicate_ids_and_exports() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"[[step]]
+id = "a"
+kind = "command"
+run = 5
+export = "out"
+
+[[step]]
+id = "b"
+kind = "command"
+run = "true"
+inputs = ["nope.txt"]
+export = "out"
+
+[[step]]
+id = "b"
+kind = "command"
+run = "true"
+"#,
+    );
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 2);
+    let e = &r.stderr;
+    assert!(
+        e.contains("p.toml:4:1: `step.a.run`: invalid type: integer `5`, expected a string"),
+        "{e}"
+    );
+    assert!(
+        e.contains("p.toml:11:1: `step.b.inputs`: input `nope.txt` does not exist"),
+        "{e}"
+    );
+    assert!(
+        e.contains("p.toml:15:1") && e.contains("duplicate step id `b`"),
+        "{e}"
+    );
+    // `a` failed to type, so only `b` exports; a clean pair shows the export clash:
+    let p2 = Project::new();
+    p2.write("q.toml", "[[step]]\nid=\"a\"\nkind=\"command\"\nrun=\"true\"\nexport=\"o\"\n[[step]]\nid=\"b\"\nkind=\"command\"\nrun=\"true\"\nexport=\"./o\"\n");
+    let r = p2.run(&["validate", "q.toml"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("q.toml:10:1") && r.stderr.contains("steps `a` and `b` both write to"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn bad_override_is_reported_as_coming_from_the_command_line() {
+    let p = demo();
+    let r = p.run(&[
+        "validate",
+        "p.toml",
+        "--set",
+        "step.a.outputs=3",
+        "--set",
+        "step.zz.run=x",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("error: --set step.zz.run=x: no step with id `zz`"),
+        "{}",
+        r.stderr
+    );
+    let r = p.run(&["validate", "p.toml", "--set", "step.a.outputs=3"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("--set step.a.outputs=3: `step.a.outputs`: invalid type"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn run_executes_in_order_then_reuses_everything() {
+    let p = demo();
+    let r = p.run(&["run", "p.toml"]).ok();
+    assert!(r.stdout.contains("run directory:"), "{}", r.stdout);
+    let log = p.read("log.txt");
+    let order: Vec<&str> = log.lines().collect();
+    assert_eq!(order.len(), 3);
+    assert!(order.iter().position(|s| *s == "a") < order.iter().position(|s| *s == "b"));
+    let run1 = p.runs("demo")[0].clone();
+    assert_eq!(
+        std::fs::read_to_string(run1.join("b/out/b.txt")).unwrap(),
+        "HELLO\nHELLO\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run1.join("c/out/c.txt")).unwrap(),
+        "seed=0\n"
+    );
+    assert!(run1.join("pipeline.toml").exists() && run1.join("run.log").exists());
+    assert_eq!(manifest(&run1.join("a"))["status"], "complete");
+
+    let r = p.run(&["run", "p.toml"]).ok();
+    assert_eq!(p.read("log.txt"), log, "nothing reran");
+    for step in ["a", "b", "c"] {
+        assert!(
+            r.stdout.contains(&format!("{step:<4}  cached")),
+            "{}",
+            r.stdout
+        );
+    }
+    let run2 = p.runs("demo")[1].clone();
+    assert_eq!(
+        std::fs::read_to_string(run2.join("b/out/b.txt")).unwrap(),
+        "HELLO\nHELLO\n"
+    );
+
+    let plan = p.run(&["plan", "p.toml"]).ok();
+    assert!(
+        plan.stdout.contains("0 of 3 steps would run"),
+        "{}",
+        plan.stdout
+    );
+}
+
+#[test]
+fn editing_a_step_reruns_it_and_its_dependents_only() {
+    let p = demo();
+    p.run(&["run", "p.toml"]).ok();
+    std::fs::write(p.path().join("log.txt"), "").unwrap();
+    let edited = PIPELINE.replace("tr a-z A-Z < input.txt", "tr a-z A-Z < input.txt | rev");
+    p.write("p.toml", &edited);
+
+    let plan = p.run(&["plan", "p.toml"]).ok();
+    assert!(
+        plan.stdout.contains("setting `run` changed"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("c     cached") || plan.stdout.contains("c  cached"),
+        "{}",
+        plan.stdout
+    );
+
+    p.run(&["run", "p.toml"]).ok();
+    assert_eq!(p.read("log.txt"), "a\nb\n");
+    let run2 = p.runs("demo")[1].clone();
+    assert_eq!(
+        std::fs::read_to_string(run2.join("b/out/b.txt")).unwrap(),
+        "OLLEH\nOLLEH\n"
+    );
+
+    // An override on the command line is an edit too, and lands in the resolved config.
+    std::fs::write(p.path().join("log.txt"), "").unwrap();
+    p.run(&["run", "p.toml", "--set", "pipeline.seed=9"]).ok();
+    assert_eq!(
+        p.read("log.txt"),
+        "a\nb\nc\n",
+        "every step receives the seed, so every key includes it"
+    );
+}
+
+#[test]
+fn until_only_and_force_select_steps() {
+    let p = demo();
+    let r = p.run(&["run", "p.toml", "--until", "a"]).ok();
+    assert!(r.stdout.contains("not selected"), "{}", r.stdout);
+    assert_eq!(p.read("log.txt"), "a\n");
+    let r = p.run(&["run", "p.toml", "--only", "b"]).ok();
+    assert!(
+        r.stdout.contains("a     cached") || r.stdout.contains("a  "),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(p.read("log.txt"), "a\nb\n");
+    p.run(&["run", "p.toml", "--force", "a"]).ok();
+    assert_eq!(
+        p.read("log.txt"),
+        "a\nb\na\nc\n",
+        "forced a reran; b is cached since a's output is unchanged"
+    );
+    p.run(&["run", "p.toml", "--from", "a"]).ok();
+    assert_eq!(p.read("log.txt"), "a\nb\na\nc\na\nb\n");
+    let r = p.run(&["run", "p.toml", "--only", "bb"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("did you mean `b`?"), "{}", r.stderr);
+}
+
+#[test]
+fn a_failed_step_stops_the_run_and_resume_continues_after_the_fix() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"[pipeline]
+max_parallel = 1
+[[step]]
+id = "a"
+kind = "command"
+run = "echo a >> log.txt; echo A > $RUNNER_OUT/a"
+[[step]]
+id = "b"
+kind = "command"
+depends_on = ["a"]
+run = "test -f fixed || { echo 'not fixed yet' >&2; exit 3; }; echo b >> log.txt; echo B > $RUNNER_OUT/b"
+[[step]]
+id = "c"
+kind = "command"
+depends_on = ["b"]
+run = "echo c >> log.txt"
+"#,
+    );
+    let r = p.run(&["run", "p.toml"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("step `b` failed"), "{}", r.stderr);
+    assert!(r.stderr.contains("not fixed yet"), "{}", r.stderr);
+    assert!(r.stderr.contains("runner resume"), "{}", r.stderr);
+    let status = p.run(&["status"]).ok();
+    assert!(status.stdout.contains("failed"), "{}", status.stdout);
+    p.write("fixed", "");
+    p.run(&["resume"]).ok();
+    assert_eq!(p.read("log.txt"), "a\nb\nc\n");
+}
+
+#[test]
+fn kill_9_then_resume_finishes_without_rerunning_completed_steps() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"[pipeline]
+name = "crash"
+max_parallel = 1
+[[step]]
+id = "a"
+kind = "command"
+run = "echo a >> log.txt; head -c 100000 /dev/urandom > $RUNNER_OUT/blob"
+[[step]]
+id = "slow"
+kind = "command"
+depends_on = ["a"]
+# First attempt: leave a mark in the checkpoint folder and hang. Second: finish.
+run = """
+if [ -f "$RUNNER_CHECKPOINT_DIR/started" ]; then
+  echo resumed > "$RUNNER_OUT/slow.txt"
+else
+  touch "$RUNNER_CHECKPOINT_DIR/started"; exec sleep 60
+fi
+"""
+[[step]]
+id = "after"
+kind = "command"
+depends_on = ["slow"]
+run = "cat $RUNNER_DEP_SLOW/slow.txt > $RUNNER_OUT/after.txt"
+"#,
+    );
+    let mut child = p.spawn(&["run", "p.toml", "-q"]);
+    p.wait_for(30, "the slow step to start", || {
+        p.runs("crash")
+            .first()
+            .is_some_and(|r| r.join("slow/checkpoint/started").exists())
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let run = p.runs("crash")[0].clone();
+    let blob_before = std::fs::read(run.join("a/out/blob")).unwrap();
+
+    let status = p.run(&["status", run.to_str().unwrap()]).ok();
+    assert!(status.stdout.contains("interrupted"), "{}", status.stdout);
+
+    let r = p.run(&["resume", "-q"]).ok();
+    assert!(
+        r.stdout.contains("a     complete") || r.stdout.contains("complete"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(p.read("log.txt"), "a\n", "a did not rerun");
+    assert_eq!(std::fs::read(run.join("a/out/blob")).unwrap(), blob_before);
+    assert_eq!(
+        std::fs::read_to_string(run.join("after/out/after.txt")).unwrap(),
+        "resumed\n"
+    );
+
+    // Every artifact matches the checksum in its manifest.
+    for step in ["a", "slow", "after"] {
+        let m = manifest(&run.join(step));
+        assert_eq!(m["status"], "complete", "{step}");
+        for f in m["outputs"].as_array().unwrap() {
+            let path = run.join(step).join("out").join(f["path"].as_str().unwrap());
+            let bytes = std::fs::read(&path).unwrap();
+            use sha2::Digest;
+            assert_eq!(
+                hex::encode(sha2::Sha256::digest(&bytes)),
+                f["sha256"].as_str().unwrap()
+            );
+        }
+    }
+    let status = p.run(&["status", run.to_str().unwrap()]).ok();
+    assert!(status.stdout.contains("complete"), "{}", status.stdout);
+}
+
+#[test]
+fn a_second_runner_on_the_same_run_dir_is_refused() {
+    let p = Project::new();
+    p.write("p.toml", "[pipeline]\nname = \"lock\"\n[[step]]\nid = \"s\"\nkind = \"command\"\nrun = \"touch started; sleep 3\"\n");
+    let mut first = p.spawn(&["run", "p.toml", "--run-id", "r1", "-q"]);
+    p.wait_for(30, "the first runner's step", || {
+        p.path().join("started").exists()
+    });
+    let r = p.run(&["resume", "runs/lock/r1"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("is in use by another runner (pid"),
+        "{}",
+        r.stderr
+    );
+    let r = p.run(&["run", "p.toml", "--run-id", "r1"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("in use by another runner"),
+        "{}",
+        r.stderr
+    );
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn dag_renders_text_dot_and_mermaid() {
+    let p = demo();
+    let t = p.run(&["dag", "p.toml"]).ok().stdout;
+    assert!(t.contains("  b  [command]  <- a"), "{t}");
+    let d = p.run(&["dag", "p.toml", "--dot"]).ok().stdout;
+    assert!(d.contains("\"a\" -> \"b\";"), "{d}");
+    let m = p.run(&["dag", "p.toml", "--mermaid"]).ok().stdout;
+    assert!(m.contains("a --> b"), "{m}");
+}
+
+#[test]
+fn extends_and_environment_layers_apply_in_order() {
+    let p = demo();
+    p.write(
+        "child.toml",
+        "extends = \"p.toml\"\n[pipeline]\nname = \"child\"\nseed = 4\n",
+    );
+    let resolved = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = p.cmd(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let runs = p.runs("child");
+        let text = std::fs::read_to_string(runs.last().unwrap().join("c/out/c.txt")).unwrap();
+        text
+    };
+    assert_eq!(resolved(&["run", "child.toml"], &[]), "seed=4\n");
+    assert_eq!(
+        resolved(&["run", "child.toml"], &[("RUNNER_PIPELINE__SEED", "5")]),
+        "seed=5\n"
+    );
+    assert_eq!(
+        resolved(
+            &["run", "child.toml", "--set", "pipeline.seed=6"],
+            &[("RUNNER_PIPELINE__SEED", "5")]
+        ),
+        "seed=6\n"
+    );
+    let cfg =
+        std::fs::read_to_string(p.runs("child").last().unwrap().join("pipeline.toml")).unwrap();
+    let parsed: toml::Table = toml::from_str(&cfg).unwrap();
+    assert_eq!(parsed["pipeline"]["seed"].as_integer(), Some(6));
+    let ids: Vec<&str> = parsed["step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["a", "b", "c"]);
+    let _unused: BTreeMap<(), ()> = BTreeMap::new();
+}
