@@ -1,1 +1,110 @@
-pub fn f() {}
+//! Fused RWKV-7 (WKV-7) recurrence for Burn.
+//!
+//! Per head, with state `S ∈ R^{N×N}` (f32), decay factor `w ∈ (0,1)^N`, removal vector
+//! `α = −kk` and replacement vector `β = kk⊙a`:
+//!
+//! ```text
+//! S_t = S_{t−1}·(diag(w_t) + α_t β_tᵀ) + v_t k_tᵀ,     y_t = S_t r_t
+//! ```
+//!
+//! - [`reference`]: the per-token loop in Burn tensor ops — the oracle;
+//! - [`cpu`]: the same math on slices, parallel over (batch, head), with its own backward;
+//! - [`op`]: the Burn backend extension (Flex + Autodiff) that makes [`cpu`] one graph node;
+//! - [`wkv7`], [`wkv7_step`]: the functions models call.
+
+pub mod cpu;
+pub mod op;
+pub mod reference;
+
+use burn::tensor::Tensor;
+use op::Wkv7Ops;
+
+/// Inputs of the recurrence, each `[B, T, H, N]`.
+#[derive(Debug, Clone)]
+pub struct Wkv7Input {
+    pub r: Tensor<4>,
+    /// Decay factor in (0, 1): `exp(-exp(w_raw))`.
+    pub w: Tensor<4>,
+    pub k: Tensor<4>,
+    pub v: Tensor<4>,
+    /// α = −kk (removal key).
+    pub a: Tensor<4>,
+    /// β = kk ⊙ a (replacement weights).
+    pub b: Tensor<4>,
+}
+
+/// Which implementation [`wkv7`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wkv7Impl {
+    /// The fused kernel where the backend has one (Flex, with or without autodiff).
+    #[default]
+    Fused,
+    /// The per-token tensor-op loop.
+    Reference,
+}
+
+/// Runs the recurrence over a sequence.
+///
+/// # Shapes
+/// - inputs: `[B, T, H, N]`
+/// - `mask`: `[B, T]`, 1 for tokens to process, 0 for tokens to skip (state unchanged, output 0);
+///   `None` processes every token
+/// - `state`: initial `[B, H, N, N]`; `None` is zero
+/// - returns `(y [B, T, H, N], final state [B, H, N, N])`
+pub fn wkv7(
+    x: Wkv7Input,
+    mask: Option<Tensor<2>>,
+    state: Option<Tensor<4>>,
+    imp: Wkv7Impl,
+) -> (Tensor<4>, Tensor<4>) {
+    let [batch, seq, heads, n] = x.r.dims();
+    let device = x.r.device();
+    let mask = mask.unwrap_or_else(|| Tensor::ones([batch, seq], &device));
+    let state = state.unwrap_or_else(|| Tensor::zeros([batch, heads, n, n], &device));
+    if imp == Wkv7Impl::Reference || !fused_available(&device) {
+        return reference::wkv7(x, mask, state);
+    }
+    let (y, s, _) = <burn::backend::Dispatch as Wkv7Ops>::wkv7_forward(
+        x.r.into_dispatch(),
+        x.w.into_dispatch(),
+        x.k.into_dispatch(),
+        x.v.into_dispatch(),
+        x.a.into_dispatch(),
+        x.b.into_dispatch(),
+        mask.into_dispatch(),
+        state.into_dispatch(),
+        false,
+    );
+    (Tensor::from_dispatch(y), Tensor::from_dispatch(s))
+}
+
+/// One token for generation: inputs `[B, H, N]`, state `[B, H, N, N]`; returns `(y, new state)`.
+pub fn wkv7_step(
+    r: Tensor<3>,
+    w: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    a: Tensor<3>,
+    b: Tensor<3>,
+    state: Tensor<4>,
+    imp: Wkv7Impl,
+) -> (Tensor<3>, Tensor<4>) {
+    let [batch, heads, n] = r.dims();
+    let lift = |t: Tensor<3>| t.reshape([batch, 1, heads, n]);
+    let x = Wkv7Input {
+        r: lift(r),
+        w: lift(w),
+        k: lift(k),
+        v: lift(v),
+        a: lift(a),
+        b: lift(b),
+    };
+    let (y, s) = wkv7(x, None, Some(state), imp);
+    (y.reshape([batch, heads, n]), s)
+}
+
+/// Whether the fused op exists for this device's backend (the CPU backend, with or without autodiff).
+pub fn fused_available(device: &burn::tensor::Device) -> bool {
+    let name = format!("{device:?}");
+    name.contains("Flex")
+}

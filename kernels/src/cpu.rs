@@ -1,0 +1,505 @@
+//! The WKV-7 recurrence on the CPU over plain `f32` slices: forward, backward, single step.
+//!
+//! Layout: r, w, k, v, α, β are `[B, T, H, N]` row-major; the mask is `[B, T]` (1 = process,
+//! 0 = skip: state unchanged, output 0, zero gradient); states are `[B, H, N, N]` with
+//! `S[i][j]`, i the value index, j the key index. Per head:
+//!
+//! ```text
+//! sa   = S·α                                   (sa[i] = Σ_j S[i,j] α[j])
+//! S    = S·diag(w) + sa βᵀ + v kᵀ              (S[i,j] = S[i,j] w[j] + sa[i] β[j] + v[i] k[j])
+//! y    = S·r                                   (y[i] = Σ_j S[i,j] r[j])
+//! ```
+//!
+//! `w` is the per-channel decay factor in (0, 1) (the model computes `exp(-exp(w_raw))`).
+//! Work is split over (batch, head) with rayon; the head size is a compile-time constant so
+//! the 64-wide row loops vectorise, and an AVX-512/AVX2 build of each loop is chosen at run time.
+//!
+//! Backward keeps the state every [`CHUNK`] tokens from the forward pass and recomputes the
+//! states inside each chunk, so it reproduces the forward's states exactly (no backstepping
+//! division, whose rounding error grows by 1/w per token).
+
+use rayon::prelude::*;
+
+/// Tokens between saved states for the backward pass.
+pub const CHUNK: usize = 16;
+
+/// Head sizes compiled in.
+pub const HEAD_SIZES: &[usize] = &[4, 8, 16, 32, 64, 128];
+
+/// Problem dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_size: usize,
+}
+
+impl Dims {
+    pub fn seq_len(&self) -> usize {
+        self.batch * self.seq * self.heads * self.head_size
+    }
+    pub fn state_len(&self) -> usize {
+        self.batch * self.heads * self.head_size * self.head_size
+    }
+    /// Number of saved states per (batch, head): one per chunk start, plus the final state.
+    pub fn n_saved(&self) -> usize {
+        self.seq.div_ceil(CHUNK) + 1
+    }
+    pub fn saved_len(&self) -> usize {
+        self.batch * self.heads * self.n_saved() * self.head_size * self.head_size
+    }
+}
+
+/// The six per-token inputs.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub r: &'a [f32],
+    pub w: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    /// `[B, T]`, or empty for "all tokens".
+    pub mask: &'a [f32],
+}
+
+/// Gradients of the inputs and of the initial state.
+pub struct Grads {
+    pub r: Vec<f32>,
+    pub w: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub s0: Vec<f32>,
+}
+
+fn check(d: Dims, x: &Inputs, s0: &[f32]) {
+    assert!(
+        HEAD_SIZES.contains(&d.head_size),
+        "head size {} is not one of {HEAD_SIZES:?}",
+        d.head_size
+    );
+    for (name, t) in [
+        ("r", x.r),
+        ("w", x.w),
+        ("k", x.k),
+        ("v", x.v),
+        ("a", x.a),
+        ("b", x.b),
+    ] {
+        assert_eq!(
+            t.len(),
+            d.seq_len(),
+            "wkv7: `{name}` has {} elements, expected B*T*H*N = {}",
+            t.len(),
+            d.seq_len()
+        );
+    }
+    assert!(
+        x.mask.is_empty() || x.mask.len() == d.batch * d.seq,
+        "wkv7: mask must be [B, T]"
+    );
+    assert!(
+        s0.is_empty() || s0.len() == d.state_len(),
+        "wkv7: state must be [B, H, N, N]"
+    );
+}
+
+macro_rules! dispatch_n {
+    ($n:expr, $f:ident, $($arg:expr),*) => {
+        match $n {
+            4 => $f::<4>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            16 => $f::<16>($($arg),*),
+            32 => $f::<32>($($arg),*),
+            64 => $f::<64>($($arg),*),
+            128 => $f::<128>($($arg),*),
+            n => panic!("head size {n} is not supported"),
+        }
+    };
+}
+
+/// Runs `f` compiled for the best instruction set this CPU has.
+#[inline(always)]
+fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the enabled features (checked just above).
+            return unsafe { avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+/// Forward pass. Returns `y` `[B,T,H,N]`, the final state `[B,H,N,N]`, and, when `save` is set,
+/// the states saved for backward `[B,H,n_saved,N,N]`. `s0` empty means a zero initial state.
+pub fn forward(d: Dims, x: Inputs, s0: &[f32], save: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    check(d, &x, s0);
+    dispatch_n!(d.head_size, forward_n, d, x, s0, save)
+}
+
+fn forward_n<const N: usize>(
+    d: Dims,
+    x: Inputs,
+    s0: &[f32],
+    save: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (bsz, hs) = (d.batch, d.heads);
+    let mut y = vec![0.0f32; d.seq_len()];
+    let mut state = if s0.is_empty() {
+        vec![0.0f32; d.state_len()]
+    } else {
+        s0.to_vec()
+    };
+    let per_saved = d.n_saved() * N * N;
+    let mut saved = if save {
+        vec![0.0f32; bsz * hs * per_saved]
+    } else {
+        Vec::new()
+    };
+
+    // One task per (b, h). y is written at strided positions, so tasks return their rows.
+    let results: Vec<Vec<f32>> = state
+        .par_chunks_mut(N * N)
+        .zip(if save {
+            saved
+                .par_chunks_mut(per_saved)
+                .map(Some)
+                .collect::<Vec<_>>()
+        } else {
+            (0..bsz * hs).map(|_| None).collect()
+        })
+        .enumerate()
+        .map(|(bh, (s, sv))| {
+            let (b, h) = (bh / hs, bh % hs);
+            let mut ys = vec![0.0f32; d.seq * N];
+            with_simd(|| head_forward::<N>(d, &x, b, h, s, sv, &mut ys));
+            ys
+        })
+        .collect();
+    for (bh, ys) in results.into_iter().enumerate() {
+        let (b, h) = (bh / hs, bh % hs);
+        for t in 0..d.seq {
+            let o = ((b * d.seq + t) * hs + h) * N;
+            y[o..o + N].copy_from_slice(&ys[t * N..(t + 1) * N]);
+        }
+    }
+    (y, state, saved)
+}
+
+#[inline(always)]
+fn tok<const N: usize>(x: &[f32], d: Dims, b: usize, t: usize, h: usize) -> &[f32; N] {
+    let o = ((b * d.seq + t) * d.heads + h) * N;
+    x[o..o + N].try_into().expect("N-sized slice")
+}
+
+#[inline(always)]
+fn active(mask: &[f32], d: Dims, b: usize, t: usize) -> bool {
+    mask.is_empty() || mask[b * d.seq + t] != 0.0
+}
+
+/// One token of the recurrence on one head's state; writes y. Returns nothing.
+#[inline(always)]
+fn step<const N: usize>(
+    s: &mut [f32],
+    r: &[f32; N],
+    w: &[f32; N],
+    k: &[f32; N],
+    v: &[f32; N],
+    a: &[f32; N],
+    b: &[f32; N],
+    y: &mut [f32],
+) {
+    for i in 0..N {
+        let row: &mut [f32; N] = (&mut s[i * N..(i + 1) * N]).try_into().expect("row");
+        let mut sa = 0.0f32;
+        for j in 0..N {
+            sa += row[j] * a[j];
+        }
+        let vi = v[i];
+        let mut yi = 0.0f32;
+        for j in 0..N {
+            let nv = row[j] * w[j] + sa * b[j] + vi * k[j];
+            row[j] = nv;
+            yi += nv * r[j];
+        }
+        y[i] = yi;
+    }
+}
+
+#[inline(always)]
+fn head_forward<const N: usize>(
+    d: Dims,
+    x: &Inputs,
+    b: usize,
+    h: usize,
+    s: &mut [f32],
+    mut saved: Option<&mut [f32]>,
+    ys: &mut [f32],
+) {
+    for t in 0..d.seq {
+        if t % CHUNK == 0 {
+            if let Some(sv) = saved.as_deref_mut() {
+                let c = t / CHUNK;
+                sv[c * N * N..(c + 1) * N * N].copy_from_slice(s);
+            }
+        }
+        if !active(x.mask, d, b, t) {
+            continue; // output stays 0, state unchanged
+        }
+        step::<N>(
+            s,
+            tok::<N>(x.r, d, b, t, h),
+            tok::<N>(x.w, d, b, t, h),
+            tok::<N>(x.k, d, b, t, h),
+            tok::<N>(x.v, d, b, t, h),
+            tok::<N>(x.a, d, b, t, h),
+            tok::<N>(x.b, d, b, t, h),
+            &mut ys[t * N..(t + 1) * N],
+        );
+    }
+    if let Some(sv) = saved {
+        let c = d.n_saved() - 1;
+        sv[c * N * N..(c + 1) * N * N].copy_from_slice(s);
+    }
+}
+
+/// Backward pass. `dy` is `[B,T,H,N]`; `ds_final` `[B,H,N,N]` (empty = zero); `saved` comes from
+/// [`forward`] with `save = true`.
+pub fn backward(d: Dims, x: Inputs, saved: &[f32], dy: &[f32], ds_final: &[f32]) -> Grads {
+    check(d, &x, &[]);
+    assert_eq!(
+        saved.len(),
+        d.saved_len(),
+        "wkv7 backward: saved states have the wrong size"
+    );
+    assert_eq!(dy.len(), d.seq_len(), "wkv7 backward: dy must be [B,T,H,N]");
+    assert!(ds_final.is_empty() || ds_final.len() == d.state_len());
+    dispatch_n!(d.head_size, backward_n, d, x, saved, dy, ds_final)
+}
+
+struct HeadGrads {
+    r: Vec<f32>,
+    w: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+fn backward_n<const N: usize>(
+    d: Dims,
+    x: Inputs,
+    saved: &[f32],
+    dy: &[f32],
+    ds_final: &[f32],
+) -> Grads {
+    let hs = d.heads;
+    let per_saved = d.n_saved() * N * N;
+    let mut ds0 = if ds_final.is_empty() {
+        vec![0.0f32; d.state_len()]
+    } else {
+        ds_final.to_vec()
+    };
+    let heads: Vec<HeadGrads> = ds0
+        .par_chunks_mut(N * N)
+        .enumerate()
+        .map(|(bh, ds)| {
+            let (b, h) = (bh / hs, bh % hs);
+            let sv = &saved[bh * per_saved..(bh + 1) * per_saved];
+            with_simd(|| head_backward::<N>(d, &x, b, h, sv, dy, ds))
+        })
+        .collect();
+    let mut g = Grads {
+        r: vec![0.0; d.seq_len()],
+        w: vec![0.0; d.seq_len()],
+        k: vec![0.0; d.seq_len()],
+        v: vec![0.0; d.seq_len()],
+        a: vec![0.0; d.seq_len()],
+        b: vec![0.0; d.seq_len()],
+        s0: Vec::new(),
+    };
+    for (bh, hg) in heads.into_iter().enumerate() {
+        let (b, h) = (bh / hs, bh % hs);
+        for t in 0..d.seq {
+            let o = ((b * d.seq + t) * hs + h) * N;
+            let src = t * N..(t + 1) * N;
+            g.r[o..o + N].copy_from_slice(&hg.r[src.clone()]);
+            g.w[o..o + N].copy_from_slice(&hg.w[src.clone()]);
+            g.k[o..o + N].copy_from_slice(&hg.k[src.clone()]);
+            g.v[o..o + N].copy_from_slice(&hg.v[src.clone()]);
+            g.a[o..o + N].copy_from_slice(&hg.a[src.clone()]);
+            g.b[o..o + N].copy_from_slice(&hg.b[src]);
+        }
+    }
+    g.s0 = ds0;
+    g
+}
+
+#[inline(always)]
+fn head_backward<const N: usize>(
+    d: Dims,
+    x: &Inputs,
+    b: usize,
+    h: usize,
+    saved: &[f32],
+    dy_all: &[f32],
+    ds: &mut [f32],
+) -> HeadGrads {
+    let t_len = d.seq;
+    let mut g = HeadGrads {
+        r: vec![0.0; t_len * N],
+        w: vec![0.0; t_len * N],
+        k: vec![0.0; t_len * N],
+        v: vec![0.0; t_len * N],
+        a: vec![0.0; t_len * N],
+        b: vec![0.0; t_len * N],
+    };
+    // states[m] = state before token t0+m (m = 0..len), states[len] = after the chunk.
+    let mut states = vec![0.0f32; (CHUNK + 1) * N * N];
+    let mut sas = vec![0.0f32; CHUNK * N];
+    let mut scratch_y = [0.0f32; N];
+    let n_chunks = t_len.div_ceil(CHUNK);
+    for c in (0..n_chunks).rev() {
+        let t0 = c * CHUNK;
+        let len = CHUNK.min(t_len - t0);
+        // Recompute the chunk's states from the saved one.
+        states[..N * N].copy_from_slice(&saved[c * N * N..(c + 1) * N * N]);
+        for m in 0..len {
+            let t = t0 + m;
+            let (prev, next) = states.split_at_mut((m + 1) * N * N);
+            let prev = &prev[m * N * N..];
+            let next = &mut next[..N * N];
+            next.copy_from_slice(prev);
+            if !active(x.mask, d, b, t) {
+                continue;
+            }
+            let a = tok::<N>(x.a, d, b, t, h);
+            for i in 0..N {
+                let mut sa = 0.0f32;
+                for j in 0..N {
+                    sa += prev[i * N + j] * a[j];
+                }
+                sas[m * N + i] = sa;
+            }
+            step::<N>(
+                next,
+                tok::<N>(x.r, d, b, t, h),
+                tok::<N>(x.w, d, b, t, h),
+                tok::<N>(x.k, d, b, t, h),
+                tok::<N>(x.v, d, b, t, h),
+                a,
+                tok::<N>(x.b, d, b, t, h),
+                &mut scratch_y,
+            );
+        }
+        // Walk the chunk backwards.
+        for m in (0..len).rev() {
+            let t = t0 + m;
+            if !active(x.mask, d, b, t) {
+                continue; // dS passes through unchanged; all token grads stay 0
+            }
+            let r = tok::<N>(x.r, d, b, t, h);
+            let w = tok::<N>(x.w, d, b, t, h);
+            let k = tok::<N>(x.k, d, b, t, h);
+            let v = tok::<N>(x.v, d, b, t, h);
+            let a = tok::<N>(x.a, d, b, t, h);
+            let bb = tok::<N>(x.b, d, b, t, h);
+            let dy = tok::<N>(dy_all, d, b, t, h);
+            let prev = &states[m * N * N..(m + 1) * N * N];
+            let cur = &states[(m + 1) * N * N..(m + 2) * N * N];
+            let sa = &sas[m * N..(m + 1) * N];
+            let o = t * N;
+            let mut dr = [0.0f32; N];
+            let mut dk = [0.0f32; N];
+            let mut dw = [0.0f32; N];
+            let mut da = [0.0f32; N];
+            let mut db = [0.0f32; N];
+            for i in 0..N {
+                let row: &mut [f32; N] = (&mut ds[i * N..(i + 1) * N]).try_into().expect("row");
+                let prow: &[f32; N] = prev[i * N..(i + 1) * N].try_into().expect("row");
+                let crow: &[f32; N] = cur[i * N..(i + 1) * N].try_into().expect("row");
+                let (dyi, vi, sai) = (dy[i], v[i], sa[i]);
+                let mut dvi = 0.0f32;
+                let mut dsai = 0.0f32;
+                for j in 0..N {
+                    dr[j] += crow[j] * dyi;
+                    let gs = row[j] + dyi * r[j];
+                    row[j] = gs;
+                    dvi += gs * k[j];
+                    dsai += gs * bb[j];
+                    dk[j] += gs * vi;
+                    dw[j] += gs * prow[j];
+                    db[j] += gs * sai;
+                }
+                g.v[o + i] = dvi;
+                for j in 0..N {
+                    da[j] += dsai * prow[j];
+                    row[j] = row[j] * w[j] + dsai * a[j];
+                }
+            }
+            g.r[o..o + N].copy_from_slice(&dr);
+            g.k[o..o + N].copy_from_slice(&dk);
+            g.w[o..o + N].copy_from_slice(&dw);
+            g.a[o..o + N].copy_from_slice(&da);
+            g.b[o..o + N].copy_from_slice(&db);
+        }
+    }
+    g
+}
+
+/// One generation step for a batch: x's are `[B, H, N]`, `state` `[B, H, N, N]` is updated in
+/// place; returns y `[B, H, N]`.
+pub fn step_token(heads: usize, head_size: usize, x: Inputs, state: &mut [f32]) -> Vec<f32> {
+    let per_tok = heads * head_size;
+    let batch = x.r.len() / per_tok;
+    let d = Dims {
+        batch,
+        seq: 1,
+        heads,
+        head_size,
+    };
+    check(d, &x, state);
+    dispatch_n!(head_size, step_token_n, d, x, state)
+}
+
+fn step_token_n<const N: usize>(d: Dims, x: Inputs, state: &mut [f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; d.seq_len()];
+    for bh in 0..d.batch * d.heads {
+        let (b, h) = (bh / d.heads, bh % d.heads);
+        if !active(x.mask, d, b, 0) {
+            continue;
+        }
+        let s = &mut state[bh * N * N..(bh + 1) * N * N];
+        let o = bh * N;
+        with_simd(|| {
+            step::<N>(
+                s,
+                tok::<N>(x.r, d, b, 0, h),
+                tok::<N>(x.w, d, b, 0, h),
+                tok::<N>(x.k, d, b, 0, h),
+                tok::<N>(x.v, d, b, 0, h),
+                tok::<N>(x.a, d, b, 0, h),
+                tok::<N>(x.b, d, b, 0, h),
+                &mut y[o..o + N],
+            )
+        });
+    }
+    y
+}

@@ -1,0 +1,338 @@
+//! The fused WKV-7 op as a Burn backend extension: the Flex (CPU) implementation calls
+//! [`crate::cpu`], the Autodiff implementation records one graph node whose backward calls the
+//! fused backward. Backends without an implementation use [`crate::reference`] (see
+//! [`crate::wkv7`]).
+
+use crate::cpu::{self, Dims, Inputs};
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
+use burn::tensor::{DType, Shape, TensorData};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_flex::FlexTensor;
+
+/// Fused WKV-7 recurrence (see the crate docs for the math and layouts).
+#[backend_extension(Flex, Autodiff)]
+pub trait Wkv7Ops: Backend {
+    /// Returns `(y [B,T,H,N], final state [B,H,N,N], saved states)`; `saved` is empty unless
+    /// `save` is set. `mask` is `[B,T]` (1 keep, 0 skip); `s0` is `[B,H,N,N]`.
+    #[allow(clippy::too_many_arguments)]
+    fn wkv7_forward(
+        r: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        s0: FloatTensor<Self>,
+        save: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients `(dr, dw, dk, dv, da, db, ds0)` given `dy` `[B,T,H,N]` and `ds` `[B,H,N,N]`.
+    #[allow(clippy::too_many_arguments)]
+    fn wkv7_backward(
+        r: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        ds: FloatTensor<Self>,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
+}
+
+fn dims_of(r: &FlexTensor) -> Dims {
+    let s = r.shape();
+    assert_eq!(
+        s.num_dims(),
+        4,
+        "wkv7: inputs must be [B, T, H, N], got {:?}",
+        s.dims::<4>()
+    );
+    let [batch, seq, heads, head_size] = s.dims::<4>();
+    Dims {
+        batch,
+        seq,
+        heads,
+        head_size,
+    }
+}
+
+/// Contiguous f32 data of a Flex tensor.
+fn f32s(t: &FlexTensor, name: &str) -> Vec<f32> {
+    assert_eq!(
+        t.dtype(),
+        DType::F32,
+        "wkv7: `{name}` must be f32 (got {:?}); cast before calling",
+        t.dtype()
+    );
+    let c = t.to_contiguous();
+    c.storage::<f32>().to_vec()
+}
+
+fn flex(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape.into()))
+}
+
+impl Wkv7Ops for Flex {
+    fn wkv7_forward(
+        r: FlexTensor,
+        w: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        a: FlexTensor,
+        b: FlexTensor,
+        mask: FlexTensor,
+        s0: FlexTensor,
+        save: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let d = dims_of(&r);
+        let (r, w, k, v, a, b) = (
+            f32s(&r, "r"),
+            f32s(&w, "w"),
+            f32s(&k, "k"),
+            f32s(&v, "v"),
+            f32s(&a, "a"),
+            f32s(&b, "b"),
+        );
+        let (mask, s0) = (f32s(&mask, "mask"), f32s(&s0, "state"));
+        let x = Inputs {
+            r: &r,
+            w: &w,
+            k: &k,
+            v: &v,
+            a: &a,
+            b: &b,
+            mask: &mask,
+        };
+        let (y, s, saved) = cpu::forward(d, x, &s0, save);
+        let n = d.head_size;
+        let saved_len = saved.len();
+        (
+            flex(y, [d.batch, d.seq, d.heads, n]),
+            flex(s, [d.batch, d.heads, n, n]),
+            flex(saved, [saved_len]),
+        )
+    }
+
+    fn wkv7_backward(
+        r: FlexTensor,
+        w: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        a: FlexTensor,
+        b: FlexTensor,
+        mask: FlexTensor,
+        saved: FlexTensor,
+        dy: FlexTensor,
+        ds: FlexTensor,
+    ) -> (
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+    ) {
+        let d = dims_of(&r);
+        let (r, w, k, v, a, b) = (
+            f32s(&r, "r"),
+            f32s(&w, "w"),
+            f32s(&k, "k"),
+            f32s(&v, "v"),
+            f32s(&a, "a"),
+            f32s(&b, "b"),
+        );
+        let (mask, saved, dy, ds) = (
+            f32s(&mask, "mask"),
+            f32s(&saved, "saved"),
+            f32s(&dy, "dy"),
+            f32s(&ds, "ds"),
+        );
+        let x = Inputs {
+            r: &r,
+            w: &w,
+            k: &k,
+            v: &v,
+            a: &a,
+            b: &b,
+            mask: &mask,
+        };
+        let g = cpu::backward(d, x, &saved, &dy, &ds);
+        let seq = [d.batch, d.seq, d.heads, d.head_size];
+        (
+            flex(g.r, seq),
+            flex(g.w, seq),
+            flex(g.k, seq),
+            flex(g.v, seq),
+            flex(g.a, seq),
+            flex(g.b, seq),
+            flex(g.s0, [d.batch, d.heads, d.head_size, d.head_size]),
+        )
+    }
+}
+
+/// Backward node of the fused op. Its single output is `[y.flatten(), state.flatten()]`
+/// (autodiff nodes have one output; the wrapper slices the two apart).
+#[derive(Debug)]
+struct Wkv7Backward;
+
+impl<B: Backend + Wkv7Ops> Backward<B, 7> for Wkv7Backward {
+    /// r, w, k, v, a, b, mask, saved states, and the sizes of y and the state.
+    type State = (Vec<FloatTensor<B>>, Shape, Shape);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 7>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let (tensors, y_shape, s_shape) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        let y_len = y_shape.num_elements();
+        let s_len = s_shape.num_elements();
+        let dy = B::float_reshape(
+            B::float_slice(grad.clone(), &[burn::tensor::Slice::from(0..y_len)]),
+            y_shape,
+        );
+        let ds = B::float_reshape(
+            B::float_slice(grad, &[burn::tensor::Slice::from(y_len..y_len + s_len)]),
+            s_shape,
+        );
+        let mut it = tensors.into_iter();
+        let mut next = || it.next().expect("saved tensor");
+        let (r, w, k, v, a, b, mask, saved) = (
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+        );
+        let (dr, dw, dk, dv, da, db, ds0) = B::wkv7_backward(r, w, k, v, a, b, mask, saved, dy, ds);
+        for (node, g) in ops.parents.into_iter().zip([dr, dw, dk, dv, da, db, ds0]) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+impl<B: Backend + Wkv7Ops, C: CheckpointStrategy> Wkv7Ops for Autodiff<B, C> {
+    fn wkv7_forward(
+        r: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        s0: FloatTensor<Self>,
+        _save: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [
+            r.node(),
+            w.node(),
+            k.node(),
+            v.node(),
+            a.node(),
+            b.node(),
+            s0.node(),
+        ];
+        let (r, w, k, v, a, b) = (
+            r.into_primitive(),
+            w.into_primitive(),
+            k.into_primitive(),
+            v.into_primitive(),
+            a.into_primitive(),
+            b.into_primitive(),
+        );
+        let (mask, s0) = (mask.into_primitive(), s0.into_primitive());
+        let prep = Wkv7Backward.prepare::<C>(nodes).compute_bound().stateful();
+        let tracked = matches!(prep, OpsKind::Tracked(_));
+        let (y, s, saved) = B::wkv7_forward(
+            r.clone(),
+            w.clone(),
+            k.clone(),
+            v.clone(),
+            a.clone(),
+            b.clone(),
+            mask.clone(),
+            s0,
+            tracked,
+        );
+        let (y_shape, s_shape) = (y.shape(), s.shape());
+        let y_len = y_shape.num_elements();
+        let s_len = s_shape.num_elements();
+        let joined = B::float_cat(
+            vec![
+                B::float_reshape(y, Shape::new([y_len])),
+                B::float_reshape(s, Shape::new([s_len])),
+            ],
+            0,
+        );
+        let out = match prep {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    vec![r, w, k, v, a, b, mask, saved.clone()],
+                    y_shape.clone(),
+                    s_shape.clone(),
+                );
+                prep.finish(state, joined)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(joined),
+        };
+        let y = Self::float_reshape(
+            Self::float_slice(out.clone(), &[burn::tensor::Slice::from(0..y_len)]),
+            y_shape,
+        );
+        let s = Self::float_reshape(
+            Self::float_slice(out, &[burn::tensor::Slice::from(y_len..y_len + s_len)]),
+            s_shape,
+        );
+        (y, s, Self::from_inner(saved))
+    }
+
+    fn wkv7_backward(
+        _r: FloatTensor<Self>,
+        _w: FloatTensor<Self>,
+        _k: FloatTensor<Self>,
+        _v: FloatTensor<Self>,
+        _a: FloatTensor<Self>,
+        _b: FloatTensor<Self>,
+        _mask: FloatTensor<Self>,
+        _saved: FloatTensor<Self>,
+        _dy: FloatTensor<Self>,
+        _ds: FloatTensor<Self>,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        unimplemented!(
+            "wkv7_backward is called by the autodiff node on the inner backend, never on Autodiff itself"
+        )
+    }
+}

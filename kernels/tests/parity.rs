@@ -1,0 +1,384 @@
+//! The fused WKV-7 op against the tensor-op reference on random inputs: outputs, final states
+//! and every gradient, plus chunked processing and single-token steps.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rwkv_kernels::{Wkv7Impl, Wkv7Input, wkv7, wkv7_step};
+
+const TOL: f32 = 1e-4;
+
+struct Case {
+    b: usize,
+    t: usize,
+    h: usize,
+    n: usize,
+}
+
+/// Random inputs shaped like a real layer's: w in (0.545, 1), kk unit per head, a in (0, 1).
+struct Raw {
+    r: Vec<f32>,
+    w: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    s0: Vec<f32>,
+    mask: Vec<f32>,
+}
+
+fn raw(c: &Case, seed: u64, gaps: bool) -> Raw {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let len = c.b * c.t * c.h * c.n;
+    let mut u = |lo: f32, hi: f32, n: usize| {
+        (0..n)
+            .map(|_| rng.random_range(lo..hi))
+            .collect::<Vec<f32>>()
+    };
+    let r = u(-1.0, 1.0, len);
+    let w = u(0.55, 0.999, len);
+    let k = u(-1.0, 1.0, len);
+    let v = u(-1.0, 1.0, len);
+    let kk_raw = u(-1.0, 1.0, len);
+    let icl = u(0.0, 1.0, len);
+    let s0 = u(-0.5, 0.5, c.b * c.h * c.n * c.n);
+    let mut a = vec![0.0; len];
+    let mut b = vec![0.0; len];
+    for head in kk_raw.chunks(c.n).enumerate() {
+        let (i, kk) = head;
+        let norm = kk.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+        for j in 0..c.n {
+            let kkj = kk[j] / norm;
+            a[i * c.n + j] = -kkj;
+            b[i * c.n + j] = kkj * icl[i * c.n + j];
+        }
+    }
+    let mask = (0..c.b * c.t)
+        .map(|i| {
+            if gaps && (i % 7 == 3 || i % 11 == 5) {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    Raw {
+        r,
+        w,
+        k,
+        v,
+        a,
+        b,
+        s0,
+        mask,
+    }
+}
+
+fn t4(x: &[f32], s: [usize; 4], d: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(x.to_vec(), s), d)
+}
+
+fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// max |x − y| / max |y|
+fn rel(x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+    x.iter()
+        .zip(y)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+struct Run {
+    y: Vec<f32>,
+    s: Vec<f32>,
+    grads: Vec<(&'static str, Vec<f32>)>,
+}
+
+fn run(c: &Case, x: &Raw, imp: Wkv7Impl, with_mask: bool) -> Run {
+    let d = Device::flex().autodiff();
+    let sh = [c.b, c.t, c.h, c.n];
+    let sh_s = [c.b, c.h, c.n, c.n];
+    let leaf = |v: &[f32], s: [usize; 4]| t4(v, s, &d).require_grad();
+    let (r, w, k, v, a, b, s0) = (
+        leaf(&x.r, sh),
+        leaf(&x.w, sh),
+        leaf(&x.k, sh),
+        leaf(&x.v, sh),
+        leaf(&x.a, sh),
+        leaf(&x.b, sh),
+        leaf(&x.s0, sh_s),
+    );
+    let mask =
+        with_mask.then(|| Tensor::<2>::from_data(TensorData::new(x.mask.clone(), [c.b, c.t]), &d));
+    let input = Wkv7Input {
+        r: r.clone(),
+        w: w.clone(),
+        k: k.clone(),
+        v: v.clone(),
+        a: a.clone(),
+        b: b.clone(),
+    };
+    let (y, s) = wkv7(input, mask, Some(s0.clone()), imp);
+    // A loss touching both outputs with fixed random weights.
+    let mut rng = StdRng::seed_from_u64(99);
+    let gy: Vec<f32> = (0..c.b * c.t * c.h * c.n)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let gs: Vec<f32> = (0..c.b * c.h * c.n * c.n)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let loss = (y.clone() * t4(&gy, sh, &d)).sum() + (s.clone() * t4(&gs, sh_s, &d)).sum();
+    let grads = loss.backward();
+    let g = |t: &Tensor<4>| vec_of(t.grad(&grads).expect("gradient"));
+    Run {
+        y: vec_of(y),
+        s: vec_of(s),
+        grads: vec![
+            ("r", g(&r)),
+            ("w", g(&w)),
+            ("k", g(&k)),
+            ("v", g(&v)),
+            ("a", g(&a)),
+            ("b", g(&b)),
+            ("state", g(&s0)),
+        ],
+    }
+}
+
+fn check_case(c: Case, seed: u64, gaps: bool) {
+    let x = raw(&c, seed, gaps);
+    let fused = run(&c, &x, Wkv7Impl::Fused, true);
+    let reference = run(&c, &x, Wkv7Impl::Reference, true);
+    let tag = format!("B={} T={} H={} N={} gaps={gaps}", c.b, c.t, c.h, c.n);
+    assert!(
+        rel(&fused.y, &reference.y) < TOL,
+        "{tag}: y rel err {}",
+        rel(&fused.y, &reference.y)
+    );
+    assert!(
+        rel(&fused.s, &reference.s) < TOL,
+        "{tag}: state rel err {}",
+        rel(&fused.s, &reference.s)
+    );
+    for ((name, gf), (_, gr)) in fused.grads.iter().zip(&reference.grads) {
+        let e = rel(gf, gr);
+        assert!(e < TOL, "{tag}: d{name} rel err {e}");
+        assert!(
+            gr.iter().any(|v| *v != 0.0),
+            "{tag}: d{name} is all zero — the test would not catch anything"
+        );
+    }
+    if gaps {
+        // Masked tokens: zero output and zero gradient.
+        for (bt, m) in x.mask.iter().enumerate() {
+            if *m == 0.0 {
+                let o = bt * c.h * c.n;
+                assert!(
+                    fused.y[o..o + c.h * c.n].iter().all(|v| *v == 0.0),
+                    "{tag}: masked output"
+                );
+                assert!(
+                    fused.grads[0].1[o..o + c.h * c.n].iter().all(|v| *v == 0.0),
+                    "{tag}: masked dr"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_matches_reference_small_heads() {
+    check_case(
+        Case {
+            b: 2,
+            t: 37,
+            h: 3,
+            n: 8,
+        },
+        1,
+        true,
+    );
+    check_case(
+        Case {
+            b: 1,
+            t: 16,
+            h: 2,
+            n: 16,
+        },
+        2,
+        false,
+    );
+}
+
+#[test]
+fn fused_matches_reference_head_size_64() {
+    check_case(
+        Case {
+            b: 2,
+            t: 21,
+            h: 2,
+            n: 64,
+        },
+        3,
+        true,
+    );
+    check_case(
+        Case {
+            b: 1,
+            t: 48,
+            h: 1,
+            n: 64,
+        },
+        4,
+        false,
+    );
+}
+
+#[test]
+fn two_halves_with_carried_state_equal_one_pass() {
+    let c = Case {
+        b: 2,
+        t: 40,
+        h: 2,
+        n: 16,
+    };
+    let x = raw(&c, 5, true);
+    let d = Device::flex();
+    let sh = [c.b, c.t, c.h, c.n];
+    let full = |v: &[f32]| t4(v, sh, &d);
+    let mask = Tensor::<2>::from_data(TensorData::new(x.mask.clone(), [c.b, c.t]), &d);
+    let s0 = t4(&x.s0, [c.b, c.h, c.n, c.n], &d);
+    let input = Wkv7Input {
+        r: full(&x.r),
+        w: full(&x.w),
+        k: full(&x.k),
+        v: full(&x.v),
+        a: full(&x.a),
+        b: full(&x.b),
+    };
+    let (y, s) = wkv7(
+        input.clone(),
+        Some(mask.clone()),
+        Some(s0.clone()),
+        Wkv7Impl::Fused,
+    );
+
+    let split = 23;
+    let part =
+        |t: &Tensor<4>, r: std::ops::Range<usize>| t.clone().slice([0..c.b, r, 0..c.h, 0..c.n]);
+    let half = |r: std::ops::Range<usize>| Wkv7Input {
+        r: part(&input.r, r.clone()),
+        w: part(&input.w, r.clone()),
+        k: part(&input.k, r.clone()),
+        v: part(&input.v, r.clone()),
+        a: part(&input.a, r.clone()),
+        b: part(&input.b, r),
+    };
+    let m = |r: std::ops::Range<usize>| mask.clone().slice([0..c.b, r]);
+    let (y1, s1) = wkv7(half(0..split), Some(m(0..split)), Some(s0), Wkv7Impl::Fused);
+    let (y2, s2) = wkv7(
+        half(split..c.t),
+        Some(m(split..c.t)),
+        Some(s1),
+        Wkv7Impl::Fused,
+    );
+    let y12 = Tensor::cat(vec![y1, y2], 1);
+    assert_eq!(vec_of(y12), vec_of(y), "chunked output differs");
+    assert_eq!(vec_of(s2), vec_of(s), "chunked final state differs");
+}
+
+#[test]
+fn single_token_steps_equal_the_sequence_op() {
+    let c = Case {
+        b: 2,
+        t: 19,
+        h: 3,
+        n: 64,
+    };
+    let x = raw(&c, 6, false);
+    let d = Device::flex();
+    let sh = [c.b, c.t, c.h, c.n];
+    let full = |v: &[f32]| t4(v, sh, &d);
+    let s0 = t4(&x.s0, [c.b, c.h, c.n, c.n], &d);
+    let input = Wkv7Input {
+        r: full(&x.r),
+        w: full(&x.w),
+        k: full(&x.k),
+        v: full(&x.v),
+        a: full(&x.a),
+        b: full(&x.b),
+    };
+    let (y, s) = wkv7(input.clone(), None, Some(s0.clone()), Wkv7Impl::Fused);
+    let tok = |t: &Tensor<4>, i: usize| {
+        t.clone()
+            .slice([0..c.b, i..i + 1, 0..c.h, 0..c.n])
+            .reshape([c.b, c.h, c.n])
+    };
+    let mut state = s0;
+    let mut ys = Vec::new();
+    for i in 0..c.t {
+        let (yt, st) = wkv7_step(
+            tok(&input.r, i),
+            tok(&input.w, i),
+            tok(&input.k, i),
+            tok(&input.v, i),
+            tok(&input.a, i),
+            tok(&input.b, i),
+            state,
+            Wkv7Impl::Fused,
+        );
+        state = st;
+        ys.push(yt.reshape([c.b, 1, c.h, c.n]));
+    }
+    assert_eq!(vec_of(Tensor::cat(ys, 1)), vec_of(y));
+    assert_eq!(vec_of(state), vec_of(s));
+}
+
+#[test]
+fn fused_without_autodiff_matches_reference() {
+    let c = Case {
+        b: 1,
+        t: 33,
+        h: 2,
+        n: 32,
+    };
+    let x = raw(&c, 7, true);
+    let d = Device::flex();
+    let sh = [c.b, c.t, c.h, c.n];
+    let full = |v: &[f32]| t4(v, sh, &d);
+    let mk = || Wkv7Input {
+        r: full(&x.r),
+        w: full(&x.w),
+        k: full(&x.k),
+        v: full(&x.v),
+        a: full(&x.a),
+        b: full(&x.b),
+    };
+    let mask = || {
+        Some(Tensor::<2>::from_data(
+            TensorData::new(x.mask.clone(), [c.b, c.t]),
+            &d,
+        ))
+    };
+    let (yf, sf) = wkv7(mk(), mask(), None, Wkv7Impl::Fused);
+    let (yr, sr) = wkv7(mk(), mask(), None, Wkv7Impl::Reference);
+    assert!(rel(&vec_of(yf), &vec_of(yr)) < TOL);
+    assert!(rel(&vec_of(sf), &vec_of(sr)) < TOL);
+}
+
+#[test]
+fn the_fused_path_is_taken_on_flex() {
+    assert!(
+        rwkv_kernels::fused_available(&Device::flex()),
+        "{:?}",
+        Device::flex()
+    );
+    assert!(
+        rwkv_kernels::fused_available(&Device::flex().autodiff()),
+        "{:?}",
+        Device::flex().autodiff()
+    );
+}
