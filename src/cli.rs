@@ -82,6 +82,32 @@ enum Command {
         /// The run directory (default: the newest run under --runs-dir).
         run_dir: Option<PathBuf>,
     },
+    /// Benchmarks, each side by side with a reference, with peak memory.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// WKV-7 recurrence: Burn reference vs fused CPU op vs PyTorch eager per-token loop,
+    /// forward and forward+backward, at B=4 T=1024 H=9 and B=2 T=2048 H=14 (N=64).
+    Wkv {
+        /// Timed repetitions per measurement (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Python interpreter with torch for the PyTorch column.
+        #[arg(long, env = "RUNNER_PYTHON", default_value = "python3")]
+        python: String,
+        /// Skip the Burn tensor-op reference (slow at these sizes).
+        #[arg(long)]
+        no_reference: bool,
+        /// Only the first shape.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -161,7 +187,90 @@ pub fn main() -> Result<(), Error> {
             Ok(())
         }
         Command::Status { run_dir } => status(run_dir.as_deref(), runs_dir),
+        Command::Bench(BenchCommand::Wkv {
+            reps,
+            python,
+            no_reference,
+            quick,
+            json,
+        }) => bench_wkv(*reps, python, *no_reference, *quick, json.as_deref()),
     }
+}
+
+fn bench_wkv(
+    reps: usize,
+    python: &str,
+    no_reference: bool,
+    quick: bool,
+    json: Option<&Path>,
+) -> Result<(), Error> {
+    use crate::bench::wkv::{self, SHAPES};
+    use rwkv_kernels::Wkv7Impl;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/bench/wkv_torch.py");
+    let shapes = if quick { &SHAPES[..1] } else { &SHAPES[..] };
+    let mut results = Vec::new();
+    for &s in shapes {
+        println!(
+            "WKV-7  B={} T={} H={} N={}  ({} threads, median of {reps})",
+            s.b,
+            s.t,
+            s.h,
+            s.n,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        println!(
+            "{:<16} {:>10} {:>12} {:>14} {:>20}",
+            "implementation", "fwd ms", "fwd+bwd ms", "peak RSS MiB", "GFLOP/s fwd, f+b"
+        );
+        let fused = wkv::time_burn(s, Wkv7Impl::Fused, reps);
+        let reference =
+            (!no_reference).then(|| wkv::time_burn(s, Wkv7Impl::Reference, reps.min(1)));
+        let torch = wkv::time_torch(python, &script, s, reps);
+        let row = |name: &str, t: &wkv::Timing| {
+            println!(
+                "{name:<16} {:>10.1} {:>12.1} {:>14.0} {:>9.1}, {:>8.1}",
+                t.fwd_ms,
+                t.fwdbwd_ms,
+                t.peak_rss_mib,
+                wkv::gflops(s, 9.0, t.fwd_ms),
+                wkv::gflops(s, 39.0, t.fwdbwd_ms)
+            )
+        };
+        if let Some(r) = &reference {
+            row("burn reference", r);
+        }
+        row("fused (ours)", &fused);
+        match &torch {
+            Ok(t) => row("pytorch eager", t),
+            Err(why) => println!("{:<16} skipped: {why}", "pytorch eager"),
+        }
+        if let Some(r) = &reference {
+            println!(
+                "fused vs burn reference: {:.1}x forward, {:.1}x forward+backward",
+                r.fwd_ms / fused.fwd_ms,
+                r.fwdbwd_ms / fused.fwdbwd_ms
+            );
+        }
+        if let Ok(t) = &torch {
+            println!(
+                "fused vs pytorch eager:  {:.1}x forward, {:.1}x forward+backward",
+                t.fwd_ms / fused.fwd_ms,
+                t.fwdbwd_ms / fused.fwdbwd_ms
+            );
+        }
+        println!();
+        let j = |t: &wkv::Timing| serde_json::json!({"fwd_ms": t.fwd_ms, "fwdbwd_ms": t.fwdbwd_ms, "peak_rss_mib": t.peak_rss_mib});
+        results.push(serde_json::json!({
+            "shape": {"b": s.b, "t": s.t, "h": s.h, "n": s.n},
+            "fused": j(&fused),
+            "reference": reference.as_ref().map(j),
+            "pytorch": torch.as_ref().ok().map(j),
+        }));
+    }
+    if let Some(path) = json {
+        crate::util::fsx::atomic_write_json(path, &results)?;
+    }
+    Ok(())
 }
 
 fn load(file: &Path, config: &ConfigArgs) -> Result<Pipeline, Error> {

@@ -2,6 +2,7 @@
 //! hybrids by distillation. `runner run pipelines/<name>.toml` executes a declarative DAG of
 //! steps with caching, checkpoints and exact resume.
 
+pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod pipeline;

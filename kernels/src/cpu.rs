@@ -148,7 +148,8 @@ fn with_simd<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Forward pass. Returns `y` `[B,T,H,N]`, the final state `[B,H,N,N]`, and, when `save` is set,
-/// the states saved for backward `[B,H,n_saved,N,N]`. `s0` empty means a zero initial state.
+/// the states saved for backward `[B,H,n_saved,N,N]` (key-major, internal to this module).
+/// `s0` empty means a zero initial state.
 pub fn forward(d: Dims, x: Inputs, s0: &[f32], save: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     check(d, &x, s0);
     dispatch_n!(d.head_size, forward_n, d, x, s0, save)
@@ -214,7 +215,37 @@ fn active(mask: &[f32], d: Dims, b: usize, t: usize) -> bool {
     mask.is_empty() || mask[b * d.seq + t] != 0.0
 }
 
-/// One token of the recurrence on one head's state; writes y. Returns nothing.
+/// `Σ_j x[j]·y[j]` with 16 independent accumulators, so the loop vectorises (a single
+/// running sum is a serial dependency the compiler may not reorder).
+#[inline(always)]
+fn dot<const N: usize>(x: &[f32; N], y: &[f32; N]) -> f32 {
+    const L: usize = 16;
+    if N < L {
+        let mut s = 0.0f32;
+        for j in 0..N {
+            s += x[j] * y[j];
+        }
+        return s;
+    }
+    let mut acc = [0.0f32; L];
+    for c in 0..N / L {
+        for l in 0..L {
+            acc[l] += x[c * L + l] * y[c * L + l];
+        }
+    }
+    // Pairwise (tree) reduction: 4 dependent adds instead of 15.
+    let mut h8 = [0.0f32; 8];
+    for l in 0..8 {
+        h8[l] = acc[l] + acc[l + 8];
+    }
+    let mut h4 = [0.0f32; 4];
+    for l in 0..4 {
+        h4[l] = h8[l] + h8[l + 4];
+    }
+    (h4[0] + h4[2]) + (h4[1] + h4[3])
+}
+
+/// One token of the recurrence on one head's state; writes y.
 #[inline(always)]
 fn step<const N: usize>(
     s: &mut [f32],
@@ -228,21 +259,61 @@ fn step<const N: usize>(
 ) {
     for i in 0..N {
         let row: &mut [f32; N] = (&mut s[i * N..(i + 1) * N]).try_into().expect("row");
-        let mut sa = 0.0f32;
-        for j in 0..N {
-            sa += row[j] * a[j];
-        }
+        let sa = dot::<N>(row, a);
         let vi = v[i];
-        let mut yi = 0.0f32;
         for j in 0..N {
-            let nv = row[j] * w[j] + sa * b[j] + vi * k[j];
-            row[j] = nv;
-            yi += nv * r[j];
+            row[j] = row[j] * w[j] + sa * b[j] + vi * k[j];
         }
-        y[i] = yi;
+        y[i] = dot::<N>(row, r);
     }
 }
 
+/// One token on a *key-major* state `ST[j][i] = S[i][j]`: every loop is a vertical
+/// multiply-add over i, with no horizontal reductions.
+#[inline(always)]
+fn step_keymajor<const N: usize>(
+    st: &mut [f32],
+    r: &[f32; N],
+    w: &[f32; N],
+    k: &[f32; N],
+    v: &[f32; N],
+    a: &[f32; N],
+    b: &[f32; N],
+    y: &mut [f32],
+) {
+    let mut sa = [0.0f32; N];
+    for j in 0..N {
+        let row: &[f32; N] = st[j * N..(j + 1) * N].try_into().expect("row");
+        let aj = a[j];
+        for i in 0..N {
+            sa[i] += row[i] * aj;
+        }
+    }
+    let mut acc = [0.0f32; N];
+    for j in 0..N {
+        let row: &mut [f32; N] = (&mut st[j * N..(j + 1) * N]).try_into().expect("row");
+        let (wj, bj, kj, rj) = (w[j], b[j], k[j], r[j]);
+        for i in 0..N {
+            let nv = row[i] * wj + sa[i] * bj + v[i] * kj;
+            row[i] = nv;
+            acc[i] += nv * rj;
+        }
+    }
+    y[..N].copy_from_slice(&acc);
+}
+
+/// `dst = srcᵀ` for an N×N block.
+#[inline(always)]
+fn transpose<const N: usize>(src: &[f32], dst: &mut [f32]) {
+    for i in 0..N {
+        for j in 0..N {
+            dst[j * N + i] = src[i * N + j];
+        }
+    }
+}
+
+/// Forward over one (batch, head). `s` holds the state in the public value-major layout on
+/// entry and exit; internally the key-major layout is used (and saved for backward).
 #[inline(always)]
 fn head_forward<const N: usize>(
     d: Dims,
@@ -253,6 +324,10 @@ fn head_forward<const N: usize>(
     mut saved: Option<&mut [f32]>,
     ys: &mut [f32],
 ) {
+    let mut st = vec![0.0f32; N * N];
+    transpose::<N>(s, &mut st);
+    let s_pub = s;
+    let s = &mut st[..];
     for t in 0..d.seq {
         if t % CHUNK == 0 {
             if let Some(sv) = saved.as_deref_mut() {
@@ -263,7 +338,7 @@ fn head_forward<const N: usize>(
         if !active(x.mask, d, b, t) {
             continue; // output stays 0, state unchanged
         }
-        step::<N>(
+        step_keymajor::<N>(
             s,
             tok::<N>(x.r, d, b, t, h),
             tok::<N>(x.w, d, b, t, h),
@@ -278,6 +353,7 @@ fn head_forward<const N: usize>(
         let c = d.n_saved() - 1;
         sv[c * N * N..(c + 1) * N * N].copy_from_slice(s);
     }
+    transpose::<N>(s, s_pub);
 }
 
 /// Backward pass. `dy` is `[B,T,H,N]`; `ds_final` `[B,H,N,N]` (empty = zero); `saved` comes from
@@ -371,7 +447,10 @@ fn head_backward<const N: usize>(
         a: vec![0.0; t_len * N],
         b: vec![0.0; t_len * N],
     };
-    // states[m] = state before token t0+m (m = 0..len), states[len] = after the chunk.
+    // Everything key-major (`X[j][i]`), like the forward: dS and the recomputed states.
+    let mut gs = vec![0.0f32; N * N];
+    transpose::<N>(ds, &mut gs);
+    // states[m] = state before token t0+m, states[m+1] = after it.
     let mut states = vec![0.0f32; (CHUNK + 1) * N * N];
     let mut sas = vec![0.0f32; CHUNK * N];
     let mut scratch_y = [0.0f32; N];
@@ -379,7 +458,6 @@ fn head_backward<const N: usize>(
     for c in (0..n_chunks).rev() {
         let t0 = c * CHUNK;
         let len = CHUNK.min(t_len - t0);
-        // Recompute the chunk's states from the saved one.
         states[..N * N].copy_from_slice(&saved[c * N * N..(c + 1) * N * N]);
         for m in 0..len {
             let t = t0 + m;
@@ -391,14 +469,15 @@ fn head_backward<const N: usize>(
                 continue;
             }
             let a = tok::<N>(x.a, d, b, t, h);
-            for i in 0..N {
-                let mut sa = 0.0f32;
-                for j in 0..N {
-                    sa += prev[i * N + j] * a[j];
+            let sa: &mut [f32; N] = (&mut sas[m * N..(m + 1) * N]).try_into().expect("sa");
+            sa.fill(0.0);
+            for j in 0..N {
+                let aj = a[j];
+                for i in 0..N {
+                    sa[i] += prev[j * N + i] * aj;
                 }
-                sas[m * N + i] = sa;
             }
-            step::<N>(
+            step_keymajor::<N>(
                 next,
                 tok::<N>(x.r, d, b, t, h),
                 tok::<N>(x.w, d, b, t, h),
@@ -409,7 +488,6 @@ fn head_backward<const N: usize>(
                 &mut scratch_y,
             );
         }
-        // Walk the chunk backwards.
         for m in (0..len).rev() {
             let t = t0 + m;
             if !active(x.mask, d, b, t) {
@@ -424,43 +502,39 @@ fn head_backward<const N: usize>(
             let dy = tok::<N>(dy_all, d, b, t, h);
             let prev = &states[m * N * N..(m + 1) * N * N];
             let cur = &states[(m + 1) * N * N..(m + 2) * N * N];
-            let sa = &sas[m * N..(m + 1) * N];
+            let sa: &[f32; N] = sas[m * N..(m + 1) * N].try_into().expect("sa");
             let o = t * N;
-            let mut dr = [0.0f32; N];
-            let mut dk = [0.0f32; N];
-            let mut dw = [0.0f32; N];
-            let mut da = [0.0f32; N];
-            let mut db = [0.0f32; N];
-            for i in 0..N {
-                let row: &mut [f32; N] = (&mut ds[i * N..(i + 1) * N]).try_into().expect("row");
-                let prow: &[f32; N] = prev[i * N..(i + 1) * N].try_into().expect("row");
-                let crow: &[f32; N] = cur[i * N..(i + 1) * N].try_into().expect("row");
-                let (dyi, vi, sai) = (dy[i], v[i], sa[i]);
-                let mut dvi = 0.0f32;
-                let mut dsai = 0.0f32;
-                for j in 0..N {
-                    dr[j] += crow[j] * dyi;
-                    let gs = row[j] + dyi * r[j];
-                    row[j] = gs;
-                    dvi += gs * k[j];
-                    dsai += gs * bb[j];
-                    dk[j] += gs * vi;
-                    dw[j] += gs * prow[j];
-                    db[j] += gs * sai;
+            let mut dv = [0.0f32; N];
+            let mut dsa = [0.0f32; N];
+            for j in 0..N {
+                let grow: &mut [f32; N] = (&mut gs[j * N..(j + 1) * N]).try_into().expect("row");
+                let crow: &[f32; N] = cur[j * N..(j + 1) * N].try_into().expect("row");
+                let prow: &[f32; N] = prev[j * N..(j + 1) * N].try_into().expect("row");
+                let (rj, kj, bj) = (r[j], k[j], bb[j]);
+                for i in 0..N {
+                    let gv = grow[i] + dy[i] * rj; // dS_t = dS + dy rᵀ
+                    grow[i] = gv;
+                    dv[i] += gv * kj;
+                    dsa[i] += gv * bj;
                 }
-                g.v[o + i] = dvi;
-                for j in 0..N {
-                    da[j] += dsai * prow[j];
-                    row[j] = row[j] * w[j] + dsai * a[j];
+                g.r[o + j] = dot::<N>(crow, dy);
+                g.k[o + j] = dot::<N>(grow, v);
+                g.w[o + j] = dot::<N>(grow, prow);
+                g.b[o + j] = dot::<N>(grow, sa);
+            }
+            for j in 0..N {
+                let grow: &mut [f32; N] = (&mut gs[j * N..(j + 1) * N]).try_into().expect("row");
+                let prow: &[f32; N] = prev[j * N..(j + 1) * N].try_into().expect("row");
+                g.a[o + j] = dot::<N>(prow, &dsa);
+                let (wj, aj) = (w[j], a[j]);
+                for i in 0..N {
+                    grow[i] = grow[i] * wj + dsa[i] * aj; // dS_{t-1} = dS·diag(w) + dsa αᵀ
                 }
             }
-            g.r[o..o + N].copy_from_slice(&dr);
-            g.k[o..o + N].copy_from_slice(&dk);
-            g.w[o..o + N].copy_from_slice(&dw);
-            g.a[o..o + N].copy_from_slice(&da);
-            g.b[o..o + N].copy_from_slice(&db);
+            g.v[o..o + N].copy_from_slice(&dv);
         }
     }
+    transpose::<N>(&gs, ds);
     g
 }
 

@@ -1,0 +1,153 @@
+//! `runner bench wkv`: the WKV-7 recurrence, forward and forward+backward, for
+//! (a) the Burn tensor-op reference, (b) the fused CPU op, (c) PyTorch eager running the same
+//! recurrence as a per-token loop (when `torch` is importable), on the same inputs' shapes.
+//!
+//! FLOP counts used for GFLOP/s, per token and head of size N: forward 9·N² (S·α, the rank-2
+//! update, S·r); forward+backward 39·N² (forward, the chunk recompute, and the backward).
+
+use super::mem;
+use burn::tensor::{Device, Distribution, Tensor};
+use rwkv_kernels::{Wkv7Impl, Wkv7Input, wkv7};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub n: usize,
+}
+
+/// The shapes the original's CPU figures were measured at: SmolLM2-135M (9 heads) and
+/// Qwen2.5-0.5B (14 heads) layers.
+pub const SHAPES: [Shape; 2] = [
+    Shape {
+        b: 4,
+        t: 1024,
+        h: 9,
+        n: 64,
+    },
+    Shape {
+        b: 2,
+        t: 2048,
+        h: 14,
+        n: 64,
+    },
+];
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub fwd_ms: f64,
+    pub fwdbwd_ms: f64,
+    pub peak_rss_mib: f64,
+}
+
+fn inputs(s: Shape, device: &Device) -> Wkv7Input {
+    let dims = [s.b, s.t, s.h, s.n];
+    let u = |lo: f64, hi: f64| Tensor::<4>::random(dims, Distribution::Uniform(lo, hi), device);
+    let kk = u(-1.0, 1.0);
+    let norm = kk
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(3)
+        .sqrt()
+        .clamp_min(1e-6);
+    let kk = kk / norm;
+    Wkv7Input {
+        r: u(-1.0, 1.0),
+        w: u(0.55, 0.999),
+        k: u(-1.0, 1.0),
+        v: u(-1.0, 1.0),
+        a: kk.clone().neg(),
+        b: kk * u(0.0, 1.0),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times one implementation: median of `reps` forward runs and `reps` forward+backward runs.
+pub fn time_burn(s: Shape, imp: Wkv7Impl, reps: usize) -> Timing {
+    mem::reset_peak();
+    let plain = Device::flex();
+    let fwd = || {
+        let x = inputs(s, &plain);
+        let t0 = Instant::now();
+        let (y, st) = wkv7(x, None, None, imp);
+        let _ = (y.into_data(), st.into_data());
+        t0.elapsed().as_secs_f64() * 1e3
+    };
+    fwd(); // warm-up
+    let fwd_ms = median((0..reps).map(|_| fwd()).collect());
+    let ad = Device::flex().autodiff();
+    let fwdbwd = || {
+        let x = inputs(s, &ad);
+        let x = Wkv7Input {
+            r: x.r.require_grad(),
+            w: x.w.require_grad(),
+            k: x.k.require_grad(),
+            v: x.v.require_grad(),
+            a: x.a.require_grad(),
+            b: x.b.require_grad(),
+        };
+        let leaves = x.clone();
+        let t0 = Instant::now();
+        let (y, st) = wkv7(x, None, None, imp);
+        let grads = (y.sum() + st.sum()).backward();
+        let g = leaves.r.grad(&grads).expect("gradient of r");
+        let _ = g.into_data();
+        t0.elapsed().as_secs_f64() * 1e3
+    };
+    let fwdbwd_ms = median((0..reps.max(1)).map(|_| fwdbwd()).collect());
+    Timing {
+        fwd_ms,
+        fwdbwd_ms,
+        peak_rss_mib: mem::peak_rss_mib().unwrap_or(f64::NAN),
+    }
+}
+
+/// Runs the PyTorch script; `Err` says why it could not (e.g. torch not installed).
+pub fn time_torch(python: &str, script: &Path, s: Shape, reps: usize) -> Result<Timing, String> {
+    let out = Command::new(python)
+        .arg(script)
+        .args([
+            "--b",
+            &s.b.to_string(),
+            "--t",
+            &s.t.to_string(),
+            "--h",
+            &s.h.to_string(),
+            "--n",
+            &s.n.to_string(),
+        ])
+        .args(["--reps", &reps.to_string()])
+        .output()
+        .map_err(|e| format!("cannot start `{python}`: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").to_string();
+        return Err(if last.contains("No module named 'torch'") {
+            format!(
+                "PyTorch is not installed for `{python}` (pip install torch==2.9.0, or pass --python)"
+            )
+        } else {
+            format!("the PyTorch script failed: {last}")
+        });
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("unreadable PyTorch output: {e}"))?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    Ok(Timing {
+        fwd_ms: f("fwd_ms"),
+        fwdbwd_ms: f("fwdbwd_ms"),
+        peak_rss_mib: f("peak_rss_mb"),
+    })
+}
+
+pub fn gflops(s: Shape, flops_per: f64, ms: f64) -> f64 {
+    (s.b * s.t * s.h) as f64 * flops_per * (s.n * s.n) as f64 / (ms * 1e-3) / 1e9
+}
