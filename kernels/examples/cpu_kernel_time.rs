@@ -12,7 +12,7 @@ fn main() {
     let n = d.seq_len();
     let mk = |s: f32| {
         (0..n)
-            .map(|i| ((i as f32 * s).sin() * 0.5))
+            .map(|i| (i as f32 * s).sin() * 0.5)
             .collect::<Vec<f32>>()
     };
     let (r, k, v, a, b) = (mk(0.1), mk(0.2), mk(0.3), mk(0.4), mk(0.5));

@@ -13,6 +13,9 @@
 //! `w` is the per-channel decay factor in (0, 1) (the model computes `exp(-exp(w_raw))`).
 //! Work is split over (batch, head) with rayon; the head size is a compile-time constant so
 //! the 64-wide row loops vectorise, and an AVX-512/AVX2 build of each loop is chosen at run time.
+//! Internally the state is kept key-major (`ST[j][i] = S[i][j]`): the forward step is then
+//! made of vertical multiply-adds over i only (no horizontal reductions); the public layout
+//! (inputs and outputs of states) stays value-major.
 //!
 //! Backward keeps the state every [`CHUNK`] tokens from the forward pass and recomputes the
 //! states inside each chunk, so it reproduces the forward's states exactly (no backstepping
@@ -243,29 +246,6 @@ fn dot<const N: usize>(x: &[f32; N], y: &[f32; N]) -> f32 {
         h4[l] = h8[l] + h8[l + 4];
     }
     (h4[0] + h4[2]) + (h4[1] + h4[3])
-}
-
-/// One token of the recurrence on one head's state; writes y.
-#[inline(always)]
-fn step<const N: usize>(
-    s: &mut [f32],
-    r: &[f32; N],
-    w: &[f32; N],
-    k: &[f32; N],
-    v: &[f32; N],
-    a: &[f32; N],
-    b: &[f32; N],
-    y: &mut [f32],
-) {
-    for i in 0..N {
-        let row: &mut [f32; N] = (&mut s[i * N..(i + 1) * N]).try_into().expect("row");
-        let sa = dot::<N>(row, a);
-        let vi = v[i];
-        for j in 0..N {
-            row[j] = row[j] * w[j] + sa * b[j] + vi * k[j];
-        }
-        y[i] = dot::<N>(row, r);
-    }
 }
 
 /// One token on a *key-major* state `ST[j][i] = S[i][j]`: every loop is a vertical
@@ -536,44 +516,4 @@ fn head_backward<const N: usize>(
     }
     transpose::<N>(&gs, ds);
     g
-}
-
-/// One generation step for a batch: x's are `[B, H, N]`, `state` `[B, H, N, N]` is updated in
-/// place; returns y `[B, H, N]`.
-pub fn step_token(heads: usize, head_size: usize, x: Inputs, state: &mut [f32]) -> Vec<f32> {
-    let per_tok = heads * head_size;
-    let batch = x.r.len() / per_tok;
-    let d = Dims {
-        batch,
-        seq: 1,
-        heads,
-        head_size,
-    };
-    check(d, &x, state);
-    dispatch_n!(head_size, step_token_n, d, x, state)
-}
-
-fn step_token_n<const N: usize>(d: Dims, x: Inputs, state: &mut [f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; d.seq_len()];
-    for bh in 0..d.batch * d.heads {
-        let (b, h) = (bh / d.heads, bh % d.heads);
-        if !active(x.mask, d, b, 0) {
-            continue;
-        }
-        let s = &mut state[bh * N * N..(bh + 1) * N * N];
-        let o = bh * N;
-        with_simd(|| {
-            step::<N>(
-                s,
-                tok::<N>(x.r, d, b, 0, h),
-                tok::<N>(x.w, d, b, 0, h),
-                tok::<N>(x.k, d, b, 0, h),
-                tok::<N>(x.v, d, b, 0, h),
-                tok::<N>(x.a, d, b, 0, h),
-                tok::<N>(x.b, d, b, 0, h),
-                &mut y[o..o + N],
-            )
-        });
-    }
-    y
 }
