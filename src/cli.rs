@@ -2,10 +2,11 @@
 
 use crate::error::Error;
 use crate::pipeline::executor::{Executor, Outcome, StepReport};
+use crate::pipeline::graph::StepGraph;
 use crate::pipeline::layers::Overrides;
 use crate::pipeline::plan::{self, PlanEntry};
 use crate::pipeline::rundir::{self, RunDir, RunRecord, RunStatus, StepStatus};
-use crate::pipeline::select::Selection;
+use crate::pipeline::select::{Scope, Selection};
 use crate::pipeline::{self, Pipeline, keys, render};
 use crate::progress;
 use clap::{Args, Parser, Subcommand};
@@ -284,6 +285,20 @@ fn load(file: &Path, config: &ConfigArgs) -> Result<Pipeline, Error> {
     )?)
 }
 
+/// Loads a pipeline and resolves its graph, the step selection and the runs directory.
+fn prepare(
+    file: &Path,
+    config: &ConfigArgs,
+    select: &SelectArgs,
+    runs_dir: Option<&Path>,
+) -> Result<(Pipeline, StepGraph, Scope, PathBuf), Error> {
+    let p = load(file, config)?;
+    let graph = pipeline::graph_of(&p);
+    let scope = select.selection().resolve(&p, &graph)?;
+    let runs_root = pipeline::runs_root(&p, runs_dir);
+    Ok((p, graph, scope, runs_root))
+}
+
 fn run(
     file: &Path,
     config: &ConfigArgs,
@@ -291,10 +306,7 @@ fn run(
     run_id: Option<&str>,
     runs_dir: Option<&Path>,
 ) -> Result<(), Error> {
-    let p = load(file, config)?;
-    let graph = pipeline::graph_of(&p);
-    let scope = select.selection().resolve(&p, &graph)?;
-    let runs_root = pipeline::runs_root(&p, runs_dir);
+    let (p, graph, scope, runs_root) = prepare(file, config, select, runs_dir)?;
     let run = RunDir::create(&runs_root, &p.name, run_id)?;
     crate::util::fsx::atomic_write(
         &run.path.join(rundir::RESOLVED_CONFIG),
@@ -400,10 +412,7 @@ fn plan_cmd(
     select: &SelectArgs,
     runs_dir: Option<&Path>,
 ) -> Result<(), Error> {
-    let p = load(file, config)?;
-    let graph = pipeline::graph_of(&p);
-    let scope = select.selection().resolve(&p, &graph)?;
-    let runs_root = pipeline::runs_root(&p, runs_dir);
+    let (p, graph, scope, runs_root) = prepare(file, config, select, runs_dir)?;
     let entries = plan::plan(&p, &graph, &scope, &runs_root);
     let width = entries
         .iter()

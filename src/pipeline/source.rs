@@ -154,33 +154,26 @@ fn load_into(
             return true;
         }
     };
+    let toml_error = |span: Option<Range<usize>>, what: &str, message: &str| {
+        let (line, column) = line_col(&text, span.map_or(0, |s| s.start));
+        let location = Location::File {
+            path: path.to_path_buf(),
+            line,
+            column,
+        };
+        Diagnostic::new(location, format!("{what}: {}", message.trim()))
+    };
     let spanned = match DeTable::parse(&text) {
         Ok(t) => t,
         Err(e) => {
-            let (line, column) = line_col(&text, e.span().map_or(0, |s| s.start));
-            diags.push(Diagnostic::new(
-                Location::File {
-                    path: path.to_path_buf(),
-                    line,
-                    column,
-                },
-                format!("TOML syntax error: {}", e.message().trim()),
-            ));
+            diags.push(toml_error(e.span(), "TOML syntax error", e.message()));
             return true;
         }
     };
     let values: toml::Table = match toml::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
-            let (line, column) = line_col(&text, e.span().map_or(0, |s| s.start));
-            diags.push(Diagnostic::new(
-                Location::File {
-                    path: path.to_path_buf(),
-                    line,
-                    column,
-                },
-                format!("TOML error: {}", e.message().trim()),
-            ));
+            diags.push(toml_error(e.span(), "TOML error", e.message()));
             return true;
         }
     };
