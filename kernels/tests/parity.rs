@@ -81,6 +81,19 @@ fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
 
+/// The inputs of `x` as (non-autodiff) tensors on `d`.
+fn tensors(c: &Case, x: &Raw, d: &Device) -> Wkv7Input {
+    let sh = [c.b, c.t, c.h, c.n];
+    Wkv7Input {
+        r: t4(&x.r, sh, d),
+        w: t4(&x.w, sh, d),
+        k: t4(&x.k, sh, d),
+        v: t4(&x.v, sh, d),
+        a: t4(&x.a, sh, d),
+        b: t4(&x.b, sh, d),
+    }
+}
+
 /// max |x − y| / max |y|
 fn rel(x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
@@ -247,18 +260,9 @@ fn two_halves_with_carried_state_equal_one_pass() {
     };
     let x = raw(&c, 5, true);
     let d = Device::flex();
-    let sh = [c.b, c.t, c.h, c.n];
-    let full = |v: &[f32]| t4(v, sh, &d);
     let mask = Tensor::<2>::from_data(TensorData::new(x.mask.clone(), [c.b, c.t]), &d);
     let s0 = t4(&x.s0, [c.b, c.h, c.n, c.n], &d);
-    let input = Wkv7Input {
-        r: full(&x.r),
-        w: full(&x.w),
-        k: full(&x.k),
-        v: full(&x.v),
-        a: full(&x.a),
-        b: full(&x.b),
-    };
+    let input = tensors(&c, &x, &d);
     let (y, s) = wkv7(
         input.clone(),
         Some(mask.clone()),
@@ -300,17 +304,8 @@ fn single_token_steps_equal_the_sequence_op() {
     };
     let x = raw(&c, 6, false);
     let d = Device::flex();
-    let sh = [c.b, c.t, c.h, c.n];
-    let full = |v: &[f32]| t4(v, sh, &d);
     let s0 = t4(&x.s0, [c.b, c.h, c.n, c.n], &d);
-    let input = Wkv7Input {
-        r: full(&x.r),
-        w: full(&x.w),
-        k: full(&x.k),
-        v: full(&x.v),
-        a: full(&x.a),
-        b: full(&x.b),
-    };
+    let input = tensors(&c, &x, &d);
     let (y, s) = wkv7(input.clone(), None, Some(s0.clone()), Wkv7Impl::Fused);
     let tok = |t: &Tensor<4>, i: usize| {
         t.clone()
@@ -347,16 +342,7 @@ fn fused_without_autodiff_matches_reference() {
     };
     let x = raw(&c, 7, true);
     let d = Device::flex();
-    let sh = [c.b, c.t, c.h, c.n];
-    let full = |v: &[f32]| t4(v, sh, &d);
-    let mk = || Wkv7Input {
-        r: full(&x.r),
-        w: full(&x.w),
-        k: full(&x.k),
-        v: full(&x.v),
-        a: full(&x.a),
-        b: full(&x.b),
-    };
+    let mk = || tensors(&c, &x, &d);
     let mask = || {
         Some(Tensor::<2>::from_data(
             TensorData::new(x.mask.clone(), [c.b, c.t]),
