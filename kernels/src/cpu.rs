@@ -178,17 +178,16 @@ fn forward_n<const N: usize>(
         Vec::new()
     };
 
+    // Each (b, h) task gets its state and, when saving, its slice of saved states.
+    let saved_parts: Vec<Option<&mut [f32]>> = if save {
+        saved.chunks_mut(per_saved).map(Some).collect()
+    } else {
+        (0..bsz * hs).map(|_| None).collect()
+    };
     // One task per (b, h). y is written at strided positions, so tasks return their rows.
     let results: Vec<Vec<f32>> = state
         .par_chunks_mut(N * N)
-        .zip(if save {
-            saved
-                .par_chunks_mut(per_saved)
-                .map(Some)
-                .collect::<Vec<_>>()
-        } else {
-            (0..bsz * hs).map(|_| None).collect()
-        })
+        .zip(saved_parts)
         .enumerate()
         .map(|(bh, (s, sv))| {
             let (b, h) = (bh / hs, bh % hs);
@@ -198,13 +197,18 @@ fn forward_n<const N: usize>(
         })
         .collect();
     for (bh, ys) in results.into_iter().enumerate() {
-        let (b, h) = (bh / hs, bh % hs);
-        for t in 0..d.seq {
-            let o = ((b * d.seq + t) * hs + h) * N;
-            y[o..o + N].copy_from_slice(&ys[t * N..(t + 1) * N]);
-        }
+        scatter_head::<N>(&mut y, &ys, d, bh);
     }
     (y, state, saved)
+}
+
+/// Copies one head's `[T, N]` rows into their places in a `[B, T, H, N]` tensor.
+fn scatter_head<const N: usize>(dst: &mut [f32], src: &[f32], d: Dims, bh: usize) {
+    let (b, h) = (bh / d.heads, bh % d.heads);
+    for t in 0..d.seq {
+        let o = ((b * d.seq + t) * d.heads + h) * N;
+        dst[o..o + N].copy_from_slice(&src[t * N..(t + 1) * N]);
+    }
 }
 
 #[inline(always)]
@@ -392,17 +396,12 @@ fn backward_n<const N: usize>(
         s0: Vec::new(),
     };
     for (bh, hg) in heads.into_iter().enumerate() {
-        let (b, h) = (bh / hs, bh % hs);
-        for t in 0..d.seq {
-            let o = ((b * d.seq + t) * hs + h) * N;
-            let src = t * N..(t + 1) * N;
-            g.r[o..o + N].copy_from_slice(&hg.r[src.clone()]);
-            g.w[o..o + N].copy_from_slice(&hg.w[src.clone()]);
-            g.k[o..o + N].copy_from_slice(&hg.k[src.clone()]);
-            g.v[o..o + N].copy_from_slice(&hg.v[src.clone()]);
-            g.a[o..o + N].copy_from_slice(&hg.a[src.clone()]);
-            g.b[o..o + N].copy_from_slice(&hg.b[src]);
-        }
+        scatter_head::<N>(&mut g.r, &hg.r, d, bh);
+        scatter_head::<N>(&mut g.w, &hg.w, d, bh);
+        scatter_head::<N>(&mut g.k, &hg.k, d, bh);
+        scatter_head::<N>(&mut g.v, &hg.v, d, bh);
+        scatter_head::<N>(&mut g.a, &hg.a, d, bh);
+        scatter_head::<N>(&mut g.b, &hg.b, d, bh);
     }
     g.s0 = ds0;
     g

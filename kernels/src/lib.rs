@@ -103,8 +103,11 @@ pub fn wkv7_step(
     (y.reshape([batch, heads, n]), s)
 }
 
-/// Whether the fused op exists for this device's backend (the CPU backend, with or without autodiff).
+/// Whether the fused op exists for this device's backend (the CPU backend, Flex, with or
+/// without autodiff).
 pub fn fused_available(device: &burn::tensor::Device) -> bool {
-    let name = format!("{device:?}");
-    name.contains("Flex")
+    matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
 }

@@ -73,16 +73,59 @@ fn dims_of(r: &FlexTensor) -> Dims {
     }
 }
 
-/// Contiguous f32 data of a Flex tensor.
-fn f32s(t: &FlexTensor, name: &str) -> Vec<f32> {
+/// The tensor in contiguous f32 layout (no copy when it already is).
+fn contiguous_f32(t: FlexTensor, name: &str) -> FlexTensor {
     assert_eq!(
         t.dtype(),
         DType::F32,
         "wkv7: `{name}` must be f32 (got {:?}); cast before calling",
         t.dtype()
     );
-    let c = t.to_contiguous();
-    c.storage::<f32>().to_vec()
+    t.to_contiguous()
+}
+
+/// The kernel's per-token inputs and mask, held contiguous so they can be borrowed as slices.
+struct Loaded {
+    d: Dims,
+    t: [FlexTensor; 7],
+}
+
+impl Loaded {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        r: FlexTensor,
+        w: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        a: FlexTensor,
+        b: FlexTensor,
+        mask: FlexTensor,
+    ) -> Self {
+        let d = dims_of(&r);
+        let t = [
+            contiguous_f32(r, "r"),
+            contiguous_f32(w, "w"),
+            contiguous_f32(k, "k"),
+            contiguous_f32(v, "v"),
+            contiguous_f32(a, "a"),
+            contiguous_f32(b, "b"),
+            contiguous_f32(mask, "mask"),
+        ];
+        Loaded { d, t }
+    }
+
+    fn inputs(&self) -> Inputs<'_> {
+        let [r, w, k, v, a, b, mask] = &self.t;
+        Inputs {
+            r: r.storage(),
+            w: w.storage(),
+            k: k.storage(),
+            v: v.storage(),
+            a: a.storage(),
+            b: b.storage(),
+            mask: mask.storage(),
+        }
+    }
 }
 
 fn flex(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
@@ -101,26 +144,10 @@ impl Wkv7Ops for Flex {
         s0: FlexTensor,
         save: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let d = dims_of(&r);
-        let (r, w, k, v, a, b) = (
-            f32s(&r, "r"),
-            f32s(&w, "w"),
-            f32s(&k, "k"),
-            f32s(&v, "v"),
-            f32s(&a, "a"),
-            f32s(&b, "b"),
-        );
-        let (mask, s0) = (f32s(&mask, "mask"), f32s(&s0, "state"));
-        let x = Inputs {
-            r: &r,
-            w: &w,
-            k: &k,
-            v: &v,
-            a: &a,
-            b: &b,
-            mask: &mask,
-        };
-        let (y, s, saved) = cpu::forward(d, x, &s0, save);
+        let x = Loaded::new(r, w, k, v, a, b, mask);
+        let s0 = contiguous_f32(s0, "state");
+        let d = x.d;
+        let (y, s, saved) = cpu::forward(d, x.inputs(), s0.storage(), save);
         let n = d.head_size;
         let saved_len = saved.len();
         (
@@ -150,31 +177,14 @@ impl Wkv7Ops for Flex {
         FlexTensor,
         FlexTensor,
     ) {
-        let d = dims_of(&r);
-        let (r, w, k, v, a, b) = (
-            f32s(&r, "r"),
-            f32s(&w, "w"),
-            f32s(&k, "k"),
-            f32s(&v, "v"),
-            f32s(&a, "a"),
-            f32s(&b, "b"),
+        let x = Loaded::new(r, w, k, v, a, b, mask);
+        let (saved, dy, ds) = (
+            contiguous_f32(saved, "saved"),
+            contiguous_f32(dy, "dy"),
+            contiguous_f32(ds, "ds"),
         );
-        let (mask, saved, dy, ds) = (
-            f32s(&mask, "mask"),
-            f32s(&saved, "saved"),
-            f32s(&dy, "dy"),
-            f32s(&ds, "ds"),
-        );
-        let x = Inputs {
-            r: &r,
-            w: &w,
-            k: &k,
-            v: &v,
-            a: &a,
-            b: &b,
-            mask: &mask,
-        };
-        let g = cpu::backward(d, x, &saved, &dy, &ds);
+        let d = x.d;
+        let g = cpu::backward(d, x.inputs(), saved.storage(), dy.storage(), ds.storage());
         let seq = [d.batch, d.seq, d.heads, d.head_size];
         (
             flex(g.r, seq),
