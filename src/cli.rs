@@ -206,67 +206,13 @@ fn bench_wkv(
     json: Option<&Path>,
 ) -> Result<(), Error> {
     use crate::bench::wkv::{self, SHAPES};
-    use rwkv_kernels::Wkv7Impl;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/bench/wkv_torch.py");
     let shapes = if quick { &SHAPES[..1] } else { &SHAPES[..] };
     let mut results = Vec::new();
     for &s in shapes {
-        println!(
-            "WKV-7  B={} T={} H={} N={}  ({} threads, median of {reps})",
-            s.b,
-            s.t,
-            s.h,
-            s.n,
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        );
-        println!(
-            "{:<16} {:>10} {:>12} {:>14} {:>20}",
-            "implementation", "fwd ms", "fwd+bwd ms", "peak RSS MiB", "GFLOP/s fwd, f+b"
-        );
-        let fused = wkv::time_burn(s, Wkv7Impl::Fused, reps);
-        let reference =
-            (!no_reference).then(|| wkv::time_burn(s, Wkv7Impl::Reference, reps.min(1)));
-        let torch = wkv::time_torch(python, &script, s, reps);
-        let row = |name: &str, t: &wkv::Timing| {
-            println!(
-                "{name:<16} {:>10.1} {:>12.1} {:>14.0} {:>9.1}, {:>8.1}",
-                t.fwd_ms,
-                t.fwdbwd_ms,
-                t.peak_rss_mib,
-                wkv::gflops(s, 9.0, t.fwd_ms),
-                wkv::gflops(s, 39.0, t.fwdbwd_ms)
-            )
-        };
-        if let Some(r) = &reference {
-            row("burn reference", r);
-        }
-        row("fused (ours)", &fused);
-        match &torch {
-            Ok(t) => row("pytorch eager", t),
-            Err(why) => println!("{:<16} skipped: {why}", "pytorch eager"),
-        }
-        if let Some(r) = &reference {
-            println!(
-                "fused vs burn reference: {:.1}x forward, {:.1}x forward+backward",
-                r.fwd_ms / fused.fwd_ms,
-                r.fwdbwd_ms / fused.fwdbwd_ms
-            );
-        }
-        if let Ok(t) = &torch {
-            println!(
-                "fused vs pytorch eager:  {:.1}x forward, {:.1}x forward+backward",
-                t.fwd_ms / fused.fwd_ms,
-                t.fwdbwd_ms / fused.fwdbwd_ms
-            );
-        }
-        println!();
-        let j = |t: &wkv::Timing| serde_json::json!({"fwd_ms": t.fwd_ms, "fwdbwd_ms": t.fwdbwd_ms, "peak_rss_mib": t.peak_rss_mib});
-        results.push(serde_json::json!({
-            "shape": {"b": s.b, "t": s.t, "h": s.h, "n": s.n},
-            "fused": j(&fused),
-            "reference": reference.as_ref().map(j),
-            "pytorch": torch.as_ref().ok().map(j),
-        }));
+        let result = wkv::measure(s, reps, !no_reference, python, &script);
+        println!("{}", result.render(reps));
+        results.push(result.to_json());
     }
     if let Some(path) = json {
         crate::util::fsx::atomic_write_json(path, &results)?;

@@ -8,6 +8,7 @@
 use super::mem;
 use burn::tensor::{Device, Distribution, Tensor};
 use rwkv_kernels::{Wkv7Impl, Wkv7Input, wkv7};
+use std::fmt::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -37,7 +38,7 @@ pub const SHAPES: [Shape; 2] = [
     },
 ];
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Timing {
     pub fwd_ms: f64,
     pub fwdbwd_ms: f64,
@@ -150,4 +151,94 @@ pub fn time_torch(python: &str, script: &Path, s: Shape, reps: usize) -> Result<
 
 pub fn gflops(s: Shape, flops_per: f64, ms: f64) -> f64 {
     (s.b * s.t * s.h) as f64 * flops_per * (s.n * s.n) as f64 / (ms * 1e-3) / 1e9
+}
+
+/// All measurements for one shape.
+#[derive(Debug)]
+pub struct ShapeResult {
+    pub shape: Shape,
+    pub fused: Timing,
+    pub reference: Option<Timing>,
+    /// `Err` says why PyTorch was not measured.
+    pub torch: Result<Timing, String>,
+}
+
+/// Measures the fused op, the Burn reference (when `with_reference`; once, it is slow) and
+/// PyTorch eager for one shape.
+pub fn measure(
+    s: Shape,
+    reps: usize,
+    with_reference: bool,
+    python: &str,
+    script: &Path,
+) -> ShapeResult {
+    ShapeResult {
+        shape: s,
+        fused: time_burn(s, Wkv7Impl::Fused, reps),
+        reference: with_reference.then(|| time_burn(s, Wkv7Impl::Reference, reps.min(1))),
+        torch: time_torch(python, script, s, reps),
+    }
+}
+
+impl ShapeResult {
+    /// The table for this shape, with the fused op's speed-ups over each reference.
+    pub fn render(&self, reps: usize) -> String {
+        let s = self.shape;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut out = format!(
+            "WKV-7  B={} T={} H={} N={}  ({threads} threads, median of {reps})\n",
+            s.b, s.t, s.h, s.n
+        );
+        let _ = writeln!(
+            out,
+            "{:<16} {:>10} {:>12} {:>14} {:>20}",
+            "implementation", "fwd ms", "fwd+bwd ms", "peak RSS MiB", "GFLOP/s fwd, f+b"
+        );
+        let mut row = |name: &str, t: &Timing| {
+            let _ = writeln!(
+                out,
+                "{name:<16} {:>10.1} {:>12.1} {:>14.0} {:>9.1}, {:>8.1}",
+                t.fwd_ms,
+                t.fwdbwd_ms,
+                t.peak_rss_mib,
+                gflops(s, 9.0, t.fwd_ms),
+                gflops(s, 39.0, t.fwdbwd_ms)
+            );
+        };
+        if let Some(r) = &self.reference {
+            row("burn reference", r);
+        }
+        row("fused (ours)", &self.fused);
+        match &self.torch {
+            Ok(t) => row("pytorch eager", t),
+            Err(why) => {
+                let _ = writeln!(out, "{:<16} skipped: {why}", "pytorch eager");
+            }
+        }
+        let others = [
+            ("burn reference", self.reference.as_ref()),
+            ("pytorch eager", self.torch.as_ref().ok()),
+        ];
+        for (name, t) in others {
+            if let Some(t) = t {
+                let _ = writeln!(
+                    out,
+                    "fused vs {name:<14}: {:.1}x forward, {:.1}x forward+backward",
+                    t.fwd_ms / self.fused.fwd_ms,
+                    t.fwdbwd_ms / self.fused.fwdbwd_ms
+                );
+            }
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let s = self.shape;
+        serde_json::json!({
+            "shape": {"b": s.b, "t": s.t, "h": s.h, "n": s.n},
+            "fused": self.fused,
+            "reference": self.reference,
+            "pytorch": self.torch.as_ref().ok(),
+        })
+    }
 }
