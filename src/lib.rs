@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cli;
 pub mod error;
+pub mod model;
 pub mod pipeline;
 pub mod progress;
 pub mod steps;

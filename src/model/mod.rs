@@ -1,0 +1,11 @@
+//! Models: the transformer teacher (Qwen2/Llama family) and its building blocks, checkpoint
+//! reading and writing in Hugging Face safetensors layout.
+
+pub mod config;
+pub mod layers;
+pub mod safetensors_io;
+pub mod transformer;
+pub mod weights;
+
+pub use config::TransformerConfig;
+pub use transformer::{Transformer, TransformerCache};
