@@ -1,4 +1,4 @@
-//! Command-line interface: `runner run | resume | plan | dag | validate | status`.
+//! Command-line interface: `runner run | resume | plan | dag | validate | status | generate | bench`.
 
 use crate::error::Error;
 use crate::pipeline::executor::{Executor, Outcome, StepReport};
@@ -83,6 +83,8 @@ enum Command {
         /// The run directory (default: the newest run under --runs-dir).
         run_dir: Option<PathBuf>,
     },
+    /// Complete a prompt with a model directory (chat template by default), streaming the text.
+    Generate(crate::commands::generate::GenerateArgs),
     /// Benchmarks, each side by side with a reference, with peak memory.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -188,6 +190,7 @@ pub fn main() -> Result<(), Error> {
             Ok(())
         }
         Command::Status { run_dir } => status(run_dir.as_deref(), runs_dir),
+        Command::Generate(args) => crate::commands::generate::run(args, cli.quiet),
         Command::Bench(BenchCommand::Wkv {
             reps,
             python,

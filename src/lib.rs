@@ -4,11 +4,15 @@
 
 pub mod bench;
 pub mod cli;
+pub mod commands;
 pub mod error;
+pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod pipeline;
 pub mod progress;
 pub mod steps;
+pub mod text;
 pub mod util;
 
 pub use error::Error;

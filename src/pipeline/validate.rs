@@ -221,6 +221,18 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
                 );
             }
         }
+        for (key, dep) in step.settings.dep_refs() {
+            if !step.depends_on.contains(&dep) {
+                diags.push(
+                    Diagnostic::new(
+                        map.locate(&kp(&["step", &step.id, key])),
+                        format!("`@{dep}` names the artifacts of step `{dep}`, which `{}` does not depend on", step.id),
+                    )
+                    .key(format!("step.{}.{key}", step.id))
+                    .help(format!("add \"{dep}\" to `depends_on` of step `{}`", step.id)),
+                );
+            }
+        }
     }
 
     diags.sort();

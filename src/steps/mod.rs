@@ -1,8 +1,11 @@
 //! Step kinds. Each kind is a settings struct (typed, documented, validated) plus the code
 //! that runs it; [`StepSettings`] is the closed set the pipeline file can name.
 
+pub mod artifact;
 pub mod command;
 pub mod context;
+pub mod fetch;
+pub mod import;
 
 pub use context::StepContext;
 
@@ -12,12 +15,14 @@ use crate::pipeline::source::SourceMap;
 use std::path::PathBuf;
 
 /// The names accepted by `kind = "..."`.
-pub const KINDS: &[&str] = &["command"];
+pub const KINDS: &[&str] = &["command", "fetch", "import"];
 
 /// The settings of one step, by kind.
 #[derive(Debug, Clone)]
 pub enum StepSettings {
     Command(command::CommandSettings),
+    Fetch(fetch::FetchSettings),
+    Import(import::ImportSettings),
 }
 
 impl StepSettings {
@@ -32,6 +37,8 @@ impl StepSettings {
         let value = toml::Value::Table(table);
         match kind {
             "command" => decode(value, path, map, diags).map(StepSettings::Command),
+            "fetch" => decode(value, path, map, diags).map(StepSettings::Fetch),
+            "import" => decode(value, path, map, diags).map(StepSettings::Import),
             other => unreachable!("kind `{other}` is checked against KINDS before decoding"),
         }
     }
@@ -39,6 +46,8 @@ impl StepSettings {
     pub fn kind(&self) -> &'static str {
         match self {
             StepSettings::Command(_) => "command",
+            StepSettings::Fetch(_) => "fetch",
+            StepSettings::Import(_) => "import",
         }
     }
 
@@ -46,6 +55,8 @@ impl StepSettings {
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             StepSettings::Command(s) => serde_json::to_value(s),
+            StepSettings::Fetch(s) => serde_json::to_value(s),
+            StepSettings::Import(s) => serde_json::to_value(s),
         }
         .expect("settings serialise to JSON")
     }
@@ -55,6 +66,17 @@ impl StepSettings {
     pub fn input_paths(&self) -> Vec<(&'static str, PathBuf)> {
         match self {
             StepSettings::Command(s) => s.inputs.iter().map(|p| ("inputs", p.clone())).collect(),
+            StepSettings::Fetch(_) => Vec::new(),
+            StepSettings::Import(s) => s.gguf.input().map(|p| ("gguf", p.to_path_buf())).into_iter().collect(),
+        }
+    }
+
+    /// Settings that name a dependency's artifacts (`@step/...`), with their key; the step
+    /// must list that dependency in `depends_on`.
+    pub fn dep_refs(&self) -> Vec<(&'static str, String)> {
+        match self {
+            StepSettings::Command(_) | StepSettings::Fetch(_) => Vec::new(),
+            StepSettings::Import(s) => s.gguf.dep().map(|d| ("gguf", d.to_string())).into_iter().collect(),
         }
     }
 
@@ -62,6 +84,9 @@ impl StepSettings {
     pub fn exclusive(&self) -> bool {
         match self {
             StepSettings::Command(s) => s.exclusive,
+            StepSettings::Fetch(_) => false,
+            // Model work uses every core.
+            StepSettings::Import(_) => true,
         }
     }
 
@@ -69,6 +94,8 @@ impl StepSettings {
     pub fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
         match self {
             StepSettings::Command(s) => command::run(s, ctx),
+            StepSettings::Fetch(s) => fetch::run(s, ctx),
+            StepSettings::Import(s) => import::run(s, ctx),
         }
     }
 }

@@ -1,0 +1,59 @@
+//! Commands that work on a model directory rather than a pipeline: `generate` (and the
+//! benchmarks in [`crate::bench`]).
+
+pub mod generate;
+
+use crate::error::Error;
+use crate::generate::SamplingConfig;
+use crate::model::Transformer;
+use crate::text::TextTokenizer;
+use burn::tensor::Device;
+use clap::Args;
+use std::path::Path;
+
+/// Sampling flags shared by the commands that generate text.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// 0 = greedy (the most likely token every time).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens only (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample among the most likely tokens whose probabilities add up to p (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p × the most likely one (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Penalise tokens already in the text (1: off; 1.1 is mild).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn config(&self) -> Result<SamplingConfig, Error> {
+        let c = SamplingConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        };
+        c.validate().map_err(Error::Usage)?;
+        Ok(c)
+    }
+}
+
+/// Loads a model directory's weights and tokenizer; problems with the directory are usage
+/// errors (exit code 2).
+pub fn load_model_dir(dir: &Path, device: &Device) -> Result<(Transformer, TextTokenizer), Error> {
+    let usage = |e: anyhow::Error| Error::Usage(format!("error: cannot load the model in {}: {e:#}", dir.display()));
+    let tokenizer = TextTokenizer::from_dir(dir).map_err(usage)?;
+    let model = Transformer::load(dir, device).map_err(usage)?;
+    Ok((model, tokenizer))
+}

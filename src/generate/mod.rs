@@ -1,0 +1,150 @@
+//! Autoregressive generation for any model that carries a state between calls (the teacher's KV
+//! cache, the hybrid's RWKV state): prefill the prompt in one pass, then decode token by token,
+//! streaming text, until an end-of-sequence token, a stop string or the token limit.
+
+pub mod sampler;
+
+pub use sampler::{Sampler, SamplingConfig};
+
+use crate::model::transformer::{Transformer, TransformerCache, ids_tensor};
+use crate::model::weights::to_vec;
+use crate::text::TextTokenizer;
+use anyhow::Result;
+use std::time::{Duration, Instant};
+
+/// A causal language model that generation can drive.
+pub trait LanguageModel {
+    /// What must be carried from one call to the next.
+    type State: Clone;
+
+    fn new_state(&self) -> Self::State;
+
+    /// Feeds `ids` (one sequence) after everything in `state`; returns the logits of the last
+    /// position.
+    fn feed(&self, state: &mut Self::State, ids: &[u32]) -> Vec<f32>;
+
+    /// Bytes held by the state (KV cache or recurrent state).
+    fn state_bytes(&self, state: &Self::State) -> usize;
+}
+
+impl LanguageModel for Transformer {
+    type State = TransformerCache;
+
+    fn new_state(&self) -> TransformerCache {
+        TransformerCache::default()
+    }
+
+    fn feed(&self, state: &mut TransformerCache, ids: &[u32]) -> Vec<f32> {
+        let device = self.embed.val().device();
+        let (hidden, _) = self.forward_hidden(ids_tensor(&[ids.to_vec()], &device), None, Some(state), &[]);
+        let t = hidden.dims()[1];
+        to_vec(self.logits(hidden.narrow(1, t - 1, 1)))
+    }
+
+    fn state_bytes(&self, state: &TransformerCache) -> usize {
+        state.bytes()
+    }
+}
+
+/// Limits of one generation.
+#[derive(Debug, Clone)]
+pub struct GenerationLimits {
+    pub max_new_tokens: usize,
+    /// Text that ends the generation (not included in the output).
+    pub stop_strings: Vec<String>,
+}
+
+impl Default for GenerationLimits {
+    fn default() -> Self {
+        Self { max_new_tokens: 256, stop_strings: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EndOfSequence,
+    StopString,
+    MaxTokens,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub stop: StopReason,
+    pub prompt_tokens: usize,
+    pub prefill: Duration,
+    pub decode: Duration,
+}
+
+impl Generation {
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+
+    /// Decode speed over the tokens after the first (which the prefill produced).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        self.ids.len().saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Generates a continuation of `prompt` (token ids) from `state`, calling `on_text` with each
+/// new piece of text. The state afterwards covers the prompt and the generated tokens (the
+/// final token included), so a conversation can continue from it.
+pub fn generate<M: LanguageModel>(
+    model: &M,
+    tokenizer: &TextTokenizer,
+    state: &mut M::State,
+    prompt: &[u32],
+    sampler: &mut Sampler,
+    limits: &GenerationLimits,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
+    let start = Instant::now();
+    let mut logits = model.feed(state, prompt);
+    let prefill = start.elapsed();
+    let decode_start = Instant::now();
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    // Bytes of `text` already passed to `on_text`.
+    let mut emitted = 0;
+    let mut stop = StopReason::MaxTokens;
+    while ids.len() < limits.max_new_tokens {
+        let next = sampler.sample(&logits, &history);
+        // The state always takes the chosen token, so a conversation can continue from it.
+        logits = model.feed(state, &[next]);
+        if tokenizer.stop_ids.contains(&next) {
+            stop = StopReason::EndOfSequence;
+            break;
+        }
+        ids.push(next);
+        history.push(next);
+        text = tokenizer.decode(&ids, true)?;
+        if let Some(cut) = limits.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+            stop = StopReason::StopString;
+            break;
+        }
+        // Hold back an incomplete character and anything that may begin a stop string.
+        let complete = text.trim_end_matches('\u{FFFD}').len();
+        let hold = limits
+            .stop_strings
+            .iter()
+            .flat_map(|s| (1..s.len()).filter(|&k| s.is_char_boundary(k) && text[..complete].ends_with(&s[..k])))
+            .max()
+            .unwrap_or(0);
+        let safe = complete - hold;
+        if safe > emitted {
+            on_text(&text[emitted..safe]);
+            emitted = safe;
+        }
+    }
+    if text.len() > emitted {
+        on_text(&text[emitted..]);
+    }
+    Ok(Generation { ids, text, stop, prompt_tokens: prompt.len(), prefill, decode: decode_start.elapsed() })
+}

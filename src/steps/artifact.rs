@@ -1,0 +1,104 @@
+//! Paths in step settings: `"@step"` or `"@step/sub/path"` names a dependency's artifacts (the
+//! step must be in `depends_on`); anything else is a file or folder relative to the pipeline
+//! root (it must exist, and its contents are part of the cache key).
+
+use super::StepContext;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ArtifactRef {
+    /// Inside the output folder of dependency `step`.
+    Dep { step: String, path: PathBuf },
+    /// Relative to the pipeline root.
+    Root(PathBuf),
+}
+
+impl TryFrom<String> for ArtifactRef {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.strip_prefix('@') {
+            Some(rest) => {
+                let (step, path) = rest.split_once('/').unwrap_or((rest, ""));
+                if step.is_empty() {
+                    return Err(format!("`{s}`: write `@STEP` or `@STEP/path` to name a dependency's artifacts"));
+                }
+                let path = PathBuf::from(path);
+                if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                    return Err(format!("`{s}`: `..` may not leave the dependency's artifact folder"));
+                }
+                Ok(ArtifactRef::Dep { step: step.to_string(), path })
+            }
+            None if s.is_empty() => Err("the path is empty".into()),
+            None => Ok(ArtifactRef::Root(PathBuf::from(s))),
+        }
+    }
+}
+
+impl From<ArtifactRef> for String {
+    fn from(a: ArtifactRef) -> String {
+        a.to_string()
+    }
+}
+
+impl fmt::Display for ArtifactRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArtifactRef::Dep { step, path } if path.as_os_str().is_empty() => write!(f, "@{step}"),
+            ArtifactRef::Dep { step, path } => write!(f, "@{step}/{}", path.display()),
+            ArtifactRef::Root(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl ArtifactRef {
+    /// The dependency this path points into, if any.
+    pub fn dep(&self) -> Option<&str> {
+        match self {
+            ArtifactRef::Dep { step, .. } => Some(step),
+            ArtifactRef::Root(_) => None,
+        }
+    }
+
+    /// The root-relative path, for paths that are pipeline inputs.
+    pub fn input(&self) -> Option<&Path> {
+        match self {
+            ArtifactRef::Root(p) => Some(p),
+            ArtifactRef::Dep { .. } => None,
+        }
+    }
+
+    /// The absolute path while the step runs; it must exist.
+    pub fn resolve(&self, ctx: &StepContext) -> Result<PathBuf> {
+        let path = match self {
+            ArtifactRef::Root(p) => ctx.resolve(p),
+            ArtifactRef::Dep { step, path } => ctx
+                .deps
+                .get(step)
+                .with_context(|| format!("`{self}`: step `{step}` is not a dependency of `{}`", ctx.id))?
+                .join(path),
+        };
+        anyhow::ensure!(path.exists(), "`{self}` does not exist (looked for {})", path.display());
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints() {
+        let a = ArtifactRef::try_from("@fetch/x/model.gguf".to_string()).unwrap();
+        assert_eq!(a, ArtifactRef::Dep { step: "fetch".into(), path: "x/model.gguf".into() });
+        assert_eq!(a.to_string(), "@fetch/x/model.gguf");
+        assert_eq!(ArtifactRef::try_from("@import".to_string()).unwrap().to_string(), "@import");
+        assert_eq!(ArtifactRef::try_from("data/a.txt".to_string()).unwrap().input(), Some(Path::new("data/a.txt")));
+        assert!(ArtifactRef::try_from("@".to_string()).is_err());
+        assert!(ArtifactRef::try_from("@a/../b".to_string()).is_err());
+    }
+}

