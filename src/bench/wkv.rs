@@ -10,7 +10,6 @@ use burn::tensor::{Device, Distribution, Tensor};
 use rwkv_kernels::{Wkv7Impl, Wkv7Input, wkv7};
 use std::fmt::Write;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy)]
@@ -113,34 +112,15 @@ pub fn time_burn(s: Shape, imp: Wkv7Impl, reps: usize) -> Timing {
 
 /// Runs the PyTorch script; `Err` says why it could not (e.g. torch not installed).
 pub fn time_torch(python: &str, script: &Path, s: Shape, reps: usize) -> Result<Timing, String> {
-    let out = Command::new(python)
-        .arg(script)
-        .args([
-            "--b",
-            &s.b.to_string(),
-            "--t",
-            &s.t.to_string(),
-            "--h",
-            &s.h.to_string(),
-            "--n",
-            &s.n.to_string(),
-        ])
-        .args(["--reps", &reps.to_string()])
-        .output()
-        .map_err(|e| format!("cannot start `{python}`: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("").to_string();
-        return Err(if last.contains("No module named 'torch'") {
-            format!(
-                "PyTorch is not installed for `{python}` (pip install torch==2.9.0, or pass --python)"
-            )
-        } else {
-            format!("the PyTorch script failed: {last}")
-        });
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("unreadable PyTorch output: {e}"))?;
+    let (b, t, h, n, r) = (
+        s.b.to_string(),
+        s.t.to_string(),
+        s.h.to_string(),
+        s.n.to_string(),
+        reps.to_string(),
+    );
+    let args = ["--b", &b, "--t", &t, "--h", &h, "--n", &n, "--reps", &r];
+    let v = super::run_python_json(python, script, &args, "PyTorch (pip install torch==2.9.0)")?;
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     Ok(Timing {
         fwd_ms: f("fwd_ms"),

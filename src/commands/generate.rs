@@ -57,18 +57,31 @@ pub fn run(args: &GenerateArgs, quiet: bool) -> Result<(), Error> {
         }
         messages.push(ChatMessage::new("user", &prompt));
         tokenizer.render_chat(&messages, true).map_err(|e| {
-            Error::Usage(format!("error: {e:#}; use --raw to give the prompt without a template"))
+            Error::Usage(format!(
+                "error: {e:#}; use --raw to give the prompt without a template"
+            ))
         })?
     };
     let ids = tokenizer.encode(&text)?;
-    let limits = GenerationLimits { max_new_tokens: args.max_new_tokens, stop_strings: args.stop.clone() };
+    let limits = GenerationLimits {
+        max_new_tokens: args.max_new_tokens,
+        stop_strings: args.stop.clone(),
+    };
     let mut state = model.new_state();
     let mut sampler = Sampler::new(sampling);
     let mut stdout = std::io::stdout().lock();
-    let out = generate(&model, &tokenizer, &mut state, &ids, &mut sampler, &limits, |piece| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
-    })?;
+    let out = generate(
+        &model,
+        &tokenizer,
+        &mut state,
+        &ids,
+        &mut sampler,
+        &limits,
+        |piece| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        },
+    )?;
     let _ = writeln!(stdout);
     let _ = stdout.flush();
     drop(stdout);

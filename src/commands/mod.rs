@@ -52,7 +52,12 @@ impl SamplingArgs {
 /// Loads a model directory's weights and tokenizer; problems with the directory are usage
 /// errors (exit code 2).
 pub fn load_model_dir(dir: &Path, device: &Device) -> Result<(Transformer, TextTokenizer), Error> {
-    let usage = |e: anyhow::Error| Error::Usage(format!("error: cannot load the model in {}: {e:#}", dir.display()));
+    let usage = |e: anyhow::Error| {
+        Error::Usage(format!(
+            "error: cannot load the model in {}: {e:#}",
+            dir.display()
+        ))
+    };
     let tokenizer = TextTokenizer::from_dir(dir).map_err(usage)?;
     let model = Transformer::load(dir, device).map_err(usage)?;
     Ok((model, tokenizer))

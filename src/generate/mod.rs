@@ -36,7 +36,8 @@ impl LanguageModel for Transformer {
 
     fn feed(&self, state: &mut TransformerCache, ids: &[u32]) -> Vec<f32> {
         let device = self.embed.val().device();
-        let (hidden, _) = self.forward_hidden(ids_tensor(&[ids.to_vec()], &device), None, Some(state), &[]);
+        let (hidden, _) =
+            self.forward_hidden(ids_tensor(&[ids.to_vec()], &device), None, Some(state), &[]);
         let t = hidden.dims()[1];
         to_vec(self.logits(hidden.narrow(1, t - 1, 1)))
     }
@@ -56,7 +57,10 @@ pub struct GenerationLimits {
 
 impl Default for GenerationLimits {
     fn default() -> Self {
-        Self { max_new_tokens: 256, stop_strings: Vec::new() }
+        Self {
+            max_new_tokens: 256,
+            stop_strings: Vec::new(),
+        }
     }
 }
 
@@ -124,7 +128,12 @@ pub fn generate<M: LanguageModel>(
         ids.push(next);
         history.push(next);
         text = tokenizer.decode(&ids, true)?;
-        if let Some(cut) = limits.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+        if let Some(cut) = limits
+            .stop_strings
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
             text.truncate(cut);
             stop = StopReason::StopString;
             break;
@@ -134,7 +143,10 @@ pub fn generate<M: LanguageModel>(
         let hold = limits
             .stop_strings
             .iter()
-            .flat_map(|s| (1..s.len()).filter(|&k| s.is_char_boundary(k) && text[..complete].ends_with(&s[..k])))
+            .flat_map(|s| {
+                (1..s.len())
+                    .filter(|&k| s.is_char_boundary(k) && text[..complete].ends_with(&s[..k]))
+            })
             .max()
             .unwrap_or(0);
         let safe = complete - hold;
@@ -146,5 +158,12 @@ pub fn generate<M: LanguageModel>(
     if text.len() > emitted {
         on_text(&text[emitted..]);
     }
-    Ok(Generation { ids, text, stop, prompt_tokens: prompt.len(), prefill, decode: decode_start.elapsed() })
+    Ok(Generation {
+        ids,
+        text,
+        stop,
+        prompt_tokens: prompt.len(),
+        prefill,
+        decode: decode_start.elapsed(),
+    })
 }

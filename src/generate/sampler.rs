@@ -25,7 +25,14 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -42,7 +49,10 @@ impl SamplingConfig {
             return Err(format!("min_p must be in [0, 1), got {}", self.min_p));
         }
         if self.repetition_penalty <= 0.0 {
-            return Err(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+            return Err(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
         }
         Ok(())
     }
@@ -69,7 +79,11 @@ impl Sampler {
             seen.dedup();
             for &t in &seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / cfg.repetition_penalty } else { *l * cfg.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / cfg.repetition_penalty
+                    } else {
+                        *l * cfg.repetition_penalty
+                    };
                 }
             }
         }
@@ -78,13 +92,19 @@ impl Sampler {
         }
         // Candidates sorted by logit, most likely first.
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        order.sort_unstable_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
         if cfg.top_k > 0 {
             order.truncate(cfg.top_k);
         }
         let max = logits[order[0] as usize] / cfg.temperature;
-        let mut probs: Vec<f64> =
-            order.iter().map(|&t| ((logits[t as usize] / cfg.temperature - max) as f64).exp()).collect();
+        let mut probs: Vec<f64> = order
+            .iter()
+            .map(|&t| ((logits[t as usize] / cfg.temperature - max) as f64).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if cfg.top_p < 1.0 {
@@ -131,7 +151,10 @@ mod tests {
     use super::*;
 
     fn sampler(f: impl FnOnce(&mut SamplingConfig)) -> Sampler {
-        let mut c = SamplingConfig { temperature: 1.0, ..Default::default() };
+        let mut c = SamplingConfig {
+            temperature: 1.0,
+            ..Default::default()
+        };
         f(&mut c);
         Sampler::new(c)
     }
@@ -148,7 +171,10 @@ mod tests {
     fn greedy_and_repetition_penalty() {
         let mut s = Sampler::new(SamplingConfig::default());
         assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[]), 1);
-        let mut s = Sampler::new(SamplingConfig { repetition_penalty: 1.5, ..Default::default() });
+        let mut s = Sampler::new(SamplingConfig {
+            repetition_penalty: 1.5,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&[0.1, 2.0, 1.9], &[1]), 2);
         assert_eq!(s.sample(&[-1.0, -1.2, -3.0], &[0]), 1);
     }
@@ -157,7 +183,10 @@ mod tests {
     fn filters_restrict_the_support() {
         let logits = [3.0, 2.0, 1.0, 0.0, -1.0];
         let h = histogram(&mut sampler(|c| c.top_k = 2), &logits, 2000);
-        assert!(h[0] > 0 && h[1] > 0 && h[2..].iter().all(|&n| n == 0), "{h:?}");
+        assert!(
+            h[0] > 0 && h[1] > 0 && h[2..].iter().all(|&n| n == 0),
+            "{h:?}"
+        );
         // p(0) ≈ 0.64, p(0)+p(1) ≈ 0.87: top_p 0.8 keeps two tokens.
         let h = histogram(&mut sampler(|c| c.top_p = 0.8), &logits, 2000);
         assert!(h[1] > 0 && h[2..].iter().all(|&n| n == 0), "{h:?}");
@@ -178,6 +207,13 @@ mod tests {
         let a = histogram(&mut sampler(|c| c.seed = 7), &[1.0, 1.0, 1.0], 50);
         let b = histogram(&mut sampler(|c| c.seed = 7), &[1.0, 1.0, 1.0], 50);
         assert_eq!(a, b);
-        assert!(SamplingConfig { top_p: 0.0, ..Default::default() }.validate().is_err());
+        assert!(
+            SamplingConfig {
+                top_p: 0.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

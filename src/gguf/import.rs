@@ -63,7 +63,8 @@ pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> V
             for j in 0..2 {
                 let src = h * d + i * 2 + j;
                 let dst = h * d + j * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -74,9 +75,7 @@ pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, heads: usize) -> V
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn pre_tokenizer(pre: &str) -> Result<(Json, Json)> {
-    let byte_level = |use_regex: bool, trim: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": trim, "use_regex": use_regex})
-    };
+    let byte_level = |use_regex: bool, trim: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": trim, "use_regex": use_regex});
     Ok(match pre {
         "smollm" => (
             Json::Null,
@@ -101,7 +100,11 @@ fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
         .as_array()
         .with_context(|| format!("metadata `{key}` is not an array"))?
         .iter()
-        .map(|v| v.as_str().map(String::from).with_context(|| format!("`{key}` holds a non-string")))
+        .map(|v| {
+            v.as_str()
+                .map(String::from)
+                .with_context(|| format!("`{key}` holds a non-string"))
+        })
         .collect()
 }
 
@@ -109,18 +112,29 @@ fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
 fn tokenizer_files(file: &GgufFile) -> Result<(Json, Json)> {
     let model = file.require("tokenizer.ggml.model")?.as_str().unwrap_or("");
     if model != "gpt2" {
-        bail!("tokenizer.ggml.model = `{model}`: only byte-level BPE (`gpt2`) tokenizers are supported");
+        bail!(
+            "tokenizer.ggml.model = `{model}`: only byte-level BPE (`gpt2`) tokenizers are supported"
+        );
     }
     let tokens = strings(file, "tokenizer.ggml.tokens")?;
     let merges = strings(file, "tokenizer.ggml.merges")?;
-    let types: Vec<u64> = match file.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+    let types: Vec<u64> = match file
+        .get("tokenizer.ggml.token_type")
+        .and_then(Value::as_array)
+    {
         Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
         None => vec![1; tokens.len()],
     };
-    let pre = file.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+    let pre = file
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let (normalizer, pre_tokenizer) = pre_tokenizer(pre)?;
-    let vocab: serde_json::Map<String, Json> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let vocab: serde_json::Map<String, Json> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
     // Control (3) and user-defined (4) tokens are matched before BPE; control tokens are special.
     let added: Vec<Json> = types
         .iter()
@@ -165,16 +179,27 @@ fn tokenizer_files(file: &GgufFile) -> Result<(Json, Json)> {
 /// Converts `gguf` into a Hugging Face directory at `out`.
 pub fn import_gguf(gguf: &Path, out: &Path, dtype: SaveDtype) -> Result<ImportReport> {
     let file = GgufFile::open(gguf)?;
-    let arch = file.require("general.architecture")?.as_str().unwrap_or("").to_string();
+    let arch = file
+        .require("general.architecture")?
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     if arch != "llama" && arch != "qwen2" {
-        bail!("general.architecture = `{arch}`: only `llama` and `qwen2` GGUF files can be imported");
+        bail!(
+            "general.architecture = `{arch}`: only `llama` and `qwen2` GGUF files can be imported"
+        );
     }
     let key = |k: &str| format!("{arch}.{k}");
     let layers = file.require_u64(&key("block_count"))? as usize;
     let hidden = file.require_u64(&key("embedding_length"))? as usize;
     let heads = file.require_u64(&key("attention.head_count"))? as usize;
-    let kv_heads = file.get(&key("attention.head_count_kv")).and_then(Value::as_u64).unwrap_or(heads as u64) as usize;
-    let embed = file.tensor("token_embd.weight").context("the GGUF has no token_embd.weight")?;
+    let kv_heads = file
+        .get(&key("attention.head_count_kv"))
+        .and_then(Value::as_u64)
+        .unwrap_or(heads as u64) as usize;
+    let embed = file
+        .tensor("token_embd.weight")
+        .context("the GGUF has no token_embd.weight")?;
     let vocab = embed.shape()[0];
     let tied = file.tensor("output.weight").is_none();
 
@@ -182,10 +207,19 @@ pub fn import_gguf(gguf: &Path, out: &Path, dtype: SaveDtype) -> Result<ImportRe
     let mut source_types = BTreeMap::new();
     for t in &file.tensors {
         if hf_name(&t.name).is_none() {
-            bail!("tensor `{}` in {} has no Hugging Face equivalent", t.name, gguf.display());
+            bail!(
+                "tensor `{}` in {} has no Hugging Face equivalent",
+                t.name,
+                gguf.display()
+            );
         }
         super::quant::GgmlType::from_id(t.ggml_type, &t.name)?;
-        *source_types.entry(format!("{:?}", super::quant::GgmlType::from_id(t.ggml_type, &t.name)?)).or_insert(0) += 1;
+        *source_types
+            .entry(format!(
+                "{:?}",
+                super::quant::GgmlType::from_id(t.ggml_type, &t.name)?
+            ))
+            .or_insert(0) += 1;
     }
     let bar = crate::progress::bar(file.tensors.len() as u64, "dequantise (tensors)");
     let mut tensors = BTreeMap::new();
@@ -208,7 +242,11 @@ pub fn import_gguf(gguf: &Path, out: &Path, dtype: SaveDtype) -> Result<ImportRe
     bar.finish_and_clear();
 
     let head_dim = hidden / heads;
-    let eos: Vec<u64> = file.get("tokenizer.ggml.eos_token_id").and_then(Value::as_u64).into_iter().collect();
+    let eos: Vec<u64> = file
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(Value::as_u64)
+        .into_iter()
+        .collect();
     let config = json!({
         "architectures": [if arch == "llama" { "LlamaForCausalLM" } else { "Qwen2ForCausalLM" }],
         "model_type": arch,
@@ -260,10 +298,22 @@ mod tests {
 
     #[test]
     fn names_map_to_hugging_face() {
-        assert_eq!(hf_name("blk.3.attn_q.weight").unwrap(), "model.layers.3.self_attn.q_proj.weight");
-        assert_eq!(hf_name("blk.0.attn_k.bias").unwrap(), "model.layers.0.self_attn.k_proj.bias");
-        assert_eq!(hf_name("blk.12.ffn_norm.weight").unwrap(), "model.layers.12.post_attention_layernorm.weight");
-        assert_eq!(hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
+        assert_eq!(
+            hf_name("blk.3.attn_q.weight").unwrap(),
+            "model.layers.3.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.attn_k.bias").unwrap(),
+            "model.layers.0.self_attn.k_proj.bias"
+        );
+        assert_eq!(
+            hf_name("blk.12.ffn_norm.weight").unwrap(),
+            "model.layers.12.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
         assert!(hf_name("rope_freqs.weight").is_none());
     }
 
@@ -279,7 +329,8 @@ mod tests {
                 for i in 0..d / 2 {
                     let src = h * d + j * (d / 2) + i;
                     let dst = h * d + i * 2 + j;
-                    permuted[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                    permuted[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
                 }
             }
         }

@@ -18,11 +18,35 @@ pub enum GgmlType {
 
 /// Names of GGML type ids, for error messages about the ones we do not read.
 const NAMES: &[(u32, &str)] = &[
-    (0, "F32"), (1, "F16"), (2, "Q4_0"), (3, "Q4_1"), (6, "Q5_0"), (7, "Q5_1"), (8, "Q8_0"),
-    (9, "Q8_1"), (10, "Q2_K"), (11, "Q3_K"), (12, "Q4_K"), (13, "Q5_K"), (14, "Q6_K"), (15, "Q8_K"),
-    (16, "IQ2_XXS"), (17, "IQ2_XS"), (18, "IQ3_XXS"), (19, "IQ1_S"), (20, "IQ4_NL"), (21, "IQ3_S"),
-    (22, "IQ2_S"), (23, "IQ4_XS"), (24, "I8"), (25, "I16"), (26, "I32"), (27, "I64"), (28, "F64"),
-    (29, "IQ1_M"), (30, "BF16"),
+    (0, "F32"),
+    (1, "F16"),
+    (2, "Q4_0"),
+    (3, "Q4_1"),
+    (6, "Q5_0"),
+    (7, "Q5_1"),
+    (8, "Q8_0"),
+    (9, "Q8_1"),
+    (10, "Q2_K"),
+    (11, "Q3_K"),
+    (12, "Q4_K"),
+    (13, "Q5_K"),
+    (14, "Q6_K"),
+    (15, "Q8_K"),
+    (16, "IQ2_XXS"),
+    (17, "IQ2_XS"),
+    (18, "IQ3_XXS"),
+    (19, "IQ1_S"),
+    (20, "IQ4_NL"),
+    (21, "IQ3_S"),
+    (22, "IQ2_S"),
+    (23, "IQ4_XS"),
+    (24, "I8"),
+    (25, "I16"),
+    (26, "I32"),
+    (27, "I64"),
+    (28, "F64"),
+    (29, "IQ1_M"),
+    (30, "BF16"),
 ];
 
 impl GgmlType {
@@ -35,7 +59,10 @@ impl GgmlType {
             8 => Self::Q8_0,
             30 => Self::Bf16,
             other => {
-                let name = NAMES.iter().find(|(i, _)| *i == other).map_or("unknown", |(_, n)| n);
+                let name = NAMES
+                    .iter()
+                    .find(|(i, _)| *i == other)
+                    .map_or("unknown", |(_, n)| n);
                 bail!(
                     "tensor `{tensor}` has GGML type {name} ({other}), which this importer does not \
                      read; supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0 (re-quantise the file with \
@@ -104,7 +131,10 @@ fn dequantize_block(ty: GgmlType, b: &[u8], out: &mut [f32]) {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>> {
     let (bs, bb) = (ty.block_size(), ty.block_bytes());
     if numel % bs != 0 || bytes.len() != numel / bs * bb {
-        bail!("{} bytes cannot hold {numel} values of type {ty:?}", bytes.len());
+        bail!(
+            "{} bytes cannot hold {numel} values of type {ty:?}",
+            bytes.len()
+        );
     }
     let mut out = vec![0f32; numel];
     // Blocks are independent: decode them in parallel, a few thousand values per task.
@@ -165,13 +195,33 @@ mod tests {
 
     #[test]
     fn float_types_and_errors() {
-        let bytes: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(dequantize(GgmlType::F32, &bytes, 2).unwrap(), vec![1.5, -2.0]);
-        let bytes: Vec<u8> = h(0.125).into_iter().chain(bf16::from_f32(3.0).to_le_bytes()).collect();
-        assert_eq!(dequantize(GgmlType::F16, &bytes[..2], 1).unwrap(), vec![0.125]);
-        assert_eq!(dequantize(GgmlType::Bf16, &bytes[2..], 1).unwrap(), vec![3.0]);
+        let bytes: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(
+            dequantize(GgmlType::F32, &bytes, 2).unwrap(),
+            vec![1.5, -2.0]
+        );
+        let bytes: Vec<u8> = h(0.125)
+            .into_iter()
+            .chain(bf16::from_f32(3.0).to_le_bytes())
+            .collect();
+        assert_eq!(
+            dequantize(GgmlType::F16, &bytes[..2], 1).unwrap(),
+            vec![0.125]
+        );
+        assert_eq!(
+            dequantize(GgmlType::Bf16, &bytes[2..], 1).unwrap(),
+            vec![3.0]
+        );
         assert!(dequantize(GgmlType::Q8_0, &[0; 33], 32).is_err());
-        let err = GgmlType::from_id(14, "blk.0.ffn_down.weight").unwrap_err().to_string();
-        assert!(err.contains("Q6_K") && err.contains("blk.0.ffn_down.weight"), "{err}");
+        let err = GgmlType::from_id(14, "blk.0.ffn_down.weight")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Q6_K") && err.contains("blk.0.ffn_down.weight"),
+            "{err}"
+        );
     }
 }

@@ -169,14 +169,19 @@ impl<'a> Cursor<'a> {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: read-only mapping of a file we do not modify.
-        let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("mapping {}", path.display()))?;
         Self::parse(path, map).with_context(|| format!("reading GGUF file {}", path.display()))
     }
 
     fn parse(path: &Path, map: memmap2::Mmap) -> Result<Self> {
-        let mut c = Cursor { bytes: &map, pos: 0 };
+        let mut c = Cursor {
+            bytes: &map,
+            pos: 0,
+        };
         if c.take(4, "the magic number")? != b"GGUF" {
             bail!("not a GGUF file (it does not start with `GGUF`)");
         }
@@ -200,14 +205,31 @@ impl GgufFile {
             if n_dims > 4 {
                 bail!("tensor `{name}` has {n_dims} dimensions (at most 4 are allowed)");
             }
-            let dims = (0..n_dims).map(|_| c.u64(&name)).collect::<Result<Vec<_>>>()?;
+            let dims = (0..n_dims)
+                .map(|_| c.u64(&name))
+                .collect::<Result<Vec<_>>>()?;
             let ggml_type = c.u32(&name)?;
             let offset = c.u64(&name)?;
-            tensors.push(TensorDesc { name, dims, ggml_type, offset });
+            tensors.push(TensorDesc {
+                name,
+                dims,
+                ggml_type,
+                offset,
+            });
         }
-        let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32) as usize;
+        let alignment = metadata
+            .get("general.alignment")
+            .and_then(Value::as_u64)
+            .unwrap_or(32) as usize;
         let data_start = c.pos.div_ceil(alignment) * alignment;
-        let file = Self { path: path.to_path_buf(), version, metadata, tensors, data_start, map };
+        let file = Self {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            data_start,
+            map,
+        };
         for t in &file.tensors {
             let end = file.data_start as u64 + t.offset + file.byte_len(t)? as u64;
             if end > file.map.len() as u64 {
@@ -225,7 +247,10 @@ impl GgufFile {
         let ty = GgmlType::from_id(t.ggml_type, &t.name)?;
         let numel = t.numel();
         if numel % ty.block_size() != 0 {
-            bail!("tensor `{}` has {numel} elements, not a multiple of its block size", t.name);
+            bail!(
+                "tensor `{}` has {numel} elements, not a multiple of its block size",
+                t.name
+            );
         }
         Ok(numel / ty.block_size() * ty.block_bytes())
     }
@@ -242,11 +267,15 @@ impl GgufFile {
     }
 
     pub fn require_u64(&self, key: &str) -> Result<u64> {
-        self.require(key)?.as_u64().with_context(|| format!("metadata `{key}` is not an integer"))
+        self.require(key)?
+            .as_u64()
+            .with_context(|| format!("metadata `{key}` is not an integer"))
     }
 
     pub fn require_f64(&self, key: &str) -> Result<f64> {
-        self.require(key)?.as_f64().with_context(|| format!("metadata `{key}` is not a number"))
+        self.require(key)?
+            .as_f64()
+            .with_context(|| format!("metadata `{key}` is not a number"))
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorDesc> {

@@ -52,7 +52,9 @@ impl TransformerConfig {
 
     /// Interprets the JSON object of a `config.json`.
     pub fn from_json(value: Value) -> Result<Self> {
-        let Value::Object(raw) = value else { bail!("config.json must hold a JSON object") };
+        let Value::Object(raw) = value else {
+            bail!("config.json must hold a JSON object")
+        };
         let model_type = raw
             .get("model_type")
             .and_then(Value::as_str)
@@ -98,10 +100,16 @@ impl TransformerConfig {
         {
             bail!("rope_scaling {scaling} is not supported (plain rotary embeddings only)");
         }
-        let f64_key = |key: &str, default: f64| raw.get(key).and_then(Value::as_f64).unwrap_or(default);
-        let bool_key = |key: &str, default: bool| raw.get(key).and_then(Value::as_bool).unwrap_or(default);
+        let f64_key =
+            |key: &str, default: f64| raw.get(key).and_then(Value::as_f64).unwrap_or(default);
+        let bool_key =
+            |key: &str, default: bool| raw.get(key).and_then(Value::as_bool).unwrap_or(default);
         let eos_token_ids = match raw.get("eos_token_id") {
-            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(|v| v as u32)
+                .collect(),
             Some(v) => v.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
             None => Vec::new(),
         };
@@ -121,7 +129,10 @@ impl TransformerConfig {
                 .get("max_position_embeddings")
                 .and_then(Value::as_u64)
                 .unwrap_or(32_768) as usize,
-            bos_token_id: raw.get("bos_token_id").and_then(Value::as_u64).map(|v| v as u32),
+            bos_token_id: raw
+                .get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|v| v as u32),
             eos_token_ids,
             model_type,
             raw,
@@ -211,9 +222,19 @@ mod tests {
         assert!(err.contains("gpt2") && err.contains("qwen2"), "{err}");
         let mut v = smollm2();
         v["num_key_value_heads"] = json!(2);
-        assert!(TransformerConfig::from_json(v).unwrap_err().to_string().contains("multiple"));
+        assert!(
+            TransformerConfig::from_json(v)
+                .unwrap_err()
+                .to_string()
+                .contains("multiple")
+        );
         let mut v = smollm2();
         v.as_object_mut().unwrap().remove("hidden_size");
-        assert!(TransformerConfig::from_json(v).unwrap_err().to_string().contains("hidden_size"));
+        assert!(
+            TransformerConfig::from_json(v)
+                .unwrap_err()
+                .to_string()
+                .contains("hidden_size")
+        );
     }
 }

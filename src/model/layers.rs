@@ -39,7 +39,13 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let inv = x.clone().square().mean_dim(2).add_scalar(self.eps).sqrt().recip();
+        let inv = x
+            .clone()
+            .square()
+            .mean_dim(2)
+            .add_scalar(self.eps)
+            .sqrt()
+            .recip();
         x * inv * self.weight.val().unsqueeze::<3>()
     }
 }
@@ -54,7 +60,8 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down.forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+        self.down
+            .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
     }
 }
 
@@ -160,7 +167,9 @@ pub fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
         return x;
     }
     let [b, kv, t, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, kv, group, t, d]).reshape([b, kv * group, t, d])
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, group, t, d])
+        .reshape([b, kv * group, t, d])
 }
 
 impl Attention {
@@ -195,7 +204,11 @@ impl Attention {
                 k = Tensor::cat(vec![prev.k, k], 2);
                 v = Tensor::cat(vec![prev.v, v], 2);
             }
-            *slot = Some(KvCache { k: k.clone(), v: v.clone(), mask: key_mask.clone() });
+            *slot = Some(KvCache {
+                k: k.clone(),
+                v: v.clone(),
+                mask: key_mask.clone(),
+            });
         }
         let group = self.heads / self.kv_heads;
         let k = repeat_kv(k, group);
@@ -221,19 +234,42 @@ fn padding_mask(key_mask: Tensor<2>, heads: usize, tq: usize) -> Tensor<4, burn:
         .flat_map(|q| (0..tk).map(move |k| if k == q + offset { 1.0 } else { 0.0 }))
         .collect();
     let own = Tensor::<2>::from_data(TensorData::new(own, [tq, tk]), &device);
-    let hidden = key_mask.neg().add_scalar(1.0).reshape([b, 1, 1, tk]).expand([b, 1, tq, tk])
-        * own.neg().add_scalar(1.0).unsqueeze::<4>().expand([b, 1, tq, tk]);
+    let hidden = key_mask
+        .neg()
+        .add_scalar(1.0)
+        .reshape([b, 1, 1, tk])
+        .expand([b, 1, tq, tk])
+        * own
+            .neg()
+            .add_scalar(1.0)
+            .unsqueeze::<4>()
+            .expand([b, 1, tq, tk]);
     hidden.greater_elem(0.5).expand([b, heads, tq, tk])
 }
 
 /// Plain softmax attention from tensor ops (the oracle for the backend's fused attention).
-pub fn attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal_offset: usize) -> Tensor<4> {
+pub fn attention_reference(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    causal_offset: usize,
+) -> Tensor<4> {
     let [_, _, tq, d] = q.dims();
     let tk = k.dims()[2];
     let device = q.device();
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(1.0 / (d as f64).sqrt());
     let bias: Vec<f32> = (0..tq)
-        .flat_map(|i| (0..tk).map(move |j| if j > i + causal_offset { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..tk).map(move |j| {
+                if j > i + causal_offset {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     let bias = Tensor::<2>::from_data(TensorData::new(bias, [tq, tk]), &device).unsqueeze::<4>();
     softmax(scores + bias, 3).matmul(v)

@@ -68,11 +68,21 @@ impl SafetensorsReader {
             })?;
             let shard = shards.len();
             for (name, info) in meta.tensors() {
-                if tensors.insert(name.clone(), (shard, info.clone())).is_some() {
-                    bail!("tensor `{name}` appears in two shards (second: {})", path.display());
+                if tensors
+                    .insert(name.clone(), (shard, info.clone()))
+                    .is_some()
+                {
+                    bail!(
+                        "tensor `{name}` appears in two shards (second: {})",
+                        path.display()
+                    );
                 }
             }
-            shards.push(Shard { path: path.clone(), map, data_start: 8 + n });
+            shards.push(Shard {
+                path: path.clone(),
+                map,
+                data_start: 8 + n,
+            });
         }
         Ok(Self { shards, tensors })
     }
@@ -86,7 +96,9 @@ impl SafetensorsReader {
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.tensors.get(name).map(|(_, info)| info.shape.as_slice())
+        self.tensors
+            .get(name)
+            .map(|(_, info)| info.shape.as_slice())
     }
 
     /// The tensor's elements as f32, row-major.
@@ -99,7 +111,10 @@ impl SafetensorsReader {
         let (start, end) = info.data_offsets;
         let bytes = &shard.map[shard.data_start + start..shard.data_start + end];
         Ok(match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
             Dtype::F16 => bytes
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -159,21 +174,40 @@ pub fn write_safetensors(
     let encoded: Vec<(String, EncodedView)> = tensors
         .iter()
         .map(|(name, t)| {
-            assert_eq!(t.shape.iter().product::<usize>(), t.data.len(), "tensor {name}");
+            assert_eq!(
+                t.shape.iter().product::<usize>(),
+                t.data.len(),
+                "tensor {name}"
+            );
             let (dtype, bytes) = match dtype {
-                SaveDtype::F32 => (Dtype::F32, t.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                SaveDtype::F32 => (
+                    Dtype::F32,
+                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ),
                 SaveDtype::Bf16 => (
                     Dtype::BF16,
-                    t.data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+                    t.data
+                        .iter()
+                        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                        .collect(),
                 ),
             };
-            (name.clone(), EncodedView { dtype, shape: t.shape.clone(), bytes })
+            (
+                name.clone(),
+                EncodedView {
+                    dtype,
+                    shape: t.shape.clone(),
+                    bytes,
+                },
+            )
         })
         .collect();
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(encoded.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata))
-        .context("encoding safetensors")?;
-    crate::util::fsx::atomic_write(path, &bytes).with_context(|| format!("writing {}", path.display()))
+    let bytes =
+        safetensors::serialize(encoded.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata))
+            .context("encoding safetensors")?;
+    crate::util::fsx::atomic_write(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -184,8 +218,20 @@ mod tests {
     fn round_trip_and_truncation() {
         let dir = tempfile::tempdir().unwrap();
         let mut t = BTreeMap::new();
-        t.insert("a.weight".into(), OwnedTensor { shape: vec![2, 3], data: vec![1., -2., 3.5, 0., 1e-3, 7.] });
-        t.insert("b".into(), OwnedTensor { shape: vec![1], data: vec![0.25] });
+        t.insert(
+            "a.weight".into(),
+            OwnedTensor {
+                shape: vec![2, 3],
+                data: vec![1., -2., 3.5, 0., 1e-3, 7.],
+            },
+        );
+        t.insert(
+            "b".into(),
+            OwnedTensor {
+                shape: vec![1],
+                data: vec![0.25],
+            },
+        );
         write_safetensors(&dir.path().join("model.safetensors"), &t, SaveDtype::F32).unwrap();
         let r = SafetensorsReader::open_dir(dir.path()).unwrap();
         assert_eq!(r.names().collect::<Vec<_>>(), ["a.weight", "b"]);
@@ -201,7 +247,10 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
-        let err = SafetensorsReader::open_dir(dir.path()).err().unwrap().to_string();
+        let err = SafetensorsReader::open_dir(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
     }
 
@@ -209,7 +258,13 @@ mod tests {
     fn sharded_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         for (file, name) in [("s1.safetensors", "x"), ("s2.safetensors", "y")] {
-            let t = BTreeMap::from([(name.to_string(), OwnedTensor { shape: vec![1], data: vec![1.0] })]);
+            let t = BTreeMap::from([(
+                name.to_string(),
+                OwnedTensor {
+                    shape: vec![1],
+                    data: vec![1.0],
+                },
+            )]);
             write_safetensors(&dir.path().join(file), &t, SaveDtype::F32).unwrap();
         }
         std::fs::write(

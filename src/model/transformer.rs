@@ -53,7 +53,12 @@ pub struct TransformerCache {
 impl TransformerCache {
     /// Tokens seen so far.
     pub fn len(&self) -> usize {
-        self.layers.iter().flatten().map(KvCache::len).next().unwrap_or(0)
+        self.layers
+            .iter()
+            .flatten()
+            .map(KvCache::len)
+            .next()
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -89,7 +94,11 @@ impl Transformer {
             .map(|i| DecoderLayer {
                 input_norm: load_norm(w, &format!("{}.input_layernorm", layer_prefix(i)), &config),
                 attn: load_attention(w, &format!("{}.self_attn", layer_prefix(i)), &config),
-                post_norm: load_norm(w, &format!("{}.post_attention_layernorm", layer_prefix(i)), &config),
+                post_norm: load_norm(
+                    w,
+                    &format!("{}.post_attention_layernorm", layer_prefix(i)),
+                    &config,
+                ),
                 mlp: load_mlp(w, &format!("{}.mlp", layer_prefix(i)), &config),
             })
             .collect();
@@ -100,7 +109,13 @@ impl Transformer {
         } else {
             Some(w.param_transposed("lm_head.weight", config.vocab_size, c))
         };
-        Self { embed, layers, norm, lm_head, config }
+        Self {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            config,
+        }
     }
 
     /// A randomly initialised model (tests and benchmarks).
@@ -152,7 +167,11 @@ impl Transformer {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
             let a = layer.attn.forward(h.clone(), &rotary, mask.clone(), slot);
             if capture.contains(&i) {
-                captures.push(LayerCapture { layer: i, attn_in: h, attn_out: a.clone() });
+                captures.push(LayerCapture {
+                    layer: i,
+                    attn_in: h,
+                    attn_out: a.clone(),
+                });
             }
             x = x + a;
             x = x.clone() + layer.mlp.forward(layer.post_norm.forward(x));
@@ -176,8 +195,16 @@ impl Transformer {
         put(&mut out, "model.embed_tokens.weight", self.embed.val());
         for (i, layer) in self.layers.iter().enumerate() {
             let p = layer_prefix(i);
-            put(&mut out, &format!("{p}.input_layernorm.weight"), layer.input_norm.weight.val());
-            put(&mut out, &format!("{p}.post_attention_layernorm.weight"), layer.post_norm.weight.val());
+            put(
+                &mut out,
+                &format!("{p}.input_layernorm.weight"),
+                layer.input_norm.weight.val(),
+            );
+            put(
+                &mut out,
+                &format!("{p}.post_attention_layernorm.weight"),
+                layer.post_norm.weight.val(),
+            );
             put_attention(&mut out, &format!("{p}.self_attn"), &layer.attn);
             put_mlp(&mut out, &format!("{p}.mlp"), &layer.mlp);
         }
@@ -190,7 +217,11 @@ impl Transformer {
 }
 
 /// `hidden · Eᵀ` (tied) or `hidden · W_head`.
-pub fn lm_head_logits(hidden: Tensor<3>, embed: &Param<Tensor<2>>, head: Option<&Param<Tensor<2>>>) -> Tensor<3> {
+pub fn lm_head_logits(
+    hidden: Tensor<3>,
+    embed: &Param<Tensor<2>>,
+    head: Option<&Param<Tensor<2>>>,
+) -> Tensor<3> {
     let [b, t, c] = hidden.dims();
     let flat = hidden.reshape([b * t, c]);
     let logits = match head {
@@ -202,10 +233,19 @@ pub fn lm_head_logits(hidden: Tensor<3>, embed: &Param<Tensor<2>>, head: Option<
 }
 
 pub fn load_norm(w: &mut WeightLoader, prefix: &str, cfg: &TransformerConfig) -> RmsNorm {
-    RmsNorm { weight: w.param(&format!("{prefix}.weight"), [cfg.hidden_size]), eps: cfg.rms_norm_eps }
+    RmsNorm {
+        weight: w.param(&format!("{prefix}.weight"), [cfg.hidden_size]),
+        eps: cfg.rms_norm_eps,
+    }
 }
 
-pub fn load_linear(w: &mut WeightLoader, prefix: &str, out: usize, inp: usize, bias: bool) -> Linear {
+pub fn load_linear(
+    w: &mut WeightLoader,
+    prefix: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+) -> Linear {
     Linear {
         weight: w.param_transposed(&format!("{prefix}.weight"), out, inp),
         bias: bias.then(|| w.param(&format!("{prefix}.bias"), [out])),
@@ -239,13 +279,25 @@ pub fn load_mlp(w: &mut WeightLoader, prefix: &str, cfg: &TransformerConfig) -> 
 /// Adds a tensor under `name` as is.
 pub fn put<const D: usize>(out: &mut BTreeMap<String, OwnedTensor>, name: &str, t: Tensor<D>) {
     let shape = t.dims().to_vec();
-    out.insert(name.to_string(), OwnedTensor { shape, data: to_vec(t) });
+    out.insert(
+        name.to_string(),
+        OwnedTensor {
+            shape,
+            data: to_vec(t),
+        },
+    );
 }
 
 /// Adds an `[in, out]` weight in Hugging Face's `[out, in]` layout.
 pub fn put_linear_weight(out: &mut BTreeMap<String, OwnedTensor>, name: &str, w: Tensor<2>) {
     let [inp, o] = w.dims();
-    out.insert(name.to_string(), OwnedTensor { shape: vec![o, inp], data: transpose(&to_vec(w), inp, o) });
+    out.insert(
+        name.to_string(),
+        OwnedTensor {
+            shape: vec![o, inp],
+            data: transpose(&to_vec(w), inp, o),
+        },
+    );
 }
 
 pub fn put_linear(out: &mut BTreeMap<String, OwnedTensor>, prefix: &str, l: &Linear) {
@@ -256,13 +308,22 @@ pub fn put_linear(out: &mut BTreeMap<String, OwnedTensor>, prefix: &str, l: &Lin
 }
 
 pub fn put_attention(out: &mut BTreeMap<String, OwnedTensor>, prefix: &str, a: &Attention) {
-    for (name, l) in [("q_proj", &a.q), ("k_proj", &a.k), ("v_proj", &a.v), ("o_proj", &a.o)] {
+    for (name, l) in [
+        ("q_proj", &a.q),
+        ("k_proj", &a.k),
+        ("v_proj", &a.v),
+        ("o_proj", &a.o),
+    ] {
         put_linear(out, &format!("{prefix}.{name}"), l);
     }
 }
 
 pub fn put_mlp(out: &mut BTreeMap<String, OwnedTensor>, prefix: &str, m: &Mlp) {
-    for (name, l) in [("gate_proj", &m.gate), ("up_proj", &m.up), ("down_proj", &m.down)] {
+    for (name, l) in [
+        ("gate_proj", &m.gate),
+        ("up_proj", &m.up),
+        ("down_proj", &m.down),
+    ] {
         put_linear(out, &format!("{prefix}.{name}"), l);
     }
 }
@@ -275,21 +336,33 @@ pub struct TensorRng {
 impl TensorRng {
     pub fn new(seed: u64, device: &Device) -> Self {
         device.seed(seed);
-        Self { device: device.clone() }
+        Self {
+            device: device.clone(),
+        }
     }
 
     pub fn param<const D: usize>(&mut self, shape: [usize; D], scale: f64) -> Param<Tensor<D>> {
-        Param::from_tensor(Tensor::random(shape, Distribution::Uniform(-scale, scale), &self.device))
+        Param::from_tensor(Tensor::random(
+            shape,
+            Distribution::Uniform(-scale, scale),
+            &self.device,
+        ))
     }
 
     pub fn linear(&mut self, out: usize, inp: usize, bias: bool) -> Linear {
         let scale = 1.0 / (inp as f64).sqrt();
-        Linear { weight: self.param([inp, out], scale), bias: bias.then(|| self.param([out], 0.1)) }
+        Linear {
+            weight: self.param([inp, out], scale),
+            bias: bias.then(|| self.param([out], 0.1)),
+        }
     }
 
     pub fn norm(&mut self, c: usize, eps: f64) -> RmsNorm {
         let w = Tensor::random([c], Distribution::Uniform(0.8, 1.2), &self.device);
-        RmsNorm { weight: Param::from_tensor(w), eps }
+        RmsNorm {
+            weight: Param::from_tensor(w),
+            eps,
+        }
     }
 
     pub fn attention(&mut self, cfg: &TransformerConfig) -> Attention {
@@ -308,7 +381,11 @@ impl TensorRng {
 
     pub fn mlp(&mut self, cfg: &TransformerConfig) -> Mlp {
         let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
-        Mlp { gate: self.linear(f, c, false), up: self.linear(f, c, false), down: self.linear(c, f, false) }
+        Mlp {
+            gate: self.linear(f, c, false),
+            up: self.linear(f, c, false),
+            down: self.linear(c, f, false),
+        }
     }
 }
 
@@ -316,7 +393,10 @@ impl TensorRng {
 pub fn ids_tensor(ids: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
     let b = ids.len();
     let t = ids.first().map_or(0, Vec::len);
-    assert!(ids.iter().all(|r| r.len() == t), "all rows must have the same length");
+    assert!(
+        ids.iter().all(|r| r.len() == t),
+        "all rows must have the same length"
+    );
     let flat: Vec<i64> = ids.iter().flatten().map(|&v| v as i64).collect();
     Tensor::from_data(TensorData::new(flat, [b, t]), device)
 }

@@ -49,10 +49,12 @@ impl<'a> WeightLoader<'a> {
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
         let numel = shape.iter().product();
         match self.reader.shape(name) {
-            None => self.missing.push(format!("{name} (expected shape {shape:?})")),
-            Some(found) if found != shape => {
-                self.misshaped.push(format!("{name}: expected shape {shape:?}, found {found:?}"))
-            }
+            None => self
+                .missing
+                .push(format!("{name} (expected shape {shape:?})")),
+            Some(found) if found != shape => self
+                .misshaped
+                .push(format!("{name}: expected shape {shape:?}, found {found:?}")),
             Some(_) => match self.reader.read_f32(name) {
                 Ok(data) => {
                     self.used.insert(name.to_string());
@@ -67,7 +69,10 @@ impl<'a> WeightLoader<'a> {
     /// A parameter with the checkpoint's shape.
     pub fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Param<Tensor<D>> {
         let data = self.take(name, &shape);
-        Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), &self.device))
+        Param::from_tensor(Tensor::from_data(
+            TensorData::new(data, shape),
+            &self.device,
+        ))
     }
 
     /// A Hugging Face `[out, in]` matrix stored transposed as `[in, out]`.
@@ -89,7 +94,10 @@ impl<'a> WeightLoader<'a> {
         if self.missing.is_empty() && self.misshaped.is_empty() && unexpected.is_empty() {
             return Ok(());
         }
-        let mut msg = format!("the checkpoint in {} does not match its config.json:", dir.display());
+        let mut msg = format!(
+            "the checkpoint in {} does not match its config.json:",
+            dir.display()
+        );
         let mut section = |title: &str, items: &[String]| {
             if !items.is_empty() {
                 msg.push_str(&format!("\n  {title} ({}):", items.len()));
@@ -123,5 +131,8 @@ pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// The f32 contents of a tensor.
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 tensor data")
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 tensor data")
 }

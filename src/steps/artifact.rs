@@ -25,13 +25,23 @@ impl TryFrom<String> for ArtifactRef {
             Some(rest) => {
                 let (step, path) = rest.split_once('/').unwrap_or((rest, ""));
                 if step.is_empty() {
-                    return Err(format!("`{s}`: write `@STEP` or `@STEP/path` to name a dependency's artifacts"));
+                    return Err(format!(
+                        "`{s}`: write `@STEP` or `@STEP/path` to name a dependency's artifacts"
+                    ));
                 }
                 let path = PathBuf::from(path);
-                if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                    return Err(format!("`{s}`: `..` may not leave the dependency's artifact folder"));
+                if path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(format!(
+                        "`{s}`: `..` may not leave the dependency's artifact folder"
+                    ));
                 }
-                Ok(ArtifactRef::Dep { step: step.to_string(), path })
+                Ok(ArtifactRef::Dep {
+                    step: step.to_string(),
+                    path,
+                })
             }
             None if s.is_empty() => Err("the path is empty".into()),
             None => Ok(ArtifactRef::Root(PathBuf::from(s))),
@@ -79,10 +89,19 @@ impl ArtifactRef {
             ArtifactRef::Dep { step, path } => ctx
                 .deps
                 .get(step)
-                .with_context(|| format!("`{self}`: step `{step}` is not a dependency of `{}`", ctx.id))?
+                .with_context(|| {
+                    format!(
+                        "`{self}`: step `{step}` is not a dependency of `{}`",
+                        ctx.id
+                    )
+                })?
                 .join(path),
         };
-        anyhow::ensure!(path.exists(), "`{self}` does not exist (looked for {})", path.display());
+        anyhow::ensure!(
+            path.exists(),
+            "`{self}` does not exist (looked for {})",
+            path.display()
+        );
         Ok(path)
     }
 }
@@ -94,10 +113,26 @@ mod tests {
     #[test]
     fn parses_and_prints() {
         let a = ArtifactRef::try_from("@fetch/x/model.gguf".to_string()).unwrap();
-        assert_eq!(a, ArtifactRef::Dep { step: "fetch".into(), path: "x/model.gguf".into() });
+        assert_eq!(
+            a,
+            ArtifactRef::Dep {
+                step: "fetch".into(),
+                path: "x/model.gguf".into()
+            }
+        );
         assert_eq!(a.to_string(), "@fetch/x/model.gguf");
-        assert_eq!(ArtifactRef::try_from("@import".to_string()).unwrap().to_string(), "@import");
-        assert_eq!(ArtifactRef::try_from("data/a.txt".to_string()).unwrap().input(), Some(Path::new("data/a.txt")));
+        assert_eq!(
+            ArtifactRef::try_from("@import".to_string())
+                .unwrap()
+                .to_string(),
+            "@import"
+        );
+        assert_eq!(
+            ArtifactRef::try_from("data/a.txt".to_string())
+                .unwrap()
+                .input(),
+            Some(Path::new("data/a.txt"))
+        );
         assert!(ArtifactRef::try_from("@".to_string()).is_err());
         assert!(ArtifactRef::try_from("@a/../b".to_string()).is_err());
     }

@@ -89,7 +89,9 @@ print(json.dumps({"members": len(names), "extracted": result}))
 "#;
 
 fn tool_output(cmd: &mut Command, what: &str, hint: &str) -> Result<String> {
-    let out = cmd.output().map_err(|e| anyhow::anyhow!("cannot run {what}: {e}; {hint}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {what}: {e}; {hint}"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
@@ -109,7 +111,14 @@ fn download(s: &FetchSettings, dir: &Path) -> Result<PathBuf> {
     match s.registry {
         Registry::Pypi => {
             let mut cmd = Command::new("python3");
-            cmd.args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check"]);
+            cmd.args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--disable-pip-version-check",
+            ]);
             match s.dist {
                 Dist::Any => {}
                 Dist::Wheel => {
@@ -120,19 +129,33 @@ fn download(s: &FetchSettings, dir: &Path) -> Result<PathBuf> {
                 }
             }
             cmd.arg(&spec).arg("-d").arg(dir);
-            tool_output(&mut cmd, &format!("pip download {spec}"), "install Python 3 with pip")?;
+            tool_output(
+                &mut cmd,
+                &format!("pip download {spec}"),
+                "install Python 3 with pip",
+            )?;
         }
         Registry::Npm => {
             let spec = format!("{}@{}", s.package, s.version);
             let mut cmd = Command::new("npm");
-            cmd.args(["pack", "--silent", &spec, "--pack-destination"]).arg(dir).current_dir(dir);
-            tool_output(&mut cmd, &format!("npm pack {spec}"), "install Node.js with npm")?;
+            cmd.args(["pack", "--silent", &spec, "--pack-destination"])
+                .arg(dir)
+                .current_dir(dir);
+            tool_output(
+                &mut cmd,
+                &format!("npm pack {spec}"),
+                "install Node.js with npm",
+            )?;
         }
     }
     let files = fsx::list_files(dir)?;
     match files.as_slice() {
         [one] => Ok(dir.join(one)),
-        other => bail!("expected one downloaded file in {}, found {}", dir.display(), other.len()),
+        other => bail!(
+            "expected one downloaded file in {}, found {}",
+            dir.display(),
+            other.len()
+        ),
     }
 }
 
@@ -150,14 +173,23 @@ fn check_sha256(path: &Path, expected: &str, what: &str) -> Result<()> {
 }
 
 pub fn run(s: &FetchSettings, ctx: &StepContext) -> Result<()> {
-    let spinner = crate::progress::spinner(&format!("{}: downloading {} {}", ctx.id, s.package, s.version));
+    let spinner = crate::progress::spinner(&format!(
+        "{}: downloading {} {}",
+        ctx.id, s.package, s.version
+    ));
     let dl_dir = ctx.step_dir.join("download");
     let archive = download(s, &dl_dir)?;
     spinner.finish_and_clear();
     check_sha256(&archive, &s.sha256, &format!("{} {}", s.package, s.version))?;
-    tracing::info!("{}: {} verified", ctx.id, archive.file_name().unwrap_or_default().to_string_lossy());
+    tracing::info!(
+        "{}: {} verified",
+        ctx.id,
+        archive.file_name().unwrap_or_default().to_string_lossy()
+    );
     if s.extract.is_empty() {
-        let dest = ctx.out_dir.join(archive.file_name().context("archive name")?);
+        let dest = ctx
+            .out_dir
+            .join(archive.file_name().context("archive name")?);
         std::fs::rename(&archive, &dest)?;
     } else {
         let specs: Vec<serde_json::Value> = s
@@ -175,8 +207,13 @@ pub fn run(s: &FetchSettings, ctx: &StepContext) -> Result<()> {
             "extracting from the archive",
             "install Python 3",
         )?;
-        let report: serde_json::Value = serde_json::from_str(stdout.trim()).context("extractor output")?;
-        for (spec, files) in s.extract.iter().zip(report["extracted"].as_array().context("extracted")?) {
+        let report: serde_json::Value =
+            serde_json::from_str(stdout.trim()).context("extractor output")?;
+        for (spec, files) in s
+            .extract
+            .iter()
+            .zip(report["extracted"].as_array().context("extracted")?)
+        {
             let files = files.as_array().context("files")?;
             let is_pattern = spec.path.contains(['*', '?', '[']);
             if files.is_empty() {
@@ -190,10 +227,18 @@ pub fn run(s: &FetchSettings, ctx: &StepContext) -> Result<()> {
             if let Some(n) = spec.count
                 && files.len() != n
             {
-                bail!("`{}` matched {} files, expected {n}", spec.path, files.len());
+                bail!(
+                    "`{}` matched {} files, expected {n}",
+                    spec.path,
+                    files.len()
+                );
             }
             if !is_pattern && files.len() != 1 {
-                bail!("`{}` matched {} files, expected one", spec.path, files.len());
+                bail!(
+                    "`{}` matched {} files, expected one",
+                    spec.path,
+                    files.len()
+                );
             }
             if let Some(sha) = &spec.sha256 {
                 let dest = PathBuf::from(files[0][1].as_str().context("dest")?);

@@ -43,8 +43,10 @@ pub fn run(s: &ImportSettings, ctx: &StepContext) -> Result<()> {
         report.vocab_size
     );
     // The directory must load as a model and a tokenizer.
-    crate::model::TransformerConfig::from_dir(&ctx.out_dir).context("checking the imported config.json")?;
-    crate::text::TextTokenizer::from_dir(&ctx.out_dir).context("checking the imported tokenizer")?;
+    crate::model::TransformerConfig::from_dir(&ctx.out_dir)
+        .context("checking the imported config.json")?;
+    crate::text::TextTokenizer::from_dir(&ctx.out_dir)
+        .context("checking the imported tokenizer")?;
     crate::util::fsx::atomic_write_json(&ctx.out_dir.join("import.json"), &report)?;
     Ok(())
 }

@@ -67,7 +67,12 @@ impl StepSettings {
         match self {
             StepSettings::Command(s) => s.inputs.iter().map(|p| ("inputs", p.clone())).collect(),
             StepSettings::Fetch(_) => Vec::new(),
-            StepSettings::Import(s) => s.gguf.input().map(|p| ("gguf", p.to_path_buf())).into_iter().collect(),
+            StepSettings::Import(s) => s
+                .gguf
+                .input()
+                .map(|p| ("gguf", p.to_path_buf()))
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -76,7 +81,12 @@ impl StepSettings {
     pub fn dep_refs(&self) -> Vec<(&'static str, String)> {
         match self {
             StepSettings::Command(_) | StepSettings::Fetch(_) => Vec::new(),
-            StepSettings::Import(s) => s.gguf.dep().map(|d| ("gguf", d.to_string())).into_iter().collect(),
+            StepSettings::Import(s) => s
+                .gguf
+                .dep()
+                .map(|d| ("gguf", d.to_string()))
+                .into_iter()
+                .collect(),
         }
     }
 

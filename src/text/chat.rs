@@ -15,7 +15,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.to_string(), content: content.to_string() }
+        Self {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
     }
 }
 
@@ -34,11 +37,17 @@ impl ChatTemplate {
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, format!("the chat template raised: {msg}")))
+            Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("the chat template raised: {msg}"),
+            ))
         });
         env.add_template_owned("chat", source.to_string())
             .context("the chat template is not valid Jinja")?;
-        Ok(Self { env, source: source.to_string() })
+        Ok(Self {
+            env,
+            source: source.to_string(),
+        })
     }
 
     /// Renders a conversation; `add_generation_prompt` appends the assistant turn's header.
@@ -70,7 +79,9 @@ mod tests {
     #[test]
     fn renders_chatml_with_default_system_prompt() {
         let t = ChatTemplate::new(SMOLLM2).unwrap();
-        let out = t.render(&[ChatMessage::new("user", "Hi")], true, None, None).unwrap();
+        let out = t
+            .render(&[ChatMessage::new("user", "Hi")], true, None, None)
+            .unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
@@ -81,7 +92,11 @@ mod tests {
     #[test]
     fn python_methods_and_raise_exception() {
         let t = ChatTemplate::new("{{ messages[0]['content'].strip().upper() }}").unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "  a b ")], false, None, None).unwrap(), "A B");
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  a b ")], false, None, None)
+                .unwrap(),
+            "A B"
+        );
         let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}").unwrap();
         let err = format!("{:#}", t.render(&[], false, None, None).unwrap_err());
         assert!(err.contains("roles must alternate"), "{err}");

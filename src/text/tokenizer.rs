@@ -26,7 +26,8 @@ fn token_string(v: Option<&Value>) -> Option<String> {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
@@ -73,13 +74,19 @@ impl TextTokenizer {
         }
         if let Ok(gen_cfg) = read_json(&dir.join("generation_config.json")) {
             match gen_cfg.get("eos_token_id") {
-                Some(Value::Array(ids)) => stops.extend(ids.iter().filter_map(Value::as_u64).map(|v| v as u32)),
+                Some(Value::Array(ids)) => {
+                    stops.extend(ids.iter().filter_map(Value::as_u64).map(|v| v as u32))
+                }
                 Some(v) => stops.extend(v.as_u64().map(|v| v as u32)),
                 None => {}
             }
         }
         // ChatML turns end with <|im_end|> whatever the configured eos is.
-        if tok.chat_template.as_ref().is_some_and(|t| t.source.contains("<|im_end|>")) {
+        if tok
+            .chat_template
+            .as_ref()
+            .is_some_and(|t| t.source.contains("<|im_end|>"))
+        {
             stops.extend(tok.inner.token_to_id("<|im_end|>"));
         }
         stops.sort_unstable();
@@ -90,12 +97,17 @@ impl TextTokenizer {
 
     /// Token ids of `text`; special tokens written in the text are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| anyhow::anyhow!("decoding: {e}"))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| anyhow::anyhow!("decoding: {e}"))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -103,11 +115,20 @@ impl TextTokenizer {
     }
 
     /// The prompt text of a conversation with the model's chat template.
-    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .chat_template
             .as_ref()
             .context("the tokenizer has no chat template (tokenizer_config.json: chat_template)")?;
-        template.render(messages, add_generation_prompt, self.bos_token.as_deref(), self.eos_token.as_deref())
+        template.render(
+            messages,
+            add_generation_prompt,
+            self.bos_token.as_deref(),
+            self.eos_token.as_deref(),
+        )
     }
 }

@@ -61,16 +61,28 @@ pub fn reference_logits(source: &[&str], seqs: &[Vec<u32>]) -> (Vec<usize>, Vec<
     args.extend_from_slice(&["--ids", &ids, "--out", out]);
     let stdout = run_script("reference_forward.py", &args);
     let meta: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let shape: Vec<usize> = meta["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let shape: Vec<usize> = meta["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
     let bytes = std::fs::read(tmp.path()).unwrap();
-    let data = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let data = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     (shape, data)
 }
 
 /// `max |a - b| / max |b|`, and `max |a - b|`.
 pub fn relative_error(a: &[f32], b: &[f32]) -> (f64, f64) {
     assert_eq!(a.len(), b.len());
-    let max_abs_diff = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let max_abs_diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max);
     let scale = b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
     (max_abs_diff / scale, max_abs_diff)
 }

@@ -1,0 +1,152 @@
+//! End-to-end: `runner generate` on the tiny Qwen2 checkpoint, and the `fetch` / `import` step
+//! kinds' checks (dependency references, checksums).
+
+mod common;
+
+use common::Project;
+use common::python::tiny_qwen2;
+
+#[test]
+fn generate_streams_text_with_and_without_chat_template() {
+    let p = Project::new();
+    let model = p.path().join("tiny");
+    tiny_qwen2(&model, &[]);
+    let m = model.to_str().unwrap();
+    let r = p
+        .run(&[
+            "generate",
+            "--model",
+            m,
+            "--raw",
+            "Hello",
+            "--max-new-tokens",
+            "5",
+        ])
+        .ok();
+    assert!(r.stderr.contains("5 new tokens"), "{}", r.stderr);
+    let r = p
+        .run(&[
+            "generate",
+            "--model",
+            m,
+            "Hi",
+            "--max-new-tokens",
+            "3",
+            "--temperature",
+            "0.8",
+            "--top-p",
+            "0.9",
+        ])
+        .ok();
+    assert!(r.stderr.contains("prompt tokens"), "{}", r.stderr);
+    // The chat template wrapped the prompt: more tokens than the two bytes of "Hi".
+    let n: usize = r
+        .stderr
+        .trim_start_matches('[')
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n > 20, "{}", r.stderr);
+}
+
+#[test]
+fn generate_reports_bad_model_dirs_and_flags() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path().join("empty")).unwrap();
+    let r = p.run(&["generate", "--model", "empty", "Hi"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("tokenizer.json") || r.stderr.contains("config.json"),
+        "{}",
+        r.stderr
+    );
+    let model = p.path().join("tiny");
+    tiny_qwen2(&model, &[]);
+    let r = p.run(&["generate", "--model", "tiny", "Hi", "--top-p", "0"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("top_p"), "{}", r.stderr);
+}
+
+#[test]
+fn import_must_depend_on_the_step_it_reads() {
+    let p = Project::new();
+    p.write(
+        "pipe.toml",
+        r#"
+[[step]]
+id = "get"
+kind = "fetch"
+registry = "pypi"
+package = "six"
+version = "1.16.0"
+sha256 = "00"
+
+[[step]]
+id = "model"
+kind = "import"
+gguf = "@get/x.gguf"
+
+[[step]]
+id = "local"
+kind = "import"
+gguf = "missing.gguf"
+
+[[step]]
+id = "half"
+kind = "import"
+gguf = "missing.gguf"
+dtype = "f16"
+"#,
+    );
+    let r = p.run(&["validate", "pipe.toml"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("pipe.toml:13") && r.stderr.contains("add \"get\" to `depends_on`"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("missing.gguf") && r.stderr.contains("does not exist"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("pipe.toml:24") && r.stderr.contains("`f16`, expected `f32` or `bf16`"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn fetch_checks_the_sha256() {
+    let p = Project::new();
+    let pipe = |sha: &str| {
+        format!(
+            "[[step]]\nid = \"six\"\nkind = \"fetch\"\nregistry = \"pypi\"\npackage = \"six\"\n\
+             version = \"1.16.0\"\ndist = \"wheel\"\nsha256 = \"{sha}\"\n\
+             extract = [{{ path = \"six.py\" }}]\n"
+        )
+    };
+    p.write(
+        "bad.toml",
+        &pipe("0000000000000000000000000000000000000000000000000000000000000000"),
+    );
+    let r = p.run(&["run", "bad.toml"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("sha256 mismatch")
+            && r.stderr.contains("six-1.16.0-py2.py3-none-any.whl"),
+        "{}",
+        r.stderr
+    );
+    p.write(
+        "good.toml",
+        &pipe("8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"),
+    );
+    p.run(&["run", "good.toml"]).ok();
+    let run = p.runs("good").pop().unwrap();
+    assert!(run.join("six/out/six.py").is_file());
+    assert!(!run.join("six/out/six-1.16.0-py2.py3-none-any.whl").exists());
+}
