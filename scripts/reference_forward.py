@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Independent reference forward pass of a Qwen2/Llama-family model in numpy (float64).
+"""Independent reference forward pass of a Qwen2/Llama-family model, or of an RWKV-7 hybrid
+student (`model_type = "rwkv_hybrid"`: the layers in `wkv_layers` use the RWKV-7 time mixer of
+SPEC §2, computed token by token), in numpy (float64).
 
 Reads either a Hugging Face directory (config.json + model.safetensors, parsed here by hand)
 or a llama.cpp GGUF file (through the `gguf` package's reader and dequantiser). For GGUF the
@@ -47,7 +49,13 @@ def load_hf(path):
         "layers": cfg["num_hidden_layers"], "heads": h, "kv_heads": cfg.get("num_key_value_heads") or h,
         "head_dim": cfg.get("head_dim") or c // h, "eps": cfg.get("rms_norm_eps", 1e-6),
         "theta": cfg.get("rope_theta", 10000.0), "interleaved": False,
+        "wkv_layers": cfg.get("wkv_layers", []) if cfg.get("model_type") == "rwkv_hybrid" else [],
+        "gate": cfg.get("wkv_gate_form", "sigmoid" if cfg.get("wkv_has_gate", True) else "none"),
+        "rope_rk": cfg.get("wkv_rope", False),
     }
+    for i in spec["wkv_layers"]:
+        prefix = f"model.layers.{i}.self_attn.time_mixer."
+        spec[f"{i}.mixer"] = {k[len(prefix):]: v for k, v in w.items() if k.startswith(prefix)}
     names = {"embed": "model.embed_tokens.weight", "norm": "model.norm.weight",
              "head": "model.embed_tokens.weight" if cfg.get("tie_word_embeddings") else "lm_head.weight"}
     for i in range(spec["layers"]):
@@ -113,13 +121,78 @@ def rope(x, theta, interleaved):
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
 
 
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def time_mixer(p, x, v_first, spec):
+    """SPEC §2 on x [T, C]; returns (out [T, C], v_first)."""
+    t, c = x.shape
+    h, n = spec["heads"], spec["head_dim"]
+    prev = np.concatenate([np.zeros((1, c)), x[:-1]], 0)
+    xx = prev - x
+    mix = {name: x + xx * p[f"x_{name}"].reshape(c) for name in "rwkvag"}
+    r = mix["r"] @ p["receptance.weight"].T + p.get("receptance.bias", 0.0)
+    k = mix["k"] @ p["key.weight"].T + p.get("key.bias", 0.0)
+    v = mix["v"] @ p["value.weight"].T + p.get("value.bias", 0.0)
+    if k.shape[1] != c:  # grouped k/v: repeat each head for its group
+        g = c // k.shape[1]
+        k = np.repeat(k.reshape(t, -1, 1, n), g, axis=2).reshape(t, c)
+        v = np.repeat(v.reshape(t, -1, 1, n), g, axis=2).reshape(t, c)
+    z = p["w0"].reshape(c) + np.tanh(mix["w"] @ p["w1"]) @ p["w2"]
+    w_raw = -np.logaddexp(0.0, -z) - 0.5
+    if v_first is None:
+        v_first = v
+    else:
+        v = v + (v_first - v) * sigmoid(p["v0"].reshape(c) + (mix["v"] @ p["v1"]) @ p["v2"])
+    a = sigmoid(p["a0"].reshape(c) + (mix["a"] @ p["a1"]) @ p["a2"])
+    gate = None
+    if spec["gate"] != "none":
+        gate = sigmoid(mix["g"] @ p["g1"]) @ p["g2"]
+        if spec["gate"] == "one_plus":
+            gate = gate + 1.0
+    if spec["rope_rk"]:
+        r = rope(r.reshape(t, h, n).transpose(1, 0, 2), spec["theta"], False).transpose(1, 0, 2).reshape(t, c)
+        k = rope(k.reshape(t, h, n).transpose(1, 0, 2), spec["theta"], False).transpose(1, 0, 2).reshape(t, c)
+    kk = (k * p["k_k"].reshape(c)).reshape(t, h, n)
+    kk = kk / np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), 1e-12)
+    k = k * (1.0 + (a - 1.0) * p["k_a"].reshape(c))
+    decay = np.exp(-np.exp(w_raw)).reshape(t, h, n)
+    rh, kh, vh, ah = (z_.reshape(t, h, n) for z_ in (r, k, v, a))
+    y = np.zeros((t, h, n))
+    for head in range(h):
+        state = np.zeros((n, n))
+        for s in range(t):
+            alpha, beta = -kk[s, head], kk[s, head] * ah[s, head]
+            state = state * decay[s, head][None, :] + np.outer(state @ alpha, beta) + np.outer(vh[s, head], kh[s, head])
+            y[s, head] = state @ rh[s, head]
+    if "ln_x.weight" in p:
+        mean = y.mean(-1, keepdims=True)
+        var = ((y - mean) ** 2).mean(-1, keepdims=True)
+        y = ((y - mean) / np.sqrt(var + 64e-5)).reshape(t, c) * p["ln_x.weight"] + p["ln_x.bias"]
+        y = y.reshape(t, h, n)
+    y = y + (rh * kh * p["r_k"][None]).sum(-1, keepdims=True) * vh
+    y = y.reshape(t, c)
+    if gate is not None:
+        y = y * gate
+    return y @ p["output.weight"].T, v_first
+
+
 def forward(spec, w, ids):
     h, kv, d = spec["heads"], spec["kv_heads"], spec["head_dim"]
     x = w["embed"][ids]
     t = len(ids)
     causal = np.triu(np.full((t, t), -np.inf), 1)
+    v_first = None
     for i in range(spec["layers"]):
         a = rms(x, w[f"{i}.attn_norm"], spec["eps"])
+        if i in spec.get("wkv_layers", []):
+            out, v_first = time_mixer(spec[f"{i}.mixer"], a, v_first, spec)
+            x = x + out
+            m = rms(x, w[f"{i}.ffn_norm"], spec["eps"])
+            g = m @ w[f"{i}.gate"].T
+            x = x + ((g / (1.0 + np.exp(-g))) * (m @ w[f"{i}.up"].T)) @ w[f"{i}.down"].T
+            continue
         q = a @ w[f"{i}.q"].T + w.get(f"{i}.q_bias", 0.0)
         k = a @ w[f"{i}.k"].T + w.get(f"{i}.k_bias", 0.0)
         v = a @ w[f"{i}.v"].T + w.get(f"{i}.v_bias", 0.0)

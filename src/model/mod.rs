@@ -2,8 +2,10 @@
 //! reading and writing in Hugging Face safetensors layout.
 
 pub mod config;
+pub mod hybrid;
 pub mod layers;
 pub mod safetensors_io;
+pub mod time_mixer;
 pub mod transformer;
 pub mod weights;
 
