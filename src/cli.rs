@@ -1,4 +1,4 @@
-//! Command-line interface: `runner run | resume | plan | dag | validate | status | generate | bench`.
+//! Command-line interface: `runner run | resume | plan | dag | validate | status | generate | chat | bench`.
 
 use crate::error::Error;
 use crate::pipeline::executor::{Executor, Outcome, StepReport};
@@ -85,6 +85,9 @@ enum Command {
     },
     /// Complete a prompt with a model directory (chat template by default), streaming the text.
     Generate(crate::commands::generate::GenerateArgs),
+    /// Chat in the terminal with a teacher or student directory (streaming; state kept between
+    /// turns; /clear resets it).
+    Chat(crate::commands::chat::ChatArgs),
     /// Benchmarks, each side by side with a reference, with peak memory.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -92,6 +95,28 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Decode speed and state memory of a teacher vs its hybrid student (mixers initialised
+    /// from the teacher in the chosen layers) at growing context lengths.
+    Hybrid {
+        /// The teacher model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Layers to convert: `all`, or a comma-separated list of indices.
+        #[arg(long, default_value = "all")]
+        layers: String,
+        /// Context lengths (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [256usize, 1024, 4096])]
+        contexts: Vec<usize>,
+        /// Tokens decoded after each context.
+        #[arg(long, default_value_t = 16)]
+        new_tokens: usize,
+        /// Timed decode repetitions (median).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Prefill and decode tokens/s of a model directory vs Hugging Face transformers (PyTorch
     /// eager, float32) on the same weights and prompt, with peak memory of each.
     Generate {
@@ -213,6 +238,15 @@ pub fn main() -> Result<(), Error> {
         }
         Command::Status { run_dir } => status(run_dir.as_deref(), runs_dir),
         Command::Generate(args) => crate::commands::generate::run(args, cli.quiet),
+        Command::Chat(args) => crate::commands::chat::run(args, cli.quiet),
+        Command::Bench(BenchCommand::Hybrid {
+            model,
+            layers,
+            contexts,
+            new_tokens,
+            reps,
+            json,
+        }) => bench_hybrid(model, layers, contexts, *new_tokens, *reps, json.as_deref()),
         Command::Bench(BenchCommand::Generate {
             model,
             prompt_tokens,
@@ -236,6 +270,62 @@ pub fn main() -> Result<(), Error> {
             json,
         }) => bench_wkv(*reps, python, *no_reference, *quick, json.as_deref()),
     }
+}
+
+fn bench_hybrid(
+    model_dir: &Path,
+    layers: &str,
+    contexts: &[usize],
+    new_tokens: usize,
+    reps: usize,
+    json: Option<&Path>,
+) -> Result<(), Error> {
+    use crate::bench::hybrid::{measure, render};
+    use crate::model::Transformer;
+    use crate::model::hybrid::{Hybrid, InitMode, LayerSelection, StudentConfig};
+    let device = burn::tensor::Device::flex();
+    let load = || {
+        Transformer::load(model_dir, &device)
+            .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))
+    };
+    let teacher = load()?;
+    let selection = if layers == "all" {
+        LayerSelection::Named("all".into())
+    } else {
+        let list: Result<Vec<usize>, _> = layers.split(',').map(|s| s.trim().parse()).collect();
+        LayerSelection::List(list.map_err(|_| {
+            Error::Usage(format!(
+                "error: --layers {layers}: write `all` or indices like 0,2,4"
+            ))
+        })?)
+    };
+    let n_layers = teacher.config.num_hidden_layers;
+    let wkv_layers = selection
+        .resolve(n_layers)
+        .map_err(|e| Error::Usage(format!("error: --layers: {e}")))?;
+    let t_rows: Vec<_> = contexts
+        .iter()
+        .map(|&c| measure(&teacher, c, new_tokens, reps))
+        .collect();
+    drop(teacher);
+    let n_conv = wkv_layers.len();
+    let student = StudentConfig {
+        wkv_layers,
+        ..Default::default()
+    };
+    let hybrid = Hybrid::from_teacher(load()?, student, InitMode::Teacher, 0)?;
+    let h_rows: Vec<_> = contexts
+        .iter()
+        .map(|&c| measure(&hybrid, c, new_tokens, reps))
+        .collect();
+    println!("{}", render(&t_rows, &h_rows, n_conv, n_layers));
+    if let Some(path) = json {
+        crate::util::fsx::atomic_write_json(
+            path,
+            &serde_json::json!({"teacher": t_rows, "hybrid": h_rows, "converted_layers": n_conv}),
+        )?;
+    }
+    Ok(())
 }
 
 fn bench_generate(

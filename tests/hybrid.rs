@@ -201,3 +201,50 @@ fn converted_state_does_not_grow_with_context() {
     );
     assert_eq!(state.bytes().0, 0);
 }
+
+/// `runner chat` with a student directory: replies stream, the state carries across turns,
+/// `/clear` resets it.
+#[test]
+fn chat_with_a_student_directory() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    tiny_qwen2(dir.path(), &["--layers", "3"]);
+    let out = tempfile::tempdir().unwrap();
+    let h = student(dir.path(), vec![1], |_| {});
+    h.save(out.path(), SaveDtype::F32).unwrap();
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(dir.path().join(f), out.path().join(f)).unwrap();
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "chat",
+            "--model",
+            out.path().to_str().unwrap(),
+            "--max-new-tokens",
+            "4",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hi\nMore\n/clear\nAgain\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("RWKV-7 hybrid, 1 of 3 layers converted"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(conversation cleared)"), "{stderr}");
+    assert_eq!(stderr.matches("tok/s; state").count(), 3, "{stderr}");
+}

@@ -5,7 +5,6 @@
 use super::{mem, run_python_json};
 use crate::generate::LanguageModel;
 use crate::generate::sampler::argmax;
-use crate::model::Transformer;
 use std::fmt::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -22,14 +21,14 @@ pub struct Speed {
     pub peak_rss_mib: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 /// Our side: the median over `reps` runs after one warm-up.
-pub fn measure_ours(model: &Transformer, prompt: usize, new: usize, reps: usize) -> Speed {
-    let ids = prompt_ids(prompt, model.config.vocab_size);
+pub fn measure_ours<M: LanguageModel>(model: &M, prompt: usize, new: usize, reps: usize) -> Speed {
+    let ids = prompt_ids(prompt, model.vocab_size());
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     mem::reset_peak();
     for _ in 0..reps + 1 {

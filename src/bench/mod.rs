@@ -2,6 +2,7 @@
 //! reference in the same run, reports ratios, and reports peak memory (RSS) beside time.
 
 pub mod generate;
+pub mod hybrid;
 pub mod mem;
 pub mod wkv;
 

@@ -1,11 +1,11 @@
-//! Commands that work on a model directory rather than a pipeline: `generate` (and the
-//! benchmarks in [`crate::bench`]).
+//! Commands that work on a model directory rather than a pipeline: `generate` and `chat`.
 
+pub mod chat;
 pub mod generate;
 
 use crate::error::Error;
+use crate::generate::AnyModel;
 use crate::generate::SamplingConfig;
-use crate::model::Transformer;
 use crate::text::TextTokenizer;
 use burn::tensor::Device;
 use clap::Args;
@@ -49,9 +49,9 @@ impl SamplingArgs {
     }
 }
 
-/// Loads a model directory's weights and tokenizer; problems with the directory are usage
-/// errors (exit code 2).
-pub fn load_model_dir(dir: &Path, device: &Device) -> Result<(Transformer, TextTokenizer), Error> {
+/// Loads a model directory's weights (teacher or student) and tokenizer; problems with the
+/// directory are usage errors (exit code 2).
+pub fn load_model_dir(dir: &Path, device: &Device) -> Result<(AnyModel, TextTokenizer), Error> {
     let usage = |e: anyhow::Error| {
         Error::Usage(format!(
             "error: cannot load the model in {}: {e:#}",
@@ -59,6 +59,6 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<(Transformer, TextT
         ))
     };
     let tokenizer = TextTokenizer::from_dir(dir).map_err(usage)?;
-    let model = Transformer::load(dir, device).map_err(usage)?;
+    let model = AnyModel::load(dir, device).map_err(usage)?;
     Ok((model, tokenizer))
 }

@@ -25,6 +25,8 @@ pub trait LanguageModel {
 
     /// Bytes held by the state (KV cache or recurrent state).
     fn state_bytes(&self, state: &Self::State) -> usize;
+
+    fn vocab_size(&self) -> usize;
 }
 
 impl LanguageModel for Transformer {
@@ -44,6 +46,108 @@ impl LanguageModel for Transformer {
 
     fn state_bytes(&self, state: &TransformerCache) -> usize {
         state.bytes()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+}
+
+impl LanguageModel for crate::model::hybrid::Hybrid {
+    type State = crate::model::hybrid::HybridState;
+
+    fn new_state(&self) -> Self::State {
+        crate::model::hybrid::Hybrid::new_state(self)
+    }
+
+    fn feed(&self, state: &mut Self::State, ids: &[u32]) -> Vec<f32> {
+        let device = self.embed.val().device();
+        let (hidden, _) =
+            self.forward_hidden(ids_tensor(&[ids.to_vec()], &device), None, Some(state), &[]);
+        let t = hidden.dims()[1];
+        to_vec(self.logits(hidden.narrow(1, t - 1, 1)))
+    }
+
+    fn state_bytes(&self, state: &Self::State) -> usize {
+        let (kv, rwkv) = state.bytes();
+        kv + rwkv
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+}
+
+/// A teacher or a student, as read from a model directory.
+pub enum AnyModel {
+    Teacher(Transformer),
+    Student(crate::model::hybrid::Hybrid),
+}
+
+#[derive(Clone)]
+pub enum AnyState {
+    Teacher(TransformerCache),
+    Student(crate::model::hybrid::HybridState),
+}
+
+impl AnyModel {
+    /// Loads `dir`: a student when its `model_type` is `rwkv_hybrid`, a teacher otherwise.
+    pub fn load(dir: &std::path::Path, device: &burn::tensor::Device) -> Result<Self> {
+        let config = crate::model::TransformerConfig::from_dir(dir)?;
+        Ok(if config.model_type == "rwkv_hybrid" {
+            AnyModel::Student(crate::model::hybrid::Hybrid::load(dir, device)?)
+        } else {
+            AnyModel::Teacher(Transformer::load(dir, device)?)
+        })
+    }
+
+    /// A one-line description for the terminal.
+    pub fn describe(&self) -> String {
+        match self {
+            AnyModel::Teacher(t) => format!(
+                "{} transformer, {} layers",
+                t.config.model_type, t.config.num_hidden_layers
+            ),
+            AnyModel::Student(h) => format!(
+                "RWKV-7 hybrid, {} of {} layers converted",
+                h.student.wkv_layers.len(),
+                h.config.num_hidden_layers
+            ),
+        }
+    }
+}
+
+impl LanguageModel for AnyModel {
+    type State = AnyState;
+
+    fn new_state(&self) -> AnyState {
+        match self {
+            AnyModel::Teacher(m) => AnyState::Teacher(m.new_state()),
+            AnyModel::Student(m) => AnyState::Student(LanguageModel::new_state(m)),
+        }
+    }
+
+    fn feed(&self, state: &mut AnyState, ids: &[u32]) -> Vec<f32> {
+        match (self, state) {
+            (AnyModel::Teacher(m), AnyState::Teacher(s)) => m.feed(s, ids),
+            (AnyModel::Student(m), AnyState::Student(s)) => m.feed(s, ids),
+            _ => panic!("state from a different model"),
+        }
+    }
+
+    fn state_bytes(&self, state: &AnyState) -> usize {
+        match (self, state) {
+            (AnyModel::Teacher(m), AnyState::Teacher(s)) => m.state_bytes(s),
+            (AnyModel::Student(m), AnyState::Student(s)) => m.state_bytes(s),
+            _ => 0,
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        match self {
+            AnyModel::Teacher(m) => m.config.vocab_size,
+            AnyModel::Student(m) => m.config.vocab_size,
+        }
     }
 }
 

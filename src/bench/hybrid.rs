@@ -1,0 +1,101 @@
+//! `runner bench hybrid`: generation speed and memory of the teacher vs its hybrid student
+//! (teacher-initialised mixers in the chosen layers) at growing context lengths: prefill the
+//! context, then decode tokens one by one. Attention layers pay for the KV cache on every
+//! decoded token; converted layers carry a fixed-size state.
+
+use super::generate::{median, prompt_ids};
+use super::mem;
+use crate::generate::LanguageModel;
+use crate::generate::sampler::argmax;
+use std::fmt::Write;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ContextSpeed {
+    pub context: usize,
+    pub prefill_s: f64,
+    pub decode_tok_s: f64,
+    pub state_mib: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Prefills `context` tokens, then decodes `new` tokens (median of `reps` decode runs).
+pub fn measure<M: LanguageModel>(
+    model: &M,
+    context: usize,
+    new: usize,
+    reps: usize,
+) -> ContextSpeed {
+    mem::reset_peak();
+    let ids = prompt_ids(context, model.vocab_size());
+    let mut state = model.new_state();
+    let t0 = Instant::now();
+    let logits = model.feed(&mut state, &ids);
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let mut speeds = Vec::new();
+    let mut end_state = state.clone();
+    for _ in 0..reps.max(1) {
+        let mut s = state.clone();
+        let mut l = logits.clone();
+        let t = Instant::now();
+        for _ in 0..new {
+            l = model.feed(&mut s, &[argmax(&l)]);
+        }
+        speeds.push(new as f64 / t.elapsed().as_secs_f64());
+        end_state = s;
+    }
+    ContextSpeed {
+        context,
+        prefill_s,
+        decode_tok_s: median(speeds),
+        state_mib: model.state_bytes(&end_state) as f64 / (1 << 20) as f64,
+        peak_rss_mib: mem::peak_rss_mib().unwrap_or(f64::NAN),
+    }
+}
+
+pub fn render(
+    teacher: &[ContextSpeed],
+    hybrid: &[ContextSpeed],
+    layers: usize,
+    total: usize,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "teacher vs hybrid ({layers} of {total} layers converted), decode after a prefilled context:"
+    );
+    let _ = writeln!(
+        s,
+        "  {:>8} {:>12} {:>12} {:>8} {:>12} {:>12} {:>11} {:>11} {:>9}",
+        "context",
+        "teacher t/s",
+        "hybrid t/s",
+        "ratio",
+        "teacher MiB",
+        "hybrid MiB",
+        "prefill T s",
+        "prefill H s",
+        "RSS T/H"
+    );
+    for (t, h) in teacher.iter().zip(hybrid) {
+        let _ = writeln!(
+            s,
+            "  {:>8} {:>12.1} {:>12.1} {:>7.2}x {:>12.2} {:>12.2} {:>11.2} {:>11.2} {:>4.0}/{:<4.0}",
+            t.context,
+            t.decode_tok_s,
+            h.decode_tok_s,
+            h.decode_tok_s / t.decode_tok_s,
+            t.state_mib,
+            h.state_mib,
+            t.prefill_s,
+            h.prefill_s,
+            t.peak_rss_mib,
+            h.peak_rss_mib
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  (MiB columns: KV cache + recurrent state after the decode; ratio = hybrid / teacher decode speed)"
+    );
+    s
+}
