@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod gguf;

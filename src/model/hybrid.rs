@@ -752,3 +752,95 @@ fn load_linear_opt_bias(
     let has = bias && w.contains(&format!("{prefix}.bias"));
     load_linear(w, prefix, out, inp, has)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_selections() {
+        let parse = |s: &str| -> LayerSelection {
+            #[derive(Deserialize)]
+            struct W {
+                layers: LayerSelection,
+            }
+            toml::from_str::<W>(s).unwrap().layers
+        };
+        assert_eq!(parse("layers = \"all\"").resolve(3).unwrap(), vec![0, 1, 2]);
+        assert_eq!(
+            parse("layers = \"none\"").resolve(3).unwrap(),
+            Vec::<usize>::new()
+        );
+        assert_eq!(parse("layers = [4, 0, 4]").resolve(5).unwrap(), vec![0, 4]);
+        assert_eq!(
+            parse("layers = { every = 2, offset = 1 }")
+                .resolve(6)
+                .unwrap(),
+            vec![1, 3, 5]
+        );
+        assert!(
+            parse("layers = [9]")
+                .resolve(5)
+                .unwrap_err()
+                .to_string()
+                .contains("0..4")
+        );
+        assert!(parse("layers = \"most\"").resolve(5).is_err());
+        assert!(parse("layers = { every = 0 }").resolve(5).is_err());
+    }
+
+    #[test]
+    fn lora_ranks_follow_rwkv_lm() {
+        assert_eq!(
+            LoraRanks::for_hidden(896),
+            LoraRanks {
+                decay: 64,
+                a: 64,
+                v: 32,
+                gate: 128
+            }
+        );
+    }
+
+    #[test]
+    fn rwkv_init_values() {
+        let device = Device::flex();
+        let cfg = TransformerConfig::from_json(json!({
+            "model_type": "llama", "vocab_size": 32, "hidden_size": 64, "intermediate_size": 32,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1
+        }))
+        .unwrap();
+        let st = StudentConfig {
+            wkv_layers: vec![0, 1],
+            ..Default::default()
+        };
+        let shape = mixer_shape(&cfg, &st);
+        let m = rwkv_init(&shape, 0, 2, 0, &device);
+        let w0 = crate::model::weights::to_vec(m.w0.val());
+        // Layer 0: w0_n = -7 + 5 (n/(C-1))^0.85 + 0.5.
+        assert!(
+            (w0[0] + 6.5).abs() < 1e-6 && (w0[63] + 1.5).abs() < 1e-5,
+            "{w0:?}"
+        );
+        let w2 = m.w2.val();
+        let gram = crate::model::weights::to_vec(w2.clone().matmul(w2.transpose()));
+        let r = shape.lora.decay;
+        for i in 0..r {
+            for j in 0..r {
+                let want = if i == j { 0.01 } else { 0.0 };
+                assert!(
+                    (gram[i * r + j] - want).abs() < 1e-5,
+                    "W2 rows are orthogonal with gain 0.1"
+                );
+            }
+        }
+        let teacher = Transformer::random(cfg, 1, &device);
+        let h = Hybrid::from_teacher(teacher, st, InitMode::Rwkv, 0).unwrap();
+        let ids = crate::model::transformer::ids_tensor(&[vec![1, 2, 3]], &device);
+        assert!(
+            crate::model::weights::to_vec(h.forward(ids, None))
+                .iter()
+                .all(|v| v.is_finite())
+        );
+    }
+}

@@ -6,6 +6,7 @@ pub mod command;
 pub mod context;
 pub mod fetch;
 pub mod import;
+pub mod tokenize;
 
 pub use context::StepContext;
 
@@ -15,7 +16,7 @@ use crate::pipeline::source::SourceMap;
 use std::path::PathBuf;
 
 /// The names accepted by `kind = "..."`.
-pub const KINDS: &[&str] = &["command", "fetch", "import"];
+pub const KINDS: &[&str] = &["command", "fetch", "import", "tokenize"];
 
 /// The settings of one step, by kind.
 #[derive(Debug, Clone)]
@@ -23,6 +24,7 @@ pub enum StepSettings {
     Command(command::CommandSettings),
     Fetch(fetch::FetchSettings),
     Import(import::ImportSettings),
+    Tokenize(tokenize::TokenizeSettings),
 }
 
 impl StepSettings {
@@ -39,6 +41,7 @@ impl StepSettings {
             "command" => decode(value, path, map, diags).map(StepSettings::Command),
             "fetch" => decode(value, path, map, diags).map(StepSettings::Fetch),
             "import" => decode(value, path, map, diags).map(StepSettings::Import),
+            "tokenize" => decode(value, path, map, diags).map(StepSettings::Tokenize),
             other => unreachable!("kind `{other}` is checked against KINDS before decoding"),
         }
     }
@@ -48,6 +51,7 @@ impl StepSettings {
             StepSettings::Command(_) => "command",
             StepSettings::Fetch(_) => "fetch",
             StepSettings::Import(_) => "import",
+            StepSettings::Tokenize(_) => "tokenize",
         }
     }
 
@@ -57,37 +61,42 @@ impl StepSettings {
             StepSettings::Command(s) => serde_json::to_value(s),
             StepSettings::Fetch(s) => serde_json::to_value(s),
             StepSettings::Import(s) => serde_json::to_value(s),
+            StepSettings::Tokenize(s) => serde_json::to_value(s),
         }
         .expect("settings serialise to JSON")
+    }
+
+    /// Settings that are paths (`@step/...` or root-relative), with their key.
+    fn artifact_refs(&self) -> Vec<(&'static str, &artifact::ArtifactRef)> {
+        match self {
+            StepSettings::Command(_) | StepSettings::Fetch(_) => Vec::new(),
+            StepSettings::Import(s) => vec![("gguf", &s.gguf)],
+            StepSettings::Tokenize(s) => s.refs().collect(),
+        }
     }
 
     /// Files and directories (relative to the pipeline root) the step reads, with the key that
     /// names them. They must exist before the run; their contents are part of the cache key.
     pub fn input_paths(&self) -> Vec<(&'static str, PathBuf)> {
-        match self {
+        let mut out: Vec<(&'static str, PathBuf)> = match self {
             StepSettings::Command(s) => s.inputs.iter().map(|p| ("inputs", p.clone())).collect(),
-            StepSettings::Fetch(_) => Vec::new(),
-            StepSettings::Import(s) => s
-                .gguf
-                .input()
-                .map(|p| ("gguf", p.to_path_buf()))
+            _ => Vec::new(),
+        };
+        out.extend(
+            self.artifact_refs()
                 .into_iter()
-                .collect(),
-        }
+                .filter_map(|(k, a)| a.input().map(|p| (k, p.to_path_buf()))),
+        );
+        out
     }
 
     /// Settings that name a dependency's artifacts (`@step/...`), with their key; the step
     /// must list that dependency in `depends_on`.
     pub fn dep_refs(&self) -> Vec<(&'static str, String)> {
-        match self {
-            StepSettings::Command(_) | StepSettings::Fetch(_) => Vec::new(),
-            StepSettings::Import(s) => s
-                .gguf
-                .dep()
-                .map(|d| ("gguf", d.to_string()))
-                .into_iter()
-                .collect(),
-        }
+        self.artifact_refs()
+            .into_iter()
+            .filter_map(|(k, a)| a.dep().map(|d| (k, d.to_string())))
+            .collect()
     }
 
     /// Whether the step needs the whole machine (no other step runs beside it).
@@ -96,7 +105,7 @@ impl StepSettings {
             StepSettings::Command(s) => s.exclusive,
             StepSettings::Fetch(_) => false,
             // Model work uses every core.
-            StepSettings::Import(_) => true,
+            StepSettings::Import(_) | StepSettings::Tokenize(_) => true,
         }
     }
 
@@ -106,6 +115,7 @@ impl StepSettings {
             StepSettings::Command(s) => command::run(s, ctx),
             StepSettings::Fetch(s) => fetch::run(s, ctx),
             StepSettings::Import(s) => import::run(s, ctx),
+            StepSettings::Tokenize(s) => tokenize::run(s, ctx),
         }
     }
 }
