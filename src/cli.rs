@@ -95,6 +95,25 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Tokenisation throughput of the tokenize step's code path vs the Python `tokenizers`
+    /// library (encode_batch) on the same texts and tokenizer.json.
+    Tokenize {
+        /// A model directory with tokenizer.json.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// A data file or folder (*.txt, *.jsonl, *.parquet, datasets folder).
+        #[arg(long)]
+        input: PathBuf,
+        /// Fields holding text, tried in order.
+        #[arg(long, value_delimiter = ',', default_values_t = ["text".to_string()])]
+        text_fields: Vec<String>,
+        /// Timed repetitions (median).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Python interpreter with `tokenizers` for the reference column.
+        #[arg(long, env = "RUNNER_PYTHON", default_value = "python3")]
+        python: String,
+    },
     /// Decode speed and state memory of a teacher vs its hybrid student (mixers initialised
     /// from the teacher in the chosen layers) at growing context lengths.
     Hybrid {
@@ -239,6 +258,13 @@ pub fn main() -> Result<(), Error> {
         Command::Status { run_dir } => status(run_dir.as_deref(), runs_dir),
         Command::Generate(args) => crate::commands::generate::run(args, cli.quiet),
         Command::Chat(args) => crate::commands::chat::run(args, cli.quiet),
+        Command::Bench(BenchCommand::Tokenize {
+            tokenizer,
+            input,
+            text_fields,
+            reps,
+            python,
+        }) => bench_tokenize(tokenizer, input, text_fields, *reps, python),
         Command::Bench(BenchCommand::Hybrid {
             model,
             layers,
@@ -270,6 +296,50 @@ pub fn main() -> Result<(), Error> {
             json,
         }) => bench_wkv(*reps, python, *no_reference, *quick, json.as_deref()),
     }
+}
+
+fn bench_tokenize(
+    tok_dir: &Path,
+    input: &Path,
+    fields: &[String],
+    reps: usize,
+    python: &str,
+) -> Result<(), Error> {
+    use crate::bench::tokenize::{load_texts, measure_ours, measure_python};
+    let tok = crate::text::TextTokenizer::from_dir(tok_dir)
+        .map_err(|e| Error::Usage(format!("error: {e:#}")))?;
+    let texts = load_texts(input, fields).map_err(|e| Error::Usage(format!("error: {e:#}")))?;
+    let bytes: usize = texts.iter().map(String::len).sum();
+    println!(
+        "{} texts, {:.1} MB, {} threads",
+        texts.len(),
+        bytes as f64 / 1e6,
+        rayon::current_num_threads()
+    );
+    let ours = measure_ours(&tok, &texts, reps);
+    println!(
+        "  runner (tokenize step path)  {:>10} tokens  {:>8.3} s  {:>10.0} tok/s  peak RSS {:>6.0} MiB",
+        ours.tokens, ours.seconds, ours.tokens_per_s, ours.peak_rss_mib
+    );
+    match measure_python(python, &tok_dir.join("tokenizer.json"), &texts, reps) {
+        Ok(py) => {
+            println!(
+                "  python tokenizers            {:>10} tokens  {:>8.3} s  {:>10.0} tok/s  peak RSS {:>6.0} MiB",
+                py.tokens, py.seconds, py.tokens_per_s, py.peak_rss_mib
+            );
+            println!(
+                "  runner / python: {:.2}x{}",
+                ours.tokens_per_s / py.tokens_per_s,
+                if py.tokens == ours.tokens {
+                    ""
+                } else {
+                    "  (token counts differ!)"
+                }
+            );
+        }
+        Err(e) => println!("  python tokenizers: not measured: {e}"),
+    }
+    Ok(())
 }
 
 fn bench_hybrid(

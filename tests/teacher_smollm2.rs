@@ -103,6 +103,17 @@ fn smollm2_matches_reference_and_knows_paris() {
     // Digits are split one by one (the GGUF's `smollm` pre-tokenizer).
     assert_eq!(tok.encode("2024").unwrap().len(), 4);
 
+    // Token ids of the rendered conversations equal those of transformers (tests/data).
+    let vectors: serde_json::Value =
+        serde_json::from_str(include_str!("data/chat_vectors.json")).unwrap();
+    for case in vectors["smollm2"]["cases"].as_array().unwrap() {
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(
+            tok.encode(case["rendered"].as_str().unwrap()).unwrap(),
+            want
+        );
+    }
+
     let probe: Vec<u32> = ids[..24].to_vec();
     let logits = to_vec(model.forward(ids_tensor(&[probe.clone()], &device), None));
     let (shape, reference) = reference_logits(&["--gguf", gguf.to_str().unwrap()], &[probe]);

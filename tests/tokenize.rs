@@ -27,6 +27,41 @@ fn parquet(path: &std::path::Path, column: &str, values: &[&str]) {
     w.close().unwrap();
 }
 
+/// A Hugging Face `datasets` save folder: an Arrow IPC stream with a `messages` column.
+fn datasets_dir(dir: &std::path::Path) {
+    use arrow::array::{Array, ListBuilder, StringBuilder, StructBuilder};
+    use arrow::datatypes::Fields;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("dataset_info.json"), "{}").unwrap();
+    let fields = Fields::from(vec![
+        Field::new("role", DataType::Utf8, true),
+        Field::new("content", DataType::Utf8, true),
+    ]);
+    let mut list = ListBuilder::new(StructBuilder::from_fields(fields.clone(), 2));
+    for (role, content) in [("user", "Name a color."), ("assistant", "Blue.")] {
+        let s = list.values();
+        s.field_builder::<StringBuilder>(0)
+            .unwrap()
+            .append_value(role);
+        s.field_builder::<StringBuilder>(1)
+            .unwrap()
+            .append_value(content);
+        s.append(true);
+    }
+    list.append(true);
+    let col = list.finish();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "messages",
+        col.data_type().clone(),
+        true,
+    )]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(col)]).unwrap();
+    let f = std::fs::File::create(dir.join("data-00000-of-00001.arrow")).unwrap();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(f, &schema).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+}
+
 const TEXTS: [&str; 3] = [
     "To be, or not to be: that is the question.",
     "Héllo wörld — ünïcode ✓",
@@ -61,6 +96,7 @@ fn project() -> Project {
         "body",
         &["wrong schema"],
     );
+    datasets_dir(&p.path().join("data/hf"));
     p
 }
 
@@ -85,7 +121,10 @@ fn shards_decode_back_to_the_texts_and_bad_records_are_listed() {
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("stats.json")).unwrap()).unwrap();
     assert_eq!(stats["skipped"], 3, "{stats}");
-    assert_eq!(stats["chat_documents"], 1);
+    assert_eq!(
+        stats["chat_documents"], 2,
+        "one JSONL chat, one from the datasets folder"
+    );
     assert_eq!(stats["text_documents"], 6);
     let examples = stats["skipped_examples"].to_string();
     assert!(
@@ -125,6 +164,14 @@ fn shards_decode_back_to_the_texts_and_bad_records_are_listed() {
         .map(|(i, _)| *i)
         .collect();
     assert_eq!(tok.decode(&trained, false).unwrap(), "4<|im_end|>");
+    let arrow_chat = decoded
+        .iter()
+        .find(|d| d.contains("Name a color."))
+        .expect("the datasets record");
+    assert!(
+        arrow_chat.ends_with("<|im_start|>assistant\nBlue.<|im_end|>\n"),
+        "{arrow_chat:?}"
+    );
 
     // The loader serves the same sequences, padded.
     let (mut loader, _) = Loader::open(&out, "train", 2, BatchLength::Bucket(8), 1).unwrap();
@@ -164,7 +211,7 @@ fn packing_heldout_and_empty_inputs() {
     assert!(m.splits["heldout"].documents >= 1);
     assert_eq!(
         m.splits["heldout"].documents + m.splits["train"].documents,
-        7
+        8
     );
 
     std::fs::create_dir_all(p.path().join("empty")).unwrap();

@@ -62,10 +62,11 @@ fn message_list(v: &Value) -> Result<Vec<ChatMessage>, String> {
         .collect()
 }
 
-/// Decides what a record is; the error says why it is neither text nor chat.
-pub fn interpret(value: &Value, text_field: &str) -> Result<Content, String> {
+/// Decides what a record is (the first of `text_fields` present, else a chat); the error says
+/// why it is neither.
+pub fn interpret(value: &Value, text_fields: &[String]) -> Result<Content, String> {
     let obj = value.as_object().ok_or("the record is not an object")?;
-    if let Some(v) = obj.get(text_field) {
+    if let Some((text_field, v)) = text_fields.iter().find_map(|f| obj.get(f).map(|v| (f, v))) {
         return match v.as_str() {
             Some(s) if !s.trim().is_empty() => Ok(Content::Text(s.to_string())),
             Some(_) => Err(format!("`{text_field}` is empty")),
@@ -89,8 +90,10 @@ pub fn interpret(value: &Value, text_field: &str) -> Result<Content, String> {
     }
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort_unstable();
+    let fields: Vec<String> = text_fields.iter().map(|f| format!("`{f}`")).collect();
     Err(format!(
-        "the record has neither `{text_field}` nor `messages` / `*conversations*` (keys: {})",
+        "the record has neither {} nor `messages` / `*conversations*` (keys: {})",
+        fields.join(" / "),
         keys.join(", ")
     ))
 }
@@ -170,12 +173,14 @@ mod tests {
 
     #[test]
     fn interprets_text_chat_and_sharegpt() {
+        let text = ["text".to_string()];
+        let zero = ["text".to_string(), "0".to_string()];
         assert_eq!(
-            interpret(&json!({"text": "hi"}), "text"),
+            interpret(&json!({"text": "hi"}), &text),
             Ok(Content::Text("hi".into()))
         );
         assert_eq!(
-            interpret(&json!({"0": "para"}), "0"),
+            interpret(&json!({"0": "para"}), &zero),
             Ok(Content::Text("para".into()))
         );
         let c = interpret(
@@ -201,15 +206,15 @@ mod tests {
                 ChatMessage::new("assistant", "4")
             ])
         );
-        let e = interpret(&json!({"title": "x", "body": "y"}), "text").unwrap_err();
+        let e = interpret(&json!({"title": "x", "body": "y"}), &text).unwrap_err();
         assert!(e.contains("neither") && e.contains("body, title"), "{e}");
         assert!(
-            interpret(&json!({"messages": [{"role": "user"}]}), "text")
+            interpret(&json!({"messages": [{"role": "user"}]}), &text)
                 .unwrap_err()
                 .contains("content")
         );
         assert!(
-            interpret(&json!({"text": 3}), "text")
+            interpret(&json!({"text": 3}), &text)
                 .unwrap_err()
                 .contains("not a string")
         );

@@ -25,8 +25,8 @@ pub enum OnError {
     Fail,
 }
 
-fn default_text_field() -> String {
-    "text".into()
+fn default_text_fields() -> Vec<String> {
+    vec!["text".into()]
 }
 fn default_max_seq_len() -> usize {
     512
@@ -47,9 +47,9 @@ pub struct TokenizeSettings {
     pub tokenizer: ArtifactRef,
     /// Data files or folders (`*.jsonl`, `*.parquet`, `*.txt`, a `datasets` save folder).
     pub inputs: Vec<ArtifactRef>,
-    /// The field holding plain text.
-    #[serde(default = "default_text_field")]
-    pub text_field: String,
+    /// Fields that hold plain text, tried in order (`.txt` files are read as `text`).
+    #[serde(default = "default_text_fields")]
+    pub text_fields: Vec<String>,
     /// Longest sequence; longer documents are cut.
     #[serde(default = "default_max_seq_len")]
     pub max_seq_len: usize,
@@ -142,7 +142,7 @@ pub fn run(s: &TokenizeSettings, ctx: &StepContext) -> Result<()> {
     let results: Vec<Result<(bool, crate::data::document::Document), BadRecord>> = records
         .par_iter()
         .map(|r| {
-            let out = interpret(&r.value, &s.text_field)
+            let out = interpret(&r.value, &s.text_fields)
                 .and_then(|c| {
                     tokenize(&c, &tok, &s.assistant_markers, eos)
                         .map(|d| (matches!(c, Content::Chat(_)), d))
