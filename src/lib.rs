@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod steps;
 pub mod text;
+pub mod train;
 pub mod util;
 
 pub use error::Error;

@@ -692,9 +692,9 @@ fn load_time_mixer(
     let c = shape.hidden;
     let lr = shape.lora;
     let kvw = shape.kv_heads * shape.head_size;
+    let device = w.device().clone();
     let mut vec = |name: &str| -> Param<Tensor<1>> {
-        let p: Param<Tensor<3>> = w.param(&format!("{prefix}.{name}"), [1, 1, c]);
-        Param::from_tensor(p.val().reshape([c]))
+        vec_param(w.take(&format!("{prefix}.{name}"), &[1, 1, c]), &device)
     };
     let (x_r, x_w, x_k, x_v, x_a, x_g) = (
         vec("x_r"),

@@ -379,7 +379,17 @@ impl<'a> Executor<'a> {
             seed: self.pipeline.header.seed,
             device: self.pipeline.header.device,
         };
-        let result = step.settings.run(&ctx);
+        // A panic inside a step is that step's failure, not the runner's.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.settings.run(&ctx)))
+                .unwrap_or_else(|panic| {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(anyhow::anyhow!("internal error (panic): {msg}"))
+                });
         manifest.finished_at = Some(rundir::now());
         manifest.duration_s = Some(started.elapsed().as_secs_f64());
         if let Err(e) = result {

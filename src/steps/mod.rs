@@ -6,6 +6,8 @@ pub mod command;
 pub mod context;
 pub mod fetch;
 pub mod import;
+pub mod stage1;
+pub mod stage2;
 pub mod tokenize;
 
 pub use context::StepContext;
@@ -16,7 +18,7 @@ use crate::pipeline::source::SourceMap;
 use std::path::PathBuf;
 
 /// The names accepted by `kind = "..."`.
-pub const KINDS: &[&str] = &["command", "fetch", "import", "tokenize"];
+pub const KINDS: &[&str] = &["command", "fetch", "import", "tokenize", "stage1", "stage2"];
 
 /// The settings of one step, by kind.
 #[derive(Debug, Clone)]
@@ -25,6 +27,8 @@ pub enum StepSettings {
     Fetch(fetch::FetchSettings),
     Import(import::ImportSettings),
     Tokenize(tokenize::TokenizeSettings),
+    Stage1(stage1::Stage1Settings),
+    Stage2(stage2::Stage2Settings),
 }
 
 impl StepSettings {
@@ -42,6 +46,8 @@ impl StepSettings {
             "fetch" => decode(value, path, map, diags).map(StepSettings::Fetch),
             "import" => decode(value, path, map, diags).map(StepSettings::Import),
             "tokenize" => decode(value, path, map, diags).map(StepSettings::Tokenize),
+            "stage1" => decode(value, path, map, diags).map(StepSettings::Stage1),
+            "stage2" => decode(value, path, map, diags).map(StepSettings::Stage2),
             other => unreachable!("kind `{other}` is checked against KINDS before decoding"),
         }
     }
@@ -52,6 +58,8 @@ impl StepSettings {
             StepSettings::Fetch(_) => "fetch",
             StepSettings::Import(_) => "import",
             StepSettings::Tokenize(_) => "tokenize",
+            StepSettings::Stage1(_) => "stage1",
+            StepSettings::Stage2(_) => "stage2",
         }
     }
 
@@ -62,6 +70,8 @@ impl StepSettings {
             StepSettings::Fetch(s) => serde_json::to_value(s),
             StepSettings::Import(s) => serde_json::to_value(s),
             StepSettings::Tokenize(s) => serde_json::to_value(s),
+            StepSettings::Stage1(s) => serde_json::to_value(s),
+            StepSettings::Stage2(s) => serde_json::to_value(s),
         }
         .expect("settings serialise to JSON")
     }
@@ -72,6 +82,8 @@ impl StepSettings {
             StepSettings::Command(_) | StepSettings::Fetch(_) => Vec::new(),
             StepSettings::Import(s) => vec![("gguf", &s.gguf)],
             StepSettings::Tokenize(s) => s.refs().collect(),
+            StepSettings::Stage1(s) => s.refs().collect(),
+            StepSettings::Stage2(s) => s.refs().collect(),
         }
     }
 
@@ -105,7 +117,10 @@ impl StepSettings {
             StepSettings::Command(s) => s.exclusive,
             StepSettings::Fetch(_) => false,
             // Model work uses every core.
-            StepSettings::Import(_) | StepSettings::Tokenize(_) => true,
+            StepSettings::Import(_)
+            | StepSettings::Tokenize(_)
+            | StepSettings::Stage1(_)
+            | StepSettings::Stage2(_) => true,
         }
     }
 
@@ -116,6 +131,8 @@ impl StepSettings {
             StepSettings::Fetch(s) => fetch::run(s, ctx),
             StepSettings::Import(s) => import::run(s, ctx),
             StepSettings::Tokenize(s) => tokenize::run(s, ctx),
+            StepSettings::Stage1(s) => stage1::run(s, ctx),
+            StepSettings::Stage2(s) => stage2::run(s, ctx),
         }
     }
 }

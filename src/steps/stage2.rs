@@ -1,0 +1,126 @@
+//! `stage2` steps: knowledge distillation on logits (SPEC §4), starting from a stage-1 student.
+//! A tied embedding/LM head is untied first; all parameters train except the MLPs when
+//! `freeze_mlp` is set. The loss is `kl_weight·τ²·KL(teacher ‖ student) + ce_weight·CE`. The
+//! teacher may be a larger model with the same tokenizer (its logits are cut to the student's
+//! vocabulary). Writes the student directory, `metrics.jsonl` and `eval.json` (held-out
+//! perplexity of teacher and student).
+
+use super::StepContext;
+use super::artifact::ArtifactRef;
+use super::stage1::{copy_tokenizer_files, write_eval};
+use crate::data::loader::{BatchLength, Loader};
+use crate::model::Transformer;
+use crate::model::hybrid::Hybrid;
+use crate::model::safetensors_io::SaveDtype;
+use crate::train::losses::stage2_loss;
+use crate::train::optim::named_params;
+use crate::train::trainer::{LossOutput, TrainSettings, Trainer, metrics_path};
+use anyhow::Result;
+use burn::module::{Module, Param};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+fn one() -> f64 {
+    1.0
+}
+fn d_eval() -> usize {
+    8
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stage2Settings {
+    /// The stage-1 student directory (e.g. `@stage1`).
+    pub student: ArtifactRef,
+    /// The teacher model directory.
+    pub teacher: ArtifactRef,
+    /// A tokenized dataset.
+    pub data: ArtifactRef,
+    #[serde(default = "one")]
+    pub kl_weight: f64,
+    #[serde(default)]
+    pub ce_weight: f64,
+    #[serde(default = "one")]
+    pub temperature: f64,
+    /// Keep the MLPs frozen.
+    #[serde(default)]
+    pub freeze_mlp: bool,
+    /// Held-out batches for the perplexity in eval.json (0: skip).
+    #[serde(default = "d_eval")]
+    pub eval_batches: usize,
+    pub train: TrainSettings,
+}
+
+impl Stage2Settings {
+    pub fn refs(&self) -> impl Iterator<Item = (&'static str, &ArtifactRef)> {
+        [
+            ("student", &self.student),
+            ("teacher", &self.teacher),
+            ("data", &self.data),
+        ]
+        .into_iter()
+    }
+}
+
+pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
+    anyhow::ensure!(s.temperature > 0.0, "temperature must be positive");
+    let device = Device::flex().autodiff();
+    let teacher_dir = s.teacher.resolve(ctx)?;
+    let student_dir = s.student.resolve(ctx)?;
+    let data_dir = s.data.resolve(ctx)?;
+    let teacher = Transformer::load(&teacher_dir, &device)?.set_require_grad(false);
+    let mut student = Hybrid::load(&student_dir, &device)?;
+    if student.lm_head.is_none() {
+        // Untie: the head becomes its own copy of the embeddings, stored [C, vocab].
+        student.lm_head = Some(Param::from_tensor(student.embed.val().transpose().detach()));
+    }
+    let mut student = student.set_require_grad(true);
+    if s.freeze_mlp {
+        for layer in &mut student.layers {
+            layer.mlp = layer.mlp.clone().set_require_grad(false);
+        }
+    }
+    let trainable: std::collections::BTreeSet<String> = named_params(&student, None)
+        .into_keys()
+        .filter(|k| !(s.freeze_mlp && k.contains(".mlp.")))
+        .collect();
+    let (mut loader, _) = Loader::open(
+        &data_dir,
+        "train",
+        s.train.micro_batch,
+        BatchLength::Bucket(s.train.bucket),
+        ctx.seed,
+    )?;
+    let trainer = Trainer {
+        settings: &s.train,
+        checkpoints: &ctx.checkpoints,
+        step_id: &ctx.id,
+        trainable,
+    };
+    let student = trainer.run(student, &mut loader, |m: &Hybrid, batch| {
+        let (loss, metrics) = stage2_loss(
+            &teacher,
+            m,
+            batch,
+            &device,
+            s.kl_weight,
+            s.ce_weight,
+            s.temperature,
+        );
+        Ok(LossOutput { loss, metrics })
+    })?;
+    student.save(&ctx.out_dir, SaveDtype::F32)?;
+    copy_tokenizer_files(&student_dir, &ctx.out_dir)?;
+    std::fs::copy(
+        metrics_path(&ctx.checkpoints),
+        ctx.out_dir.join("metrics.jsonl"),
+    )?;
+    write_eval(
+        &ctx.out_dir,
+        &teacher,
+        &student,
+        &data_dir,
+        s.eval_batches,
+        s.train.micro_batch,
+    )?;
+    Ok(())
+}

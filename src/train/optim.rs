@@ -1,0 +1,329 @@
+//! AdamW with the weight-decay groups of the specification (decay on parameters with ≥ 2
+//! dimensions, none on vectors), global-norm gradient clipping, and moments kept by parameter
+//! path so they can be checkpointed and restored in another process.
+
+use crate::model::safetensors_io::OwnedTensor;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Gradients, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
+    }
+}
+
+/// First and second moments of one parameter (flattened, f32).
+#[derive(Debug, Clone)]
+pub struct Moments {
+    pub shape: Vec<usize>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// Optimizer steps taken (for bias correction).
+    pub step: u64,
+    pub moments: BTreeMap<String, Moments>,
+}
+
+use crate::model::weights::to_vec as flat;
+
+/// Gradients of the trainable parameters by path (f32, flattened).
+pub struct NamedGrads {
+    pub grads: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl NamedGrads {
+    pub fn global_norm(&self) -> f64 {
+        self.grads
+            .values()
+            .map(|(_, g)| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// Adds `other` into `self` (gradient accumulation).
+    pub fn accumulate(&mut self, other: NamedGrads) {
+        for (k, (shape, g)) in other.grads {
+            match self.grads.get_mut(&k) {
+                Some((_, acc)) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+                None => {
+                    self.grads.insert(k, (shape, g));
+                }
+            }
+        }
+    }
+
+    pub fn all_finite(&self) -> bool {
+        self.grads
+            .values()
+            .all(|(_, g)| g.iter().all(|x| x.is_finite()))
+    }
+}
+
+struct PathTracker {
+    path: Vec<String>,
+}
+
+impl PathTracker {
+    fn name(&self) -> String {
+        self.path.join(".")
+    }
+}
+
+struct GradCollector<'a> {
+    at: PathTracker,
+    grads: &'a Gradients,
+    out: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl ModuleVisitor for GradCollector<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.at.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.at.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = param.val().grad(self.grads) {
+            let shape = g.dims().to_vec();
+            self.out.insert(self.at.name(), (shape, flat(g)));
+        }
+    }
+}
+
+/// The gradients of `module`'s parameters after `loss.backward()`.
+pub fn collect_grads<M: Module>(module: &M, grads: &Gradients) -> NamedGrads {
+    let mut c = GradCollector {
+        at: PathTracker { path: Vec::new() },
+        grads,
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut c);
+    NamedGrads { grads: c.out }
+}
+
+struct Updater<'a> {
+    at: PathTracker,
+    opt: &'a mut AdamW,
+    grads: &'a NamedGrads,
+    lr: f64,
+    /// Multiplies every gradient (clipping).
+    scale: f64,
+}
+
+impl ModuleMapper for Updater<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.at.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.at.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.at.name();
+        let Some((shape, g)) = self.grads.grads.get(&name) else {
+            return param;
+        };
+        let c = self.opt.config;
+        let t = self.opt.step as i32;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        let decay = if shape.len() >= 2 {
+            c.weight_decay
+        } else {
+            0.0
+        };
+        let mom = self.opt.moments.entry(name).or_insert_with(|| Moments {
+            shape: shape.clone(),
+            m: vec![0.0; g.len()],
+            v: vec![0.0; g.len()],
+        });
+        let (id, value, mapper) = param.consume();
+        let device = value.device();
+        let require_grad = value.is_require_grad();
+        let mut p = flat(value.clone().detach());
+        for i in 0..p.len() {
+            let gi = g[i] as f64 * self.scale;
+            let m = c.beta1 * mom.m[i] as f64 + (1.0 - c.beta1) * gi;
+            let v = c.beta2 * mom.v[i] as f64 + (1.0 - c.beta2) * gi * gi;
+            mom.m[i] = m as f32;
+            mom.v[i] = v as f32;
+            let update = (m / bc1) / ((v / bc2).sqrt() + c.eps) + decay * p[i] as f64;
+            p[i] = (p[i] as f64 - self.lr * update) as f32;
+        }
+        let dims: [usize; D] = value.dims();
+        let new = Tensor::<D>::from_data(TensorData::new(p, dims), &device)
+            .set_require_grad(require_grad);
+        Param::from_mapped_value(id, new, mapper)
+    }
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig) -> Self {
+        Self {
+            config,
+            step: 0,
+            moments: BTreeMap::new(),
+        }
+    }
+
+    /// One update of every parameter that has a gradient, with gradients multiplied by `scale`.
+    pub fn step<M: Module>(&mut self, module: M, grads: &NamedGrads, lr: f64, scale: f64) -> M {
+        self.step += 1;
+        let mut u = Updater {
+            at: PathTracker { path: Vec::new() },
+            opt: self,
+            grads,
+            lr,
+            scale,
+        };
+        module.map(&mut u)
+    }
+
+    /// The moments as tensors for a checkpoint: `{name}.m` and `{name}.v`.
+    pub fn to_tensors(&self) -> BTreeMap<String, OwnedTensor> {
+        let mut out = BTreeMap::new();
+        for (k, m) in &self.moments {
+            out.insert(
+                format!("{k}.m"),
+                OwnedTensor {
+                    shape: m.shape.clone(),
+                    data: m.m.clone(),
+                },
+            );
+            out.insert(
+                format!("{k}.v"),
+                OwnedTensor {
+                    shape: m.shape.clone(),
+                    data: m.v.clone(),
+                },
+            );
+        }
+        out
+    }
+
+    /// Restores moments written by [`Self::to_tensors`].
+    pub fn load_tensors(
+        &mut self,
+        reader: &crate::model::safetensors_io::SafetensorsReader,
+    ) -> anyhow::Result<()> {
+        self.moments.clear();
+        let names: Vec<String> = reader
+            .names()
+            .filter_map(|n| n.strip_suffix(".m"))
+            .map(String::from)
+            .collect();
+        for k in names {
+            let shape = reader.shape(&format!("{k}.m")).unwrap_or_default().to_vec();
+            let m = reader.read_f32(&format!("{k}.m"))?;
+            let v = reader.read_f32(&format!("{k}.v"))?;
+            self.moments.insert(k, Moments { shape, m, v });
+        }
+        Ok(())
+    }
+}
+
+struct ParamReader {
+    at: PathTracker,
+    names: Option<std::collections::BTreeSet<String>>,
+    out: BTreeMap<String, OwnedTensor>,
+}
+
+impl ModuleVisitor for ParamReader {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.at.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.at.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let name = self.at.name();
+        if self.names.as_ref().is_none_or(|n| n.contains(&name)) {
+            let t = param.val();
+            self.out.insert(
+                name,
+                OwnedTensor {
+                    shape: t.dims().to_vec(),
+                    data: flat(t.detach()),
+                },
+            );
+        }
+    }
+}
+
+/// Parameters by module path (all, or only `names`).
+pub fn named_params<M: Module>(
+    module: &M,
+    names: Option<std::collections::BTreeSet<String>>,
+) -> BTreeMap<String, OwnedTensor> {
+    let mut r = ParamReader {
+        at: PathTracker { path: Vec::new() },
+        names,
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut r);
+    r.out
+}
+
+struct ParamWriter<'a> {
+    at: PathTracker,
+    values: &'a BTreeMap<String, OwnedTensor>,
+    written: usize,
+}
+
+impl ModuleMapper for ParamWriter<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.at.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.at.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(v) = self.values.get(&self.at.name()) else {
+            return param;
+        };
+        let (id, value, mapper) = param.consume();
+        let dims: [usize; D] = value.dims();
+        assert_eq!(
+            v.shape,
+            dims.to_vec(),
+            "checkpoint shape of {}",
+            self.at.name()
+        );
+        let new = Tensor::<D>::from_data(TensorData::new(v.data.clone(), dims), &value.device())
+            .set_require_grad(value.is_require_grad());
+        self.written += 1;
+        Param::from_mapped_value(id, new, mapper)
+    }
+}
+
+/// Overwrites parameters by path; returns the module and how many were written.
+pub fn load_named_params<M: Module>(
+    module: M,
+    values: &BTreeMap<String, OwnedTensor>,
+) -> (M, usize) {
+    let mut w = ParamWriter {
+        at: PathTracker { path: Vec::new() },
+        values,
+        written: 0,
+    };
+    let m = module.map(&mut w);
+    let n = w.written;
+    (m, n)
+}

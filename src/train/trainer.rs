@@ -1,0 +1,303 @@
+//! The training loop the stages share: micro-batches from the loader, gradient accumulation,
+//! global-norm clipping, AdamW, the learning-rate schedule over a token budget, a step limit,
+//! NaN/Inf detection (the step stops with the last good checkpoint kept), `metrics.jsonl`, a
+//! progress bar with ETA, and checkpoints holding everything for an exact continuation:
+//! trainable parameters, optimizer moments and step, token counter, loader cursor.
+
+use super::optim::{
+    AdamW, AdamWConfig, NamedGrads, collect_grads, load_named_params, named_params,
+};
+use super::schedule::LrSchedule;
+use crate::data::loader::{Batch, Loader, LoaderCursor};
+use crate::model::safetensors_io::{SafetensorsReader, SaveDtype, write_safetensors};
+use crate::pipeline::checkpoint::Checkpoints;
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn d_lr_final() -> f64 {
+    1e-5
+}
+fn d_warmup() -> u64 {
+    50
+}
+fn d_micro() -> usize {
+    4
+}
+fn d_one() -> usize {
+    1
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_wd() -> f64 {
+    0.1
+}
+fn d_ckpt() -> u64 {
+    50
+}
+fn d_bucket() -> usize {
+    64
+}
+
+/// Optimisation settings shared by the training steps (`[step.train]` in a pipeline).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub lr_init: f64,
+    #[serde(default = "d_lr_final")]
+    pub lr_final: f64,
+    #[serde(default = "d_warmup")]
+    pub warmup_steps: u64,
+    /// Sequences per micro-batch.
+    #[serde(default = "d_micro")]
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "d_one")]
+    pub grad_accum: usize,
+    /// Token budget (the schedule decays over it; training stops at it).
+    pub max_tokens: u64,
+    /// Stop after this many optimizer steps (0: no limit).
+    #[serde(default)]
+    pub max_steps: u64,
+    /// Clip the global gradient norm to this (0: off).
+    #[serde(default = "d_clip")]
+    pub grad_clip: f64,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    /// Checkpoint every this many optimizer steps (and always at the end).
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: u64,
+    /// Batches are padded to a multiple of this many tokens.
+    #[serde(default = "d_bucket")]
+    pub bucket: usize,
+}
+
+/// What a loss function returns for one micro-batch.
+pub struct LossOutput {
+    /// Scalar `[1]` on the autodiff device.
+    pub loss: Tensor<1>,
+    /// Extra scalars for metrics.jsonl (per-layer losses, …).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Counters saved in `state.json` of each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct TrainState {
+    pub step: u64,
+    pub tokens: u64,
+    pub cursor: LoaderCursor,
+    pub optimizer_step: u64,
+}
+
+pub struct Trainer<'a> {
+    pub settings: &'a TrainSettings,
+    pub checkpoints: &'a Checkpoints,
+    pub step_id: &'a str,
+    /// Names of trainable parameters (module paths) to save in checkpoints.
+    pub trainable: BTreeSet<String>,
+}
+
+/// `metrics.jsonl` lives beside the checkpoints so it survives a resumed attempt.
+pub fn metrics_path(checkpoints: &Checkpoints) -> PathBuf {
+    checkpoints.dir().join("metrics.jsonl")
+}
+
+/// Keeps the metrics lines of steps up to `step` (those after the checkpoint are redone).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::util::fsx::atomic_write(path, kept.as_bytes())?;
+    Ok(())
+}
+
+impl Trainer<'_> {
+    /// Runs the loop from the latest checkpoint (or the start) to the budget, returning the
+    /// trained model. `loss_fn` computes one micro-batch's loss on the autodiff device.
+    pub fn run<M: Module>(
+        &self,
+        mut model: M,
+        loader: &mut Loader,
+        mut loss_fn: impl FnMut(&M, &Batch) -> Result<LossOutput>,
+    ) -> Result<M> {
+        let s = self.settings;
+        anyhow::ensure!(s.max_tokens > 0, "train.max_tokens must be positive");
+        let schedule = LrSchedule {
+            lr_init: s.lr_init,
+            lr_final: s.lr_final,
+            warmup_steps: s.warmup_steps,
+            warmup_start: 0.01,
+            total_tokens: s.max_tokens,
+        };
+        let mut opt = AdamW::new(AdamWConfig {
+            weight_decay: s.weight_decay,
+            ..Default::default()
+        });
+        let mut state = TrainState::default();
+        let metrics_file = metrics_path(self.checkpoints);
+        if let Some(ckpt) = self.checkpoints.latest() {
+            let (m, st) = self.restore(model, &mut opt, &ckpt.path)?;
+            model = m;
+            state = st;
+            loader.restore(state.cursor);
+            truncate_metrics(&metrics_file, state.step)?;
+            tracing::info!(
+                "{}: resumed from step {} ({} tokens)",
+                self.step_id,
+                state.step,
+                state.tokens
+            );
+        } else {
+            std::fs::create_dir_all(self.checkpoints.dir())?;
+            let _ = std::fs::remove_file(&metrics_file);
+        }
+        let budget_steps = if s.max_steps > 0 {
+            s.max_steps
+        } else {
+            u64::MAX
+        };
+        let bar = crate::progress::bar(s.max_tokens, &format!("{} (tokens)", self.step_id));
+        bar.set_position(state.tokens.min(s.max_tokens));
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_file)?;
+        while state.step < budget_steps && state.tokens < s.max_tokens {
+            let t0 = Instant::now();
+            let lr = schedule.lr(state.step, state.tokens);
+            let mut acc = NamedGrads {
+                grads: BTreeMap::new(),
+            };
+            let mut loss_sum = 0.0;
+            let mut extra: BTreeMap<String, f64> = BTreeMap::new();
+            let mut step_tokens = 0;
+            for _ in 0..s.grad_accum.max(1) {
+                let batch = loader.next_batch();
+                step_tokens += batch.tokens as u64;
+                let out = loss_fn(&model, &batch)?;
+                let loss = out.loss.clone().into_scalar_f64();
+                if !loss.is_finite() {
+                    bail!(
+                        "the loss is {loss} at step {} ({} tokens): training stopped; the last good \
+                         checkpoint is kept — lower train.lr_init or check the data",
+                        state.step + 1,
+                        state.tokens
+                    );
+                }
+                loss_sum += loss;
+                for (k, v) in out.metrics {
+                    *extra.entry(k).or_default() += v / s.grad_accum.max(1) as f64;
+                }
+                let grads = out.loss.backward();
+                acc.accumulate(collect_grads(&model, &grads));
+            }
+            let accum = s.grad_accum.max(1) as f64;
+            let norm = acc.global_norm() / accum;
+            if !norm.is_finite() || !acc.all_finite() {
+                bail!(
+                    "the gradient norm is {norm} at step {}: training stopped; the last good checkpoint is kept",
+                    state.step + 1
+                );
+            }
+            let clip = if s.grad_clip > 0.0 && norm > s.grad_clip {
+                s.grad_clip / norm
+            } else {
+                1.0
+            };
+            model = opt.step(model, &acc, lr, clip / accum);
+            state.step += 1;
+            state.tokens += step_tokens;
+            state.cursor = loader.cursor();
+            state.optimizer_step = opt.step;
+            let secs = t0.elapsed().as_secs_f64();
+            let mut line = serde_json::json!({
+                "step": state.step, "tokens": state.tokens, "lr": lr, "loss": loss_sum / accum,
+                "grad_norm": norm, "tokens_per_s": step_tokens as f64 / secs, "seconds": secs,
+            });
+            for (k, v) in extra {
+                line[k] = serde_json::json!(v);
+            }
+            writeln!(metrics, "{line}")?;
+            metrics.flush()?;
+            bar.set_position(state.tokens.min(s.max_tokens));
+            bar.set_message(format!("loss {:.4}", loss_sum / accum));
+            let last = state.step >= budget_steps || state.tokens >= s.max_tokens;
+            if last || state.step % s.checkpoint_every.max(1) == 0 {
+                self.save(&model, &opt, &state)?;
+            }
+        }
+        bar.finish_and_clear();
+        Ok(model)
+    }
+
+    fn save<M: Module>(&self, model: &M, opt: &AdamW, state: &TrainState) -> Result<()> {
+        let params = named_params(model, Some(self.trainable.clone()));
+        self.checkpoints.save(state.step, |dir| {
+            write_safetensors(&dir.join("params.safetensors"), &params, SaveDtype::F32)?;
+            write_safetensors(
+                &dir.join("optimizer.safetensors"),
+                &opt.to_tensors(),
+                SaveDtype::F32,
+            )?;
+            crate::util::fsx::atomic_write_json(&dir.join("state.json"), state)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn restore<M: Module>(&self, model: M, opt: &mut AdamW, dir: &Path) -> Result<(M, TrainState)> {
+        let reader = SafetensorsReader::open_files(&[dir.join("params.safetensors")])?;
+        let mut values = BTreeMap::new();
+        for name in reader.names() {
+            let shape = reader.shape(name).unwrap_or_default().to_vec();
+            values.insert(
+                name.to_string(),
+                crate::model::safetensors_io::OwnedTensor {
+                    shape,
+                    data: reader.read_f32(name)?,
+                },
+            );
+        }
+        let (model, written) = load_named_params(model, &values);
+        anyhow::ensure!(
+            written == values.len(),
+            "checkpoint {} does not fit the model ({written} of {} parameters)",
+            dir.display(),
+            values.len()
+        );
+        opt.load_tensors(&SafetensorsReader::open_files(&[
+            dir.join("optimizer.safetensors")
+        ])?)?;
+        let state: TrainState = crate::util::fsx::read_json(&dir.join("state.json"))
+            .context("reading state.json")?
+            .with_context(|| format!("{} has no state.json", dir.display()))?;
+        opt.step = state.optimizer_step;
+        Ok((model, state))
+    }
+}
+
+/// Scalar value of a `[1]` tensor.
+trait ScalarF64 {
+    fn into_scalar_f64(self) -> f64;
+}
+
+impl ScalarF64 for Tensor<1> {
+    fn into_scalar_f64(self) -> f64 {
+        crate::model::weights::to_vec(self)[0] as f64
+    }
+}
