@@ -98,6 +98,11 @@ fn stage1_learns_and_writes_a_student() {
         "stage 1 on the tiny model: mean loss of the first 5 steps {first:.4}, last 5 {last:.4}"
     );
     assert!(last < first * 0.7, "first {first}, last {last}");
+    assert!(
+        std::fs::read_to_string(out.join("loss.svg"))
+            .unwrap()
+            .contains("loss_layer_2")
+    );
     let cfg = std::fs::read_to_string(out.join("config.json")).unwrap();
     assert!(
         cfg.contains("\"rwkv_hybrid\"") && cfg.contains("\"wkv_layers\""),

@@ -185,7 +185,7 @@ mod tests {
         );
         let c = interpret(
             &json!({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}),
-            "text",
+            &text,
         );
         assert_eq!(
             c,
@@ -196,7 +196,7 @@ mod tests {
         );
         let c = interpret(
             &json!({"input": [{"role": "user", "content": "2+2?"}], "ideal": "4"}),
-            "text",
+            &text,
         )
         .unwrap();
         assert_eq!(

@@ -111,6 +111,11 @@ pub fn run(s: &Stage1Settings, ctx: &StepContext) -> Result<()> {
         metrics_path(&ctx.checkpoints),
         ctx.out_dir.join("metrics.jsonl"),
     )?;
+    crate::train::plot::write_loss_svg(
+        &ctx.out_dir.join("metrics.jsonl"),
+        &ctx.out_dir.join("loss.svg"),
+        &format!("{} (stage 1)", ctx.id),
+    )?;
     write_eval(
         &ctx.out_dir,
         &teacher,

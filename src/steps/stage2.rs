@@ -114,6 +114,11 @@ pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
         metrics_path(&ctx.checkpoints),
         ctx.out_dir.join("metrics.jsonl"),
     )?;
+    crate::train::plot::write_loss_svg(
+        &ctx.out_dir.join("metrics.jsonl"),
+        &ctx.out_dir.join("loss.svg"),
+        &format!("{} (stage 2)", ctx.id),
+    )?;
     write_eval(
         &ctx.out_dir,
         &teacher,

@@ -5,5 +5,6 @@
 pub mod eval;
 pub mod losses;
 pub mod optim;
+pub mod plot;
 pub mod schedule;
 pub mod trainer;

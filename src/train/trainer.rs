@@ -228,6 +228,7 @@ impl Trainer<'_> {
             let mut line = serde_json::json!({
                 "step": state.step, "tokens": state.tokens, "lr": lr, "loss": loss_sum / accum,
                 "grad_norm": norm, "tokens_per_s": step_tokens as f64 / secs, "seconds": secs,
+                "peak_rss_mib": crate::bench::mem::peak_rss_mib(),
             });
             for (k, v) in extra {
                 line[k] = serde_json::json!(v);
