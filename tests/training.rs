@@ -19,6 +19,17 @@ fn project(max_steps: u64) -> Project {
         })
         .collect();
     p.write("data/corpus.txt", &text);
+    let chats: String = (0..40)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("What is {i} plus {i}?")},
+                {"role": "assistant", "content": format!("{i} plus {i} is {}.", 2 * i)}
+            ]})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    p.write("chat/chats.jsonl", &chats);
     p.write(
         "p.toml",
         &format!(
@@ -69,6 +80,30 @@ warmup_steps = 2
 micro_batch = 2
 max_tokens = 1000000
 max_steps = 6
+
+[[step]]
+id = "chat_tok"
+kind = "tokenize"
+tokenizer = "tiny"
+inputs = ["chat"]
+max_seq_len = 128
+heldout = 0.1
+
+[[step]]
+id = "sft"
+kind = "sft"
+depends_on = ["stage2", "chat_tok"]
+student = "@stage2"
+data = "@chat_tok"
+reference = "tiny"
+eval_batches = 2
+
+[step.train]
+lr_init = 1e-3
+warmup_steps = 1
+micro_batch = 4
+max_tokens = 1000000
+max_steps = 8
 "#
         ),
     );
@@ -120,6 +155,12 @@ fn stage1_learns_and_writes_a_student() {
     assert!(cfg2.contains("\"tie_word_embeddings\": false"), "{cfg2}");
     let l2 = losses(&std::fs::read_to_string(s2.join("metrics.jsonl")).unwrap());
     assert_eq!(l2.len(), 6);
+    // SFT trained on the assistant turns only.
+    let sft = p.runs("p").pop().unwrap().join("sft/out");
+    let l3 = losses(&std::fs::read_to_string(sft.join("metrics.jsonl")).unwrap());
+    assert_eq!(l3.len(), 8);
+    assert!(l3[7].1 < l3[0].1, "{l3:?}");
+    assert!(sft.join("eval.json").exists());
     // The student directory works with the model commands.
     let r = p
         .run(&[
@@ -137,7 +178,7 @@ fn stage1_learns_and_writes_a_student() {
 
 #[test]
 fn kill_and_resume_gives_identical_losses() {
-    let reference = project(24);
+    let reference = project(40);
     reference.run(&["run", "p.toml"]).ok();
     let want = losses(
         &std::fs::read_to_string(
@@ -150,7 +191,7 @@ fn kill_and_resume_gives_identical_losses() {
         .unwrap(),
     );
 
-    let p = project(24);
+    let p = project(40);
     let mut child = p.spawn(&["run", "p.toml"]);
     // Kill somewhere after the first checkpoint (step 4) and before the end.
     p.wait_for(120, "stage 1 to pass step 6", || {

@@ -6,6 +6,7 @@ pub mod command;
 pub mod context;
 pub mod fetch;
 pub mod import;
+pub mod sft;
 pub mod stage1;
 pub mod stage2;
 pub mod tokenize;
@@ -18,7 +19,9 @@ use crate::pipeline::source::SourceMap;
 use std::path::PathBuf;
 
 /// The names accepted by `kind = "..."`.
-pub const KINDS: &[&str] = &["command", "fetch", "import", "tokenize", "stage1", "stage2"];
+pub const KINDS: &[&str] = &[
+    "command", "fetch", "import", "tokenize", "stage1", "stage2", "sft",
+];
 
 /// The settings of one step, by kind.
 #[derive(Debug, Clone)]
@@ -29,6 +32,7 @@ pub enum StepSettings {
     Tokenize(tokenize::TokenizeSettings),
     Stage1(stage1::Stage1Settings),
     Stage2(stage2::Stage2Settings),
+    Sft(sft::SftSettings),
 }
 
 impl StepSettings {
@@ -48,6 +52,7 @@ impl StepSettings {
             "tokenize" => decode(value, path, map, diags).map(StepSettings::Tokenize),
             "stage1" => decode(value, path, map, diags).map(StepSettings::Stage1),
             "stage2" => decode(value, path, map, diags).map(StepSettings::Stage2),
+            "sft" => decode(value, path, map, diags).map(StepSettings::Sft),
             other => unreachable!("kind `{other}` is checked against KINDS before decoding"),
         }
     }
@@ -60,6 +65,7 @@ impl StepSettings {
             StepSettings::Tokenize(_) => "tokenize",
             StepSettings::Stage1(_) => "stage1",
             StepSettings::Stage2(_) => "stage2",
+            StepSettings::Sft(_) => "sft",
         }
     }
 
@@ -72,6 +78,7 @@ impl StepSettings {
             StepSettings::Tokenize(s) => serde_json::to_value(s),
             StepSettings::Stage1(s) => serde_json::to_value(s),
             StepSettings::Stage2(s) => serde_json::to_value(s),
+            StepSettings::Sft(s) => serde_json::to_value(s),
         }
         .expect("settings serialise to JSON")
     }
@@ -84,6 +91,7 @@ impl StepSettings {
             StepSettings::Tokenize(s) => s.refs().collect(),
             StepSettings::Stage1(s) => s.refs().collect(),
             StepSettings::Stage2(s) => s.refs().collect(),
+            StepSettings::Sft(s) => s.refs().collect(),
         }
     }
 
@@ -120,7 +128,8 @@ impl StepSettings {
             StepSettings::Import(_)
             | StepSettings::Tokenize(_)
             | StepSettings::Stage1(_)
-            | StepSettings::Stage2(_) => true,
+            | StepSettings::Stage2(_)
+            | StepSettings::Sft(_) => true,
         }
     }
 
@@ -133,6 +142,7 @@ impl StepSettings {
             StepSettings::Tokenize(s) => tokenize::run(s, ctx),
             StepSettings::Stage1(s) => stage1::run(s, ctx),
             StepSettings::Stage2(s) => stage2::run(s, ctx),
+            StepSettings::Sft(s) => sft::run(s, ctx),
         }
     }
 }

@@ -162,3 +162,49 @@ pub fn stage2_loss(
     );
     (kl.mul_scalar(kl_weight) + ce.mul_scalar(ce_weight), metrics)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// SFT masking: with fixed logits, changing the target of a prompt (masked) position leaves
+    /// the loss unchanged; changing an assistant position's target changes it. Labels are the
+    /// inputs shifted once: position t's logits are scored against token t+1.
+    #[test]
+    fn loss_counts_only_masked_in_targets_shifted_once() {
+        let device = Device::flex();
+        device.seed(3);
+        let logits = Tensor::<3>::random([1, 6, 11], Distribution::Uniform(-2.0, 2.0), &device);
+        let att = Tensor::<2>::ones([1, 6], &device);
+        // Tokens 0..2 are the prompt, 3..5 the assistant turn.
+        let mask = Tensor::<2>::from_data(
+            TensorData::new(vec![0f32, 0., 0., 1., 1., 1.], [1, 6]),
+            &device,
+        );
+        let loss = |ids: Vec<i64>| {
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 6]), &device);
+            crate::model::weights::to_vec(
+                cross_entropy(logits.clone(), ids, att.clone(), mask.clone()).0,
+            )[0]
+        };
+        let base = loss(vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            loss(vec![9, 9, 9, 4, 5, 6]),
+            base,
+            "prompt targets do not count"
+        );
+        assert_ne!(
+            loss(vec![1, 2, 3, 4, 9, 6]),
+            base,
+            "assistant targets count"
+        );
+        // Shifted once: the score of position 2's logits against token 3 is part of the loss.
+        let manual = {
+            let logp = burn::tensor::activation::log_softmax(logits.clone(), 2);
+            let v = crate::model::weights::to_vec(logp);
+            -(v[2 * 11 + 4] + v[3 * 11 + 5] + v[4 * 11 + 6]) / 3.0
+        };
+        assert!((base - manual).abs() < 1e-5, "{base} vs {manual}");
+    }
+}

@@ -1,0 +1,107 @@
+//! `sft` steps: supervised fine-tuning of a student on chat data (SPEC §5): cross-entropy on
+//! the assistant tokens only (the tokenize step's loss mask), labels shifted exactly once.
+//! Writes the student directory, `metrics.jsonl`, `loss.svg` and `eval.json`.
+
+use super::StepContext;
+use super::artifact::ArtifactRef;
+use super::stage1::{copy_tokenizer_files, write_eval};
+use crate::data::loader::{BatchLength, Loader};
+use crate::model::Transformer;
+use crate::model::hybrid::Hybrid;
+use crate::model::safetensors_io::SaveDtype;
+use crate::train::losses::{batch_tensors, cross_entropy};
+use crate::train::optim::named_params;
+use crate::train::trainer::{LossOutput, TrainSettings, Trainer, metrics_path};
+use anyhow::Result;
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+fn d_eval() -> usize {
+    8
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SftSettings {
+    /// The student directory to fine-tune (e.g. `@stage2`).
+    pub student: ArtifactRef,
+    /// A tokenized chat dataset (loss masks mark the assistant turns).
+    pub data: ArtifactRef,
+    /// A reference model for eval.json's perplexity ratio (e.g. the teacher); none: skipped.
+    #[serde(default)]
+    pub reference: Option<ArtifactRef>,
+    #[serde(default)]
+    pub freeze_mlp: bool,
+    #[serde(default = "d_eval")]
+    pub eval_batches: usize,
+    pub train: TrainSettings,
+}
+
+impl SftSettings {
+    pub fn refs(&self) -> impl Iterator<Item = (&'static str, &ArtifactRef)> {
+        [("student", &self.student), ("data", &self.data)]
+            .into_iter()
+            .chain(self.reference.iter().map(|r| ("reference", r)))
+    }
+}
+
+pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
+    let device = Device::flex().autodiff();
+    let student_dir = s.student.resolve(ctx)?;
+    let data_dir = s.data.resolve(ctx)?;
+    let mut student = Hybrid::load(&student_dir, &device)?.set_require_grad(true);
+    if s.freeze_mlp {
+        for layer in &mut student.layers {
+            layer.mlp = layer.mlp.clone().set_require_grad(false);
+        }
+    }
+    let trainable = named_params(&student, None)
+        .into_keys()
+        .filter(|k| !(s.freeze_mlp && k.contains(".mlp.")))
+        .collect();
+    let (mut loader, _) = Loader::open(
+        &data_dir,
+        "train",
+        s.train.micro_batch,
+        BatchLength::Bucket(s.train.bucket),
+        ctx.seed,
+    )?;
+    let trainer = Trainer {
+        settings: &s.train,
+        checkpoints: &ctx.checkpoints,
+        step_id: &ctx.id,
+        trainable,
+    };
+    let student = trainer.run(student, &mut loader, |m: &Hybrid, batch| {
+        let (ids, att, mask) = batch_tensors(batch, &device);
+        let logits = m.forward(ids.clone(), Some(att.clone()));
+        let (loss, targets) = cross_entropy(logits, ids, att, mask);
+        Ok(LossOutput {
+            loss,
+            metrics: [("target_tokens".to_string(), targets)].into(),
+        })
+    })?;
+    student.save(&ctx.out_dir, SaveDtype::F32)?;
+    copy_tokenizer_files(&student_dir, &ctx.out_dir)?;
+    std::fs::copy(
+        metrics_path(&ctx.checkpoints),
+        ctx.out_dir.join("metrics.jsonl"),
+    )?;
+    crate::train::plot::write_loss_svg(
+        &ctx.out_dir.join("metrics.jsonl"),
+        &ctx.out_dir.join("loss.svg"),
+        &format!("{} (SFT)", ctx.id),
+    )?;
+    if let Some(r) = &s.reference {
+        let reference = Transformer::load(&r.resolve(ctx)?, &device)?;
+        write_eval(
+            &ctx.out_dir,
+            &reference,
+            &student,
+            &data_dir,
+            s.eval_batches,
+            s.train.micro_batch,
+        )?;
+    }
+    Ok(())
+}
