@@ -217,3 +217,69 @@ fn kill_and_resume_gives_identical_losses() {
         assert_eq!(a.to_bits(), b.to_bits(), "step {s1}: {a} vs {b}");
     }
 }
+
+/// W&B: an offline run holding the metrics and the config is written beside the step; a
+/// missing SDK is a configuration error before anything runs.
+#[test]
+fn wandb_offline_run_and_missing_sdk() {
+    let p = project(5);
+    let py = common::python::python();
+    let has_sdk = std::process::Command::new(&py)
+        .args(["-c", "import wandb"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let text = p.read("p.toml");
+    p.write(
+        "bad.toml",
+        &text.replace(
+            "seed = 5",
+            "seed = 5\n\n[pipeline.wandb]\nproject = \"t\"\npython = \"/nonexistent/python3\"",
+        ),
+    );
+    let r = p.run(&["run", "bad.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("pipeline.wandb") && r.stderr.contains("pip install wandb"),
+        "{}",
+        r.stderr
+    );
+    assert!(p.runs("bad").is_empty(), "nothing ran");
+    if !has_sdk {
+        println!(
+            "skipped the offline W&B run: `{}` has no wandb package (pip install wandb)",
+            py.display()
+        );
+        return;
+    }
+    let py = py.to_str().unwrap().to_string();
+    p.write(
+        "w.toml",
+        &text.replace("seed = 5", &format!("seed = 5\n\n[pipeline.wandb]\nproject = \"rwkv-test\"\nmode = \"offline\"\npython = \"{py}\"")),
+    );
+    let r = p
+        .cmd(&["run", "w.toml", "--until", "stage1"])
+        .env("WANDB_SILENT", "true")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let step_dir = p.runs("w").pop().unwrap().join("stage1");
+    let wandb_dir = step_dir.join("wandb");
+    let run = std::fs::read_dir(&wandb_dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("offline-run-"))
+        .expect("an offline run folder")
+        .path();
+    let log = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "wandb"))
+        .unwrap();
+    let bytes = std::fs::read(log.path()).unwrap();
+    let has = |s: &str| bytes.windows(s.len()).any(|w| w == s.as_bytes());
+    assert!(
+        has("loss_layer_2") && has("grad_norm"),
+        "metrics in the W&B log"
+    );
+    assert!(has("lr_init"), "the step's config in the W&B log");
+}

@@ -378,6 +378,13 @@ impl<'a> Executor<'a> {
             deps,
             seed: self.pipeline.header.seed,
             device: self.pipeline.header.device,
+            wandb: self.pipeline.header.wandb.clone().map(|settings| {
+                crate::train::wandb::WandbRun {
+                    settings,
+                    pipeline: self.pipeline.name.clone(),
+                    run_id: self.run.run_id(),
+                }
+            }),
         };
         // A panic inside a step is that step's failure, not the runner's.
         let result =

@@ -40,6 +40,30 @@ pub struct PipelineHeader {
     /// Where run directories are created, relative to `root`. Default `runs`.
     #[serde(default)]
     pub runs_dir: Option<PathBuf>,
+    /// Log training metrics to Weights & Biases (`[pipeline.wandb]`); absent: off.
+    #[serde(default)]
+    pub wandb: Option<WandbSettings>,
+}
+
+/// Weights & Biases logging through the official Python SDK (a sidecar process per training
+/// step). Not part of any cache key: logging does not change results.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WandbSettings {
+    pub project: String,
+    #[serde(default)]
+    pub entity: Option<String>,
+    /// `online` or `offline` (then `wandb sync` later); default: the SDK's own (`WANDB_MODE`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The Python interpreter that has the `wandb` package.
+    #[serde(default = "default_python")]
+    pub python: String,
+}
+
+fn default_python() -> String {
+    "python3".into()
 }
 
 fn default_max_parallel() -> usize {

@@ -70,6 +70,29 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
         None => base_dir,
     };
     let root = root.canonicalize().unwrap_or(root);
+    if let Some(w) = header.as_ref().and_then(|h| h.wandb.as_ref()) {
+        if let Err(why) = crate::train::wandb::check_sdk(&w.python) {
+            diags.push(
+                Diagnostic::new(map.locate(&kp(&["pipeline", "wandb"])), why)
+                    .key("pipeline.wandb")
+                    .help("install it (`pip install wandb`), set `pipeline.wandb.python`, or remove [pipeline.wandb]"),
+            );
+        }
+        if let Some(mode) = w
+            .mode
+            .as_deref()
+            .filter(|m| !["online", "offline", "disabled"].contains(m))
+        {
+            diags.push(
+                Diagnostic::new(
+                    map.locate(&kp(&["pipeline", "wandb", "mode"])),
+                    format!("unknown mode `{mode}`"),
+                )
+                .key("pipeline.wandb.mode")
+                .help("use \"online\", \"offline\" or \"disabled\""),
+            );
+        }
+    }
     if let Some(h) = &header {
         if h.max_parallel == 0 {
             diags.push(

@@ -22,12 +22,28 @@ pub struct StepContext {
     pub deps: BTreeMap<String, PathBuf>,
     pub seed: u64,
     pub device: Device,
+    /// Weights & Biases logging, when the pipeline enables it.
+    pub wandb: Option<crate::train::wandb::WandbRun>,
 }
 
 impl StepContext {
     /// A progress bar for this step (hidden in quiet mode and when stderr is not a terminal).
     pub fn progress_bar(&self, len: u64, unit: &str) -> indicatif::ProgressBar {
         progress::bar(len, &format!("{} ({unit})", self.id))
+    }
+
+    /// Starts this step's W&B sidecar when the pipeline logs to W&B; `config` is what the W&B
+    /// run records as its configuration.
+    pub fn wandb_sink(
+        &self,
+        config: serde_json::Value,
+    ) -> anyhow::Result<Option<crate::train::wandb::WandbSink>> {
+        self.wandb
+            .as_ref()
+            .map(|run| {
+                crate::train::wandb::WandbSink::start(run, &self.id, &config, &self.step_dir)
+            })
+            .transpose()
     }
 
     /// Resolves a settings path against the pipeline root.

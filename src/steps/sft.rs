@@ -72,15 +72,20 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
         step_id: &ctx.id,
         trainable,
     };
-    let student = trainer.run(student, &mut loader, |m: &Hybrid, batch| {
-        let (ids, att, mask) = batch_tensors(batch, &device);
-        let logits = m.forward(ids.clone(), Some(att.clone()));
-        let (loss, targets) = cross_entropy(logits, ids, att, mask);
-        Ok(LossOutput {
-            loss,
-            metrics: [("target_tokens".to_string(), targets)].into(),
-        })
-    })?;
+    let student = trainer.run(
+        student,
+        &mut loader,
+        ctx.wandb_sink(serde_json::to_value(s)?)?,
+        |m: &Hybrid, batch| {
+            let (ids, att, mask) = batch_tensors(batch, &device);
+            let logits = m.forward(ids.clone(), Some(att.clone()));
+            let (loss, targets) = cross_entropy(logits, ids, att, mask);
+            Ok(LossOutput {
+                loss,
+                metrics: [("target_tokens".to_string(), targets)].into(),
+            })
+        },
+    )?;
     student.save(&ctx.out_dir, SaveDtype::F32)?;
     copy_tokenizer_files(&student_dir, &ctx.out_dir)?;
     std::fs::copy(

@@ -101,10 +101,15 @@ pub fn run(s: &Stage1Settings, ctx: &StepContext) -> Result<()> {
         step_id: &ctx.id,
         trainable,
     };
-    let student = trainer.run(student, &mut loader, |m: &Hybrid, batch| {
-        let (loss, metrics) = stage1_loss(&teacher, m, batch, &device);
-        Ok(LossOutput { loss, metrics })
-    })?;
+    let student = trainer.run(
+        student,
+        &mut loader,
+        ctx.wandb_sink(serde_json::to_value(s)?)?,
+        |m: &Hybrid, batch| {
+            let (loss, metrics) = stage1_loss(&teacher, m, batch, &device);
+            Ok(LossOutput { loss, metrics })
+        },
+    )?;
     student.save(&ctx.out_dir, SaveDtype::F32)?;
     copy_tokenizer_files(&teacher_dir, &ctx.out_dir)?;
     std::fs::copy(

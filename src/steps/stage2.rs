@@ -96,18 +96,23 @@ pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
         step_id: &ctx.id,
         trainable,
     };
-    let student = trainer.run(student, &mut loader, |m: &Hybrid, batch| {
-        let (loss, metrics) = stage2_loss(
-            &teacher,
-            m,
-            batch,
-            &device,
-            s.kl_weight,
-            s.ce_weight,
-            s.temperature,
-        );
-        Ok(LossOutput { loss, metrics })
-    })?;
+    let student = trainer.run(
+        student,
+        &mut loader,
+        ctx.wandb_sink(serde_json::to_value(s)?)?,
+        |m: &Hybrid, batch| {
+            let (loss, metrics) = stage2_loss(
+                &teacher,
+                m,
+                batch,
+                &device,
+                s.kl_weight,
+                s.ce_weight,
+                s.temperature,
+            );
+            Ok(LossOutput { loss, metrics })
+        },
+    )?;
     student.save(&ctx.out_dir, SaveDtype::F32)?;
     copy_tokenizer_files(&student_dir, &ctx.out_dir)?;
     std::fs::copy(

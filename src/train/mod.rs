@@ -8,3 +8,4 @@ pub mod optim;
 pub mod plot;
 pub mod schedule;
 pub mod trainer;
+pub mod wandb;

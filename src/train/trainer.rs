@@ -133,6 +133,7 @@ impl Trainer<'_> {
         &self,
         mut model: M,
         loader: &mut Loader,
+        mut wandb: Option<super::wandb::WandbSink>,
         mut loss_fn: impl FnMut(&M, &Batch) -> Result<LossOutput>,
     ) -> Result<M> {
         let s = self.settings;
@@ -235,6 +236,9 @@ impl Trainer<'_> {
             }
             writeln!(metrics, "{line}")?;
             metrics.flush()?;
+            if let Some(w) = wandb.as_mut() {
+                w.log(&line);
+            }
             bar.set_position(state.tokens.min(s.max_tokens));
             bar.set_message(format!("loss {:.4}", loss_sum / accum));
             let last = state.step >= budget_steps || state.tokens >= s.max_tokens;
@@ -243,6 +247,9 @@ impl Trainer<'_> {
             }
         }
         bar.finish_and_clear();
+        if let Some(w) = wandb {
+            w.finish()?;
+        }
         Ok(model)
     }
 
