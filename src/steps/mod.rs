@@ -9,6 +9,7 @@ pub mod import;
 pub mod sft;
 pub mod stage1;
 pub mod stage2;
+pub mod student_out;
 pub mod tokenize;
 
 pub use context::StepContext;

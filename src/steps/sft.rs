@@ -4,14 +4,13 @@
 
 use super::StepContext;
 use super::artifact::ArtifactRef;
-use super::stage1::{copy_tokenizer_files, write_eval};
+use super::student_out::write_student;
 use crate::data::loader::{BatchLength, Loader};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
-use crate::model::safetensors_io::SaveDtype;
 use crate::train::losses::{batch_tensors, cross_entropy};
 use crate::train::optim::named_params;
-use crate::train::trainer::{LossOutput, TrainSettings, Trainer, metrics_path};
+use crate::train::trainer::{LossOutput, TrainSettings, Trainer};
 use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::Device;
@@ -86,27 +85,14 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
             })
         },
     )?;
-    student.save(&ctx.out_dir, SaveDtype::F32)?;
-    copy_tokenizer_files(&student_dir, &ctx.out_dir)?;
-    std::fs::copy(
-        metrics_path(&ctx.checkpoints),
-        ctx.out_dir.join("metrics.jsonl"),
-    )?;
-    crate::train::plot::write_loss_svg(
-        &ctx.out_dir.join("metrics.jsonl"),
-        &ctx.out_dir.join("loss.svg"),
-        &format!("{} (SFT)", ctx.id),
-    )?;
-    if let Some(r) = &s.reference {
-        let reference = Transformer::load(&r.resolve(ctx)?, &device)?;
-        write_eval(
-            &ctx.out_dir,
-            &reference,
-            &student,
-            &data_dir,
-            s.eval_batches,
-            s.train.micro_batch,
-        )?;
-    }
+    let reference = s
+        .reference
+        .as_ref()
+        .map(|r| Transformer::load(&r.resolve(ctx)?, &device))
+        .transpose()?;
+    let eval = reference
+        .as_ref()
+        .map(|r| (r, data_dir.as_path(), s.eval_batches, s.train.micro_batch));
+    write_student(ctx, &student, &student_dir, "SFT", eval)?;
     Ok(())
 }

@@ -6,14 +6,14 @@
 
 use super::StepContext;
 use super::artifact::ArtifactRef;
+use super::student_out::write_student;
 use crate::data::loader::{BatchLength, Loader};
 use crate::model::Transformer;
 use crate::model::hybrid::{GqaMode, Hybrid, InitMode, LayerSelection, Mixer, StudentConfig};
-use crate::model::safetensors_io::SaveDtype;
 use crate::model::time_mixer::GateForm;
 use crate::train::losses::stage1_loss;
 use crate::train::optim::named_params;
-use crate::train::trainer::{LossOutput, TrainSettings, Trainer, metrics_path};
+use crate::train::trainer::{LossOutput, TrainSettings, Trainer};
 use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::Device;
@@ -110,78 +110,12 @@ pub fn run(s: &Stage1Settings, ctx: &StepContext) -> Result<()> {
             Ok(LossOutput { loss, metrics })
         },
     )?;
-    student.save(&ctx.out_dir, SaveDtype::F32)?;
-    copy_tokenizer_files(&teacher_dir, &ctx.out_dir)?;
-    std::fs::copy(
-        metrics_path(&ctx.checkpoints),
-        ctx.out_dir.join("metrics.jsonl"),
-    )?;
-    crate::train::plot::write_loss_svg(
-        &ctx.out_dir.join("metrics.jsonl"),
-        &ctx.out_dir.join("loss.svg"),
-        &format!("{} (stage 1)", ctx.id),
-    )?;
-    write_eval(
-        &ctx.out_dir,
-        &teacher,
+    write_student(
+        ctx,
         &student,
-        &data_dir,
-        s.eval_batches,
-        s.train.micro_batch,
+        &teacher_dir,
+        "stage 1",
+        Some((&teacher, &data_dir, s.eval_batches, s.train.micro_batch)),
     )?;
-    Ok(())
-}
-
-/// Writes `eval.json`: held-out perplexity of the teacher and the student, and their ratio.
-pub fn write_eval(
-    out: &std::path::Path,
-    teacher: &Transformer,
-    student: &Hybrid,
-    data: &std::path::Path,
-    batches: usize,
-    batch_size: usize,
-) -> Result<()> {
-    if batches == 0 {
-        return Ok(());
-    }
-    let device = Device::flex();
-    let teacher = teacher.clone().valid();
-    let student = student.clone().valid();
-    let t = crate::train::eval::perplexity(
-        |i, a| teacher.forward(i, Some(a)),
-        data,
-        batch_size,
-        batches,
-        &device,
-    )?;
-    let s = crate::train::eval::perplexity(
-        |i, a| student.forward(i, Some(a)),
-        data,
-        batch_size,
-        batches,
-        &device,
-    )?;
-    tracing::info!(
-        "held-out perplexity: teacher {t:.3}, student {s:.3} (ratio {:.3})",
-        s / t
-    );
-    crate::util::fsx::atomic_write_json(
-        &out.join("eval.json"),
-        &serde_json::json!({"teacher_perplexity": t, "student_perplexity": s, "perplexity_ratio": s / t, "batches": batches}),
-    )?;
-    Ok(())
-}
-
-/// Copies the tokenizer and generation files of a model directory.
-pub fn copy_tokenizer_files(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
-        if from.join(f).exists() {
-            std::fs::copy(from.join(f), to.join(f))?;
-        }
-    }
     Ok(())
 }

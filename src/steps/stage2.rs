@@ -7,14 +7,13 @@
 
 use super::StepContext;
 use super::artifact::ArtifactRef;
-use super::stage1::{copy_tokenizer_files, write_eval};
+use super::student_out::write_student;
 use crate::data::loader::{BatchLength, Loader};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
-use crate::model::safetensors_io::SaveDtype;
 use crate::train::losses::stage2_loss;
 use crate::train::optim::named_params;
-use crate::train::trainer::{LossOutput, TrainSettings, Trainer, metrics_path};
+use crate::train::trainer::{LossOutput, TrainSettings, Trainer};
 use anyhow::Result;
 use burn::module::{Module, Param};
 use burn::tensor::Device;
@@ -113,24 +112,12 @@ pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
             Ok(LossOutput { loss, metrics })
         },
     )?;
-    student.save(&ctx.out_dir, SaveDtype::F32)?;
-    copy_tokenizer_files(&student_dir, &ctx.out_dir)?;
-    std::fs::copy(
-        metrics_path(&ctx.checkpoints),
-        ctx.out_dir.join("metrics.jsonl"),
-    )?;
-    crate::train::plot::write_loss_svg(
-        &ctx.out_dir.join("metrics.jsonl"),
-        &ctx.out_dir.join("loss.svg"),
-        &format!("{} (stage 2)", ctx.id),
-    )?;
-    write_eval(
-        &ctx.out_dir,
-        &teacher,
+    write_student(
+        ctx,
         &student,
-        &data_dir,
-        s.eval_batches,
-        s.train.micro_batch,
+        &student_dir,
+        "stage 2",
+        Some((&teacher, &data_dir, s.eval_batches, s.train.micro_batch)),
     )?;
     Ok(())
 }
