@@ -144,70 +144,82 @@ pub struct OwnedTensor {
     pub data: Vec<f32>,
 }
 
-struct EncodedView {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+/// A tensor view for the writer: f32 data is borrowed as little-endian bytes (no copy); bf16
+/// is converted per tensor while writing.
+struct EncodedView<'a> {
+    dtype: SaveDtype,
+    shape: &'a [usize],
+    data: &'a [f32],
 }
 
-impl safetensors::View for &EncodedView {
+impl safetensors::View for &EncodedView<'_> {
     fn dtype(&self) -> Dtype {
-        self.dtype
+        match self.dtype {
+            SaveDtype::F32 => Dtype::F32,
+            SaveDtype::Bf16 => Dtype::BF16,
+        }
     }
     fn shape(&self) -> &[usize] {
-        &self.shape
+        self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
+        match self.dtype {
+            SaveDtype::F32 if cfg!(target_endian = "little") => {
+                Cow::Borrowed(bytemuck::cast_slice(self.data))
+            }
+            SaveDtype::F32 => Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            SaveDtype::Bf16 => Cow::Owned(
+                self.data
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+        }
     }
     fn data_len(&self) -> usize {
-        self.bytes.len()
+        self.data.len() * if self.dtype == SaveDtype::F32 { 4 } else { 2 }
     }
 }
 
-/// Writes tensors to one safetensors file atomically (temp file + rename).
+/// Writes tensors to one safetensors file atomically (temp file, fsync, rename), streaming
+/// them to disk rather than building the file in memory.
 pub fn write_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, OwnedTensor>,
     dtype: SaveDtype,
 ) -> Result<()> {
-    let encoded: Vec<(String, EncodedView)> = tensors
-        .iter()
-        .map(|(name, t)| {
-            assert_eq!(
-                t.shape.iter().product::<usize>(),
-                t.data.len(),
-                "tensor {name}"
-            );
-            let (dtype, bytes) = match dtype {
-                SaveDtype::F32 => (
-                    Dtype::F32,
-                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ),
-                SaveDtype::Bf16 => (
-                    Dtype::BF16,
-                    t.data
-                        .iter()
-                        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                        .collect(),
-                ),
-            };
-            (
-                name.clone(),
-                EncodedView {
-                    dtype,
-                    shape: t.shape.clone(),
-                    bytes,
-                },
-            )
+    write_tensors(
+        path,
+        tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.shape.as_slice(), t.data.as_slice())),
+        dtype,
+    )
+}
+
+/// Like [`write_safetensors`] for borrowed `(name, shape, data)` triples.
+pub fn write_tensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [f32])>,
+    dtype: SaveDtype,
+) -> Result<()> {
+    let views: Vec<(&str, EncodedView)> = tensors
+        .into_iter()
+        .map(|(name, shape, data)| {
+            assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor {name}");
+            (name, EncodedView { dtype, shape, data })
         })
         .collect();
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes =
-        safetensors::serialize(encoded.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata))
-            .context("encoding safetensors")?;
-    crate::util::fsx::atomic_write(path, &bytes)
-        .with_context(|| format!("writing {}", path.display()))
+    let tmp = crate::util::fsx::temp_sibling(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    safetensors::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), Some(metadata), &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

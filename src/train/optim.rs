@@ -196,29 +196,27 @@ impl AdamW {
         module.map(&mut u)
     }
 
-    /// The moments as tensors for a checkpoint: `{name}.m` and `{name}.v`.
-    pub fn to_tensors(&self) -> BTreeMap<String, OwnedTensor> {
-        let mut out = BTreeMap::new();
-        for (k, m) in &self.moments {
-            out.insert(
-                format!("{k}.m"),
-                OwnedTensor {
-                    shape: m.shape.clone(),
-                    data: m.m.clone(),
-                },
-            );
-            out.insert(
-                format!("{k}.v"),
-                OwnedTensor {
-                    shape: m.shape.clone(),
-                    data: m.v.clone(),
-                },
-            );
-        }
-        out
+    /// Writes the moments (`{name}.m`, `{name}.v`) to a safetensors file without copying them.
+    pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let names: Vec<(String, String)> = self
+            .moments
+            .keys()
+            .map(|k| (format!("{k}.m"), format!("{k}.v")))
+            .collect();
+        let tensors = self.moments.values().zip(&names).flat_map(|(m, (nm, nv))| {
+            [
+                (nm.as_str(), m.shape.as_slice(), m.m.as_slice()),
+                (nv.as_str(), m.shape.as_slice(), m.v.as_slice()),
+            ]
+        });
+        crate::model::safetensors_io::write_tensors(
+            path,
+            tensors,
+            crate::model::safetensors_io::SaveDtype::F32,
+        )
     }
 
-    /// Restores moments written by [`Self::to_tensors`].
+    /// Restores moments written by [`Self::save`].
     pub fn load_tensors(
         &mut self,
         reader: &crate::model::safetensors_io::SafetensorsReader,

@@ -257,11 +257,7 @@ impl Trainer<'_> {
         let params = named_params(model, Some(self.trainable.clone()));
         self.checkpoints.save(state.step, |dir| {
             write_safetensors(&dir.join("params.safetensors"), &params, SaveDtype::F32)?;
-            write_safetensors(
-                &dir.join("optimizer.safetensors"),
-                &opt.to_tensors(),
-                SaveDtype::F32,
-            )?;
+            opt.save(&dir.join("optimizer.safetensors"))?;
             crate::util::fsx::atomic_write_json(&dir.join("state.json"), state)?;
             Ok(())
         })?;
