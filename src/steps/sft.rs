@@ -92,7 +92,7 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
         .transpose()?;
     let eval = reference
         .as_ref()
-        .map(|r| (r, data_dir.as_path(), s.eval_batches, s.train.micro_batch));
+        .map(|r| (r, data_dir.as_path(), s.eval_batches));
     write_student(ctx, &student, &student_dir, "SFT", eval)?;
     Ok(())
 }

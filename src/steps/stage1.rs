@@ -115,7 +115,7 @@ pub fn run(s: &Stage1Settings, ctx: &StepContext) -> Result<()> {
         &student,
         &teacher_dir,
         "stage 1",
-        Some((&teacher, &data_dir, s.eval_batches, s.train.micro_batch)),
+        Some((&teacher, &data_dir, s.eval_batches)),
     )?;
     Ok(())
 }

@@ -117,7 +117,7 @@ pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
         &student,
         &student_dir,
         "stage 2",
-        Some((&teacher, &data_dir, s.eval_batches, s.train.micro_batch)),
+        Some((&teacher, &data_dir, s.eval_batches)),
     )?;
     Ok(())
 }

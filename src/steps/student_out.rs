@@ -13,13 +13,13 @@ use burn::tensor::Device;
 use std::path::Path;
 
 /// Writes the trained student and its reports into the step's artifacts. `eval` is the
-/// reference model, the tokenized data, and the number and size of held-out batches.
+/// reference model, the tokenized data, and the number of held-out batches.
 pub fn write_student(
     ctx: &StepContext,
     student: &Hybrid,
     tokenizer_from: &Path,
     label: &str,
-    eval: Option<(&Transformer, &Path, usize, usize)>,
+    eval: Option<(&Transformer, &Path, usize)>,
 ) -> Result<()> {
     student.save(&ctx.out_dir, SaveDtype::F32)?;
     copy_tokenizer_files(tokenizer_from, &ctx.out_dir)?;
@@ -30,8 +30,8 @@ pub fn write_student(
         &ctx.out_dir.join("loss.svg"),
         &format!("{} ({label})", ctx.id),
     )?;
-    if let Some((reference, data, batches, batch_size)) = eval {
-        write_eval(&ctx.out_dir, reference, student, data, batches, batch_size)?;
+    if let Some((reference, data, batches)) = eval {
+        write_eval(&ctx.out_dir, reference, student, data, batches)?;
     }
     Ok(())
 }
@@ -50,6 +50,10 @@ pub fn copy_tokenizer_files(from: &std::path::Path, to: &std::path::Path) -> Res
     Ok(())
 }
 
+/// Sequences per evaluation batch: fixed, so every step's eval.json covers the same held-out
+/// sequences whatever its training micro-batch.
+const EVAL_BATCH: usize = 4;
+
 /// Writes `eval.json`: held-out perplexity of the teacher and the student, and their ratio.
 pub fn write_eval(
     out: &std::path::Path,
@@ -57,7 +61,6 @@ pub fn write_eval(
     student: &Hybrid,
     data: &std::path::Path,
     batches: usize,
-    batch_size: usize,
 ) -> Result<()> {
     if batches == 0 {
         return Ok(());
@@ -68,14 +71,14 @@ pub fn write_eval(
     let t = crate::train::eval::perplexity(
         |i, a| teacher.forward(i, Some(a)),
         data,
-        batch_size,
+        EVAL_BATCH,
         batches,
         &device,
     )?;
     let s = crate::train::eval::perplexity(
         |i, a| student.forward(i, Some(a)),
         data,
-        batch_size,
+        EVAL_BATCH,
         batches,
         &device,
     )?;
