@@ -4,15 +4,12 @@
 
 use super::StepContext;
 use super::artifact::ArtifactRef;
-use super::student_out::write_student;
-use crate::data::loader::{BatchLength, Loader};
+use super::student_out::{train_student, trainable_all, write_student};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
 use crate::train::losses::{batch_tensors, cross_entropy};
-use crate::train::optim::named_params;
-use crate::train::trainer::{LossOutput, TrainSettings, Trainer};
+use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
-use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -48,33 +45,14 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
     let device = Device::flex().autodiff();
     let student_dir = s.student.resolve(ctx)?;
     let data_dir = s.data.resolve(ctx)?;
-    let mut student = Hybrid::load(&student_dir, &device)?.set_require_grad(true);
-    if s.freeze_mlp {
-        for layer in &mut student.layers {
-            layer.mlp = layer.mlp.clone().set_require_grad(false);
-        }
-    }
-    let trainable = named_params(&student, None)
-        .into_keys()
-        .filter(|k| !(s.freeze_mlp && k.contains(".mlp.")))
-        .collect();
-    let (mut loader, _) = Loader::open(
+    let (student, trainable) = trainable_all(Hybrid::load(&student_dir, &device)?, s.freeze_mlp);
+    let student = train_student(
+        ctx,
+        &s.train,
         &data_dir,
-        "train",
-        s.train.micro_batch,
-        BatchLength::Bucket(s.train.bucket),
-        ctx.seed,
-    )?;
-    let trainer = Trainer {
-        settings: &s.train,
-        checkpoints: &ctx.checkpoints,
-        step_id: &ctx.id,
-        trainable,
-    };
-    let student = trainer.run(
+        serde_json::to_value(s)?,
         student,
-        &mut loader,
-        ctx.wandb_sink(serde_json::to_value(s)?)?,
+        trainable,
         |m: &Hybrid, batch| {
             let (ids, att, mask) = batch_tensors(batch, &device);
             let logits = m.forward(ids.clone(), Some(att.clone()));

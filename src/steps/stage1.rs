@@ -6,14 +6,13 @@
 
 use super::StepContext;
 use super::artifact::ArtifactRef;
-use super::student_out::write_student;
-use crate::data::loader::{BatchLength, Loader};
+use super::student_out::{train_student, write_student};
 use crate::model::Transformer;
 use crate::model::hybrid::{GqaMode, Hybrid, InitMode, LayerSelection, Mixer, StudentConfig};
 use crate::model::time_mixer::GateForm;
 use crate::train::losses::stage1_loss;
 use crate::train::optim::named_params;
-use crate::train::trainer::{LossOutput, TrainSettings, Trainer};
+use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::Device;
@@ -88,23 +87,13 @@ pub fn run(s: &Stage1Settings, ctx: &StepContext) -> Result<()> {
         let all = named_params(&student, None);
         all.into_keys().filter(|k| k.contains(".Rwkv.")).collect()
     };
-    let (mut loader, _) = Loader::open(
+    let student = train_student(
+        ctx,
+        &s.train,
         &data_dir,
-        "train",
-        s.train.micro_batch,
-        BatchLength::Bucket(s.train.bucket),
-        ctx.seed,
-    )?;
-    let trainer = Trainer {
-        settings: &s.train,
-        checkpoints: &ctx.checkpoints,
-        step_id: &ctx.id,
-        trainable,
-    };
-    let student = trainer.run(
+        serde_json::to_value(s)?,
         student,
-        &mut loader,
-        ctx.wandb_sink(serde_json::to_value(s)?)?,
+        trainable,
         |m: &Hybrid, batch| {
             let (loss, metrics) = stage1_loss(&teacher, m, batch, &device);
             Ok(LossOutput { loss, metrics })

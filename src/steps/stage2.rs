@@ -7,13 +7,11 @@
 
 use super::StepContext;
 use super::artifact::ArtifactRef;
-use super::student_out::write_student;
-use crate::data::loader::{BatchLength, Loader};
+use super::student_out::{train_student, trainable_all, write_student};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
 use crate::train::losses::stage2_loss;
-use crate::train::optim::named_params;
-use crate::train::trainer::{LossOutput, TrainSettings, Trainer};
+use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
 use burn::module::{Module, Param};
 use burn::tensor::Device;
@@ -72,33 +70,14 @@ pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
         // Untie: the head becomes its own copy of the embeddings, stored [C, vocab].
         student.lm_head = Some(Param::from_tensor(student.embed.val().transpose().detach()));
     }
-    let mut student = student.set_require_grad(true);
-    if s.freeze_mlp {
-        for layer in &mut student.layers {
-            layer.mlp = layer.mlp.clone().set_require_grad(false);
-        }
-    }
-    let trainable: std::collections::BTreeSet<String> = named_params(&student, None)
-        .into_keys()
-        .filter(|k| !(s.freeze_mlp && k.contains(".mlp.")))
-        .collect();
-    let (mut loader, _) = Loader::open(
+    let (student, trainable) = trainable_all(student, s.freeze_mlp);
+    let student = train_student(
+        ctx,
+        &s.train,
         &data_dir,
-        "train",
-        s.train.micro_batch,
-        BatchLength::Bucket(s.train.bucket),
-        ctx.seed,
-    )?;
-    let trainer = Trainer {
-        settings: &s.train,
-        checkpoints: &ctx.checkpoints,
-        step_id: &ctx.id,
-        trainable,
-    };
-    let student = trainer.run(
+        serde_json::to_value(s)?,
         student,
-        &mut loader,
-        ctx.wandb_sink(serde_json::to_value(s)?)?,
+        trainable,
         |m: &Hybrid, batch| {
             let (loss, metrics) = stage2_loss(
                 &teacher,

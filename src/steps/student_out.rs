@@ -1,16 +1,63 @@
-//! What every training step leaves behind: the student directory (weights, config, the
-//! tokenizer files of its source), `metrics.jsonl`, `loss.svg`, and `eval.json` (held-out
-//! perplexity against a reference model).
+//! What the training steps share: which parameters train, the loop over a tokenized dataset,
+//! and what every step leaves behind — the student directory (weights, config, the tokenizer
+//! files of its source), `metrics.jsonl`, `loss.svg`, and `eval.json` (held-out perplexity
+//! against a reference model).
 
 use super::StepContext;
+use crate::data::loader::{Batch, BatchLength, Loader};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
 use crate::model::safetensors_io::SaveDtype;
-use crate::train::trainer::metrics_path;
+use crate::train::optim::named_params;
+use crate::train::trainer::{LossOutput, TrainSettings, Trainer, metrics_path};
 use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::Device;
+use std::collections::BTreeSet;
 use std::path::Path;
+
+/// Makes every parameter trainable except, with `freeze_mlp`, the MLPs; returns the student and
+/// the paths of its trainable parameters.
+pub fn trainable_all(student: Hybrid, freeze_mlp: bool) -> (Hybrid, BTreeSet<String>) {
+    let mut student = student.set_require_grad(true);
+    if freeze_mlp {
+        for layer in &mut student.layers {
+            layer.mlp = layer.mlp.clone().set_require_grad(false);
+        }
+    }
+    let names = named_params(&student, None)
+        .into_keys()
+        .filter(|k| !(freeze_mlp && k.contains(".mlp.")))
+        .collect();
+    (student, names)
+}
+
+/// Trains `student` on the `train` split of `data` with the shared loop (checkpoints, resume,
+/// metrics, W&B with `settings` as the run's config).
+pub fn train_student(
+    ctx: &StepContext,
+    train: &TrainSettings,
+    data: &Path,
+    settings: serde_json::Value,
+    student: Hybrid,
+    trainable: BTreeSet<String>,
+    loss: impl FnMut(&Hybrid, &Batch) -> Result<LossOutput>,
+) -> Result<Hybrid> {
+    let (mut loader, _) = Loader::open(
+        data,
+        "train",
+        train.micro_batch,
+        BatchLength::Bucket(train.bucket),
+        ctx.seed,
+    )?;
+    let trainer = Trainer {
+        settings: train,
+        checkpoints: &ctx.checkpoints,
+        step_id: &ctx.id,
+        trainable,
+    };
+    trainer.run(student, &mut loader, ctx.wandb_sink(settings)?, loss)
+}
 
 /// Writes the trained student and its reports into the step's artifacts. `eval` is the
 /// reference model, the tokenized data, and the number of held-out batches.
