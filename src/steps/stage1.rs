@@ -9,7 +9,7 @@ use super::artifact::ArtifactRef;
 use super::student_out::{train_student, write_student};
 use crate::model::Transformer;
 use crate::model::hybrid::{GqaMode, Hybrid, InitMode, LayerSelection, Mixer, StudentConfig};
-use crate::model::time_mixer::GateForm;
+use crate::model::time_mixer::{GateForm, LoraRanks};
 use crate::train::losses::stage1_loss;
 use crate::train::optim::named_params;
 use crate::train::trainer::{LossOutput, TrainSettings};
@@ -41,6 +41,9 @@ pub struct Stage1Settings {
     pub rope: bool,
     #[serde(default)]
     pub gqa: GqaMode,
+    /// LoRA ranks `{ decay, a, v, gate }` (default: RWKV-LM's sizes for the hidden size).
+    #[serde(default)]
+    pub lora: Option<LoraRanks>,
     /// Held-out batches for the perplexity in eval.json (0: skip).
     #[serde(default = "d_eval")]
     pub eval_batches: usize,
@@ -69,7 +72,7 @@ pub fn run(s: &Stage1Settings, ctx: &StepContext) -> Result<()> {
     );
     let student_cfg = StudentConfig {
         wkv_layers: layers,
-        lora: None,
+        lora: s.lora,
         gate: s.gate,
         group_norm: s.group_norm,
         rope: s.rope,
