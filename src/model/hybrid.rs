@@ -10,7 +10,8 @@ use super::safetensors_io::{OwnedTensor, SafetensorsReader};
 use super::time_mixer::{GateForm, LoraRanks, MixerShape, MixerState, TimeMixer, orthogonal};
 use super::transformer::{
     DecoderLayer, LayerCapture, Transformer, layer_prefix, lm_head_logits, load_attention,
-    load_linear, load_mlp, load_norm, put, put_attention, put_linear, put_linear_weight, put_mlp,
+    load_head, load_linear, load_norm, load_norms_and_mlp, put, put_attention,
+    put_final_norm_and_head, put_linear, put_norms_and_mlp,
 };
 use super::weights::WeightLoader;
 use anyhow::{Context, Result, bail};
@@ -506,27 +507,14 @@ impl Hybrid {
         let mut out = BTreeMap::new();
         put(&mut out, "model.embed_tokens.weight", self.embed.val());
         for (i, layer) in self.layers.iter().enumerate() {
+            put_norms_and_mlp(&mut out, i, &layer.input_norm, &layer.post_norm, &layer.mlp);
             let p = layer_prefix(i);
-            put(
-                &mut out,
-                &format!("{p}.input_layernorm.weight"),
-                layer.input_norm.weight.val(),
-            );
-            put(
-                &mut out,
-                &format!("{p}.post_attention_layernorm.weight"),
-                layer.post_norm.weight.val(),
-            );
-            put_mlp(&mut out, &format!("{p}.mlp"), &layer.mlp);
             match &layer.mixer {
                 Mixer::Attention(a) => put_attention(&mut out, &format!("{p}.self_attn"), a),
                 Mixer::Rwkv(m) => put_time_mixer(&mut out, &format!("{p}.self_attn.time_mixer"), m),
             }
         }
-        put(&mut out, "model.norm.weight", self.norm.weight.val());
-        if let Some(head) = &self.lm_head {
-            put_linear_weight(&mut out, "lm_head.weight", head.val());
-        }
+        put_final_norm_and_head(&mut out, &self.norm, self.lm_head.as_ref());
         out
     }
 
@@ -572,20 +560,17 @@ impl Hybrid {
                 } else {
                     Mixer::Attention(load_attention(&mut w, &format!("{p}.self_attn"), &config))
                 };
+                let (input_norm, post_norm, mlp) = load_norms_and_mlp(&mut w, i, &config);
                 HybridLayer {
-                    input_norm: load_norm(&mut w, &format!("{p}.input_layernorm"), &config),
+                    input_norm,
                     mixer,
-                    post_norm: load_norm(&mut w, &format!("{p}.post_attention_layernorm"), &config),
-                    mlp: load_mlp(&mut w, &format!("{p}.mlp"), &config),
+                    post_norm,
+                    mlp,
                 }
             })
             .collect();
         let norm = load_norm(&mut w, "model.norm", &config);
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(w.param_transposed("lm_head.weight", config.vocab_size, c))
-        };
+        let lm_head = load_head(&mut w, &config);
         w.finish(dir)?;
         Ok(Self {
             embed,

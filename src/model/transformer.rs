@@ -91,24 +91,19 @@ impl Transformer {
         let c = config.hidden_size;
         let embed = w.param("model.embed_tokens.weight", [config.vocab_size, c]);
         let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer {
-                input_norm: load_norm(w, &format!("{}.input_layernorm", layer_prefix(i)), &config),
-                attn: load_attention(w, &format!("{}.self_attn", layer_prefix(i)), &config),
-                post_norm: load_norm(
-                    w,
-                    &format!("{}.post_attention_layernorm", layer_prefix(i)),
-                    &config,
-                ),
-                mlp: load_mlp(w, &format!("{}.mlp", layer_prefix(i)), &config),
+            .map(|i| {
+                let (input_norm, post_norm, mlp) = load_norms_and_mlp(w, i, &config);
+                let attn = load_attention(w, &format!("{}.self_attn", layer_prefix(i)), &config);
+                DecoderLayer {
+                    input_norm,
+                    attn,
+                    post_norm,
+                    mlp,
+                }
             })
             .collect();
         let norm = load_norm(w, "model.norm", &config);
-        let lm_head = if config.tie_word_embeddings {
-            w.ignore("lm_head.weight");
-            None
-        } else {
-            Some(w.param_transposed("lm_head.weight", config.vocab_size, c))
-        };
+        let lm_head = load_head(w, &config);
         Self {
             embed,
             layers,
@@ -194,24 +189,14 @@ impl Transformer {
         let mut out = BTreeMap::new();
         put(&mut out, "model.embed_tokens.weight", self.embed.val());
         for (i, layer) in self.layers.iter().enumerate() {
-            let p = layer_prefix(i);
-            put(
+            put_norms_and_mlp(&mut out, i, &layer.input_norm, &layer.post_norm, &layer.mlp);
+            put_attention(
                 &mut out,
-                &format!("{p}.input_layernorm.weight"),
-                layer.input_norm.weight.val(),
+                &format!("{}.self_attn", layer_prefix(i)),
+                &layer.attn,
             );
-            put(
-                &mut out,
-                &format!("{p}.post_attention_layernorm.weight"),
-                layer.post_norm.weight.val(),
-            );
-            put_attention(&mut out, &format!("{p}.self_attn"), &layer.attn);
-            put_mlp(&mut out, &format!("{p}.mlp"), &layer.mlp);
         }
-        put(&mut out, "model.norm.weight", self.norm.weight.val());
-        if let Some(head) = &self.lm_head {
-            put_linear_weight(&mut out, "lm_head.weight", head.val());
-        }
+        put_final_norm_and_head(&mut out, &self.norm, self.lm_head.as_ref());
         out
     }
 }
@@ -230,6 +215,66 @@ pub fn lm_head_logits(
     };
     let v = logits.dims()[1];
     logits.reshape([b, t, v])
+}
+
+/// Layer `i`'s input norm, post-attention norm and MLP (every decoder layer has them,
+/// whatever mixes its tokens).
+pub fn load_norms_and_mlp(
+    w: &mut WeightLoader,
+    i: usize,
+    cfg: &TransformerConfig,
+) -> (RmsNorm, RmsNorm, Mlp) {
+    let p = layer_prefix(i);
+    (
+        load_norm(w, &format!("{p}.input_layernorm"), cfg),
+        load_norm(w, &format!("{p}.post_attention_layernorm"), cfg),
+        load_mlp(w, &format!("{p}.mlp"), cfg),
+    )
+}
+
+/// The separate LM head, or `None` when tied to the embeddings (a stray `lm_head.weight` in a
+/// tied checkpoint is then ignored).
+pub fn load_head(w: &mut WeightLoader, cfg: &TransformerConfig) -> Option<Param<Tensor<2>>> {
+    if cfg.tie_word_embeddings {
+        w.ignore("lm_head.weight");
+        None
+    } else {
+        Some(w.param_transposed("lm_head.weight", cfg.vocab_size, cfg.hidden_size))
+    }
+}
+
+/// Writes what [`load_norms_and_mlp`] reads.
+pub fn put_norms_and_mlp(
+    out: &mut BTreeMap<String, OwnedTensor>,
+    i: usize,
+    input_norm: &RmsNorm,
+    post_norm: &RmsNorm,
+    mlp: &Mlp,
+) {
+    let p = layer_prefix(i);
+    put(
+        out,
+        &format!("{p}.input_layernorm.weight"),
+        input_norm.weight.val(),
+    );
+    put(
+        out,
+        &format!("{p}.post_attention_layernorm.weight"),
+        post_norm.weight.val(),
+    );
+    put_mlp(out, &format!("{p}.mlp"), mlp);
+}
+
+/// Writes the final norm and, when not tied, the LM head.
+pub fn put_final_norm_and_head(
+    out: &mut BTreeMap<String, OwnedTensor>,
+    norm: &RmsNorm,
+    head: Option<&Param<Tensor<2>>>,
+) {
+    put(out, "model.norm.weight", norm.weight.val());
+    if let Some(head) = head {
+        put_linear_weight(out, "lm_head.weight", head.val());
+    }
 }
 
 pub fn load_norm(w: &mut WeightLoader, prefix: &str, cfg: &TransformerConfig) -> RmsNorm {
