@@ -78,9 +78,9 @@ pub fn run(s: &Stage1Settings, ctx: &StepContext) -> Result<()> {
         rope: s.rope,
         gqa: s.gqa,
     };
-    let base = Transformer::load(&teacher_dir, &device)?;
-    let mut student =
-        Hybrid::from_teacher(base, student_cfg, s.init, ctx.seed)?.set_require_grad(false);
+    // The student starts as the (frozen) teacher: share its tensors instead of loading them again.
+    let mut student = Hybrid::from_teacher(teacher.clone(), student_cfg, s.init, ctx.seed)?
+        .set_require_grad(false);
     for layer in &mut student.layers {
         if let Mixer::Rwkv(m) = &mut layer.mixer {
             *m = m.clone().set_require_grad(true);
