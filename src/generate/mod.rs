@@ -19,14 +19,34 @@ pub trait LanguageModel {
 
     fn new_state(&self) -> Self::State;
 
-    /// Feeds `ids` (one sequence) after everything in `state`; returns the logits of the last
-    /// position.
-    fn feed(&self, state: &mut Self::State, ids: &[u32]) -> Vec<f32>;
+    /// Feeds `rows` (sequences of equal length, one per row of the state's batch) after
+    /// everything in `state`; returns each row's logits at its last position.
+    fn feed_rows(&self, state: &mut Self::State, rows: &[Vec<u32>]) -> Vec<Vec<f32>>;
+
+    /// The state with every row repeated `n` times (row-major: all copies of row 0 first).
+    fn repeat_state(&self, state: &Self::State, n: usize) -> Self::State;
 
     /// Bytes held by the state (KV cache or recurrent state).
     fn state_bytes(&self, state: &Self::State) -> usize;
 
     fn vocab_size(&self) -> usize;
+
+    /// Feeds `ids` (one sequence) after everything in `state`; returns the logits of the last
+    /// position.
+    fn feed(&self, state: &mut Self::State, ids: &[u32]) -> Vec<f32> {
+        self.feed_rows(state, &[ids.to_vec()]).swap_remove(0)
+    }
+}
+
+/// Logits of the last position of each row of `hidden`, as rows of f32.
+fn last_logits(
+    hidden: burn::tensor::Tensor<3>,
+    head: impl Fn(burn::tensor::Tensor<3>) -> burn::tensor::Tensor<3>,
+) -> Vec<Vec<f32>> {
+    let [b, t, _] = hidden.dims();
+    let logits = to_vec(head(hidden.narrow(1, t - 1, 1)));
+    let v = logits.len() / b;
+    logits.chunks(v).map(<[f32]>::to_vec).collect()
 }
 
 impl LanguageModel for Transformer {
@@ -36,12 +56,20 @@ impl LanguageModel for Transformer {
         TransformerCache::default()
     }
 
-    fn feed(&self, state: &mut TransformerCache, ids: &[u32]) -> Vec<f32> {
+    fn feed_rows(&self, state: &mut TransformerCache, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let device = self.embed.val().device();
-        let (hidden, _) =
-            self.forward_hidden(ids_tensor(&[ids.to_vec()], &device), None, Some(state), &[]);
-        let t = hidden.dims()[1];
-        to_vec(self.logits(hidden.narrow(1, t - 1, 1)))
+        let (hidden, _) = self.forward_hidden(ids_tensor(rows, &device), None, Some(state), &[]);
+        last_logits(hidden, |h| self.logits(h))
+    }
+
+    fn repeat_state(&self, state: &TransformerCache, n: usize) -> TransformerCache {
+        TransformerCache {
+            layers: state
+                .layers
+                .iter()
+                .map(|c| c.as_ref().map(|c| c.repeat_rows(n)))
+                .collect(),
+        }
     }
 
     fn state_bytes(&self, state: &TransformerCache) -> usize {
@@ -60,12 +88,14 @@ impl LanguageModel for crate::model::hybrid::Hybrid {
         crate::model::hybrid::Hybrid::new_state(self)
     }
 
-    fn feed(&self, state: &mut Self::State, ids: &[u32]) -> Vec<f32> {
+    fn feed_rows(&self, state: &mut Self::State, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let device = self.embed.val().device();
-        let (hidden, _) =
-            self.forward_hidden(ids_tensor(&[ids.to_vec()], &device), None, Some(state), &[]);
-        let t = hidden.dims()[1];
-        to_vec(self.logits(hidden.narrow(1, t - 1, 1)))
+        let (hidden, _) = self.forward_hidden(ids_tensor(rows, &device), None, Some(state), &[]);
+        last_logits(hidden, |h| self.logits(h))
+    }
+
+    fn repeat_state(&self, state: &Self::State, n: usize) -> Self::State {
+        state.repeat_rows(n)
     }
 
     fn state_bytes(&self, state: &Self::State) -> usize {
@@ -127,10 +157,18 @@ impl LanguageModel for AnyModel {
         }
     }
 
-    fn feed(&self, state: &mut AnyState, ids: &[u32]) -> Vec<f32> {
+    fn feed_rows(&self, state: &mut AnyState, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
         match (self, state) {
-            (AnyModel::Teacher(m), AnyState::Teacher(s)) => m.feed(s, ids),
-            (AnyModel::Student(m), AnyState::Student(s)) => m.feed(s, ids),
+            (AnyModel::Teacher(m), AnyState::Teacher(s)) => m.feed_rows(s, rows),
+            (AnyModel::Student(m), AnyState::Student(s)) => m.feed_rows(s, rows),
+            _ => panic!("state from a different model"),
+        }
+    }
+
+    fn repeat_state(&self, state: &AnyState, n: usize) -> AnyState {
+        match (self, state) {
+            (AnyModel::Teacher(m), AnyState::Teacher(s)) => AnyState::Teacher(m.repeat_state(s, n)),
+            (AnyModel::Student(m), AnyState::Student(s)) => AnyState::Student(m.repeat_state(s, n)),
             _ => panic!("state from a different model"),
         }
     }

@@ -160,6 +160,27 @@ pub struct HybridState {
 }
 
 impl HybridState {
+    /// The state with each row repeated `n` times (all copies of row 0 first).
+    pub fn repeat_rows(&self, n: usize) -> Self {
+        use crate::model::layers::repeat_rows;
+        Self {
+            pos: self.pos,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| match l {
+                    LayerState::Attention(c) => {
+                        LayerState::Attention(c.as_ref().map(|c| c.repeat_rows(n)))
+                    }
+                    LayerState::Rwkv(s) => LayerState::Rwkv(s.as_ref().map(|s| MixerState {
+                        shift: repeat_rows(s.shift.clone(), n),
+                        wkv: repeat_rows(s.wkv.clone(), n),
+                    })),
+                })
+                .collect(),
+        }
+    }
+
     /// Bytes held by attention KV caches and by RWKV states.
     pub fn bytes(&self) -> (usize, usize) {
         let mut kv = 0;
@@ -526,7 +547,9 @@ impl Hybrid {
             &self.hf_tensors(),
             dtype,
         )?;
-        crate::util::fsx::atomic_write_json(&dir.join("config.json"), &self.config_json())?;
+        let mut config = self.config_json();
+        config["torch_dtype"] = json!(dtype.torch_name());
+        crate::util::fsx::atomic_write_json(&dir.join("config.json"), &config)?;
         Ok(())
     }
 

@@ -128,10 +128,30 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// The cache with each row repeated `n` times (all copies of row 0 first).
+    pub fn repeat_rows(&self, n: usize) -> Self {
+        Self {
+            k: repeat_rows(self.k.clone(), n),
+            v: repeat_rows(self.v.clone(), n),
+            mask: self.mask.clone().map(|m| repeat_rows(m, n)),
+        }
+    }
+
     /// Bytes held by this cache (f32 keys and values).
     pub fn bytes(&self) -> usize {
         2 * self.k.dims().iter().product::<usize>() * 4
     }
+}
+
+/// Repeats each row (first dimension) of `x` `n` times, keeping copies together:
+/// rows `[a, b]` become `[a, a, b, b]` for `n = 2`.
+pub fn repeat_rows<const D: usize>(x: Tensor<D>, n: usize) -> Tensor<D> {
+    let dims = x.dims();
+    let b = dims[0];
+    let rows: Vec<Tensor<D>> = (0..b)
+        .flat_map(|i| std::iter::repeat_n(x.clone().narrow(0, i, 1), n))
+        .collect();
+    Tensor::cat(rows, 0)
 }
 
 /// Causal grouped-query self-attention with rotary embeddings.

@@ -132,10 +132,21 @@ impl SafetensorsReader {
 }
 
 /// Element type written to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SaveDtype {
     F32,
     Bf16,
+}
+
+impl SaveDtype {
+    /// The name `config.json` gives it (`torch_dtype`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            SaveDtype::F32 => "float32",
+            SaveDtype::Bf16 => "bfloat16",
+        }
+    }
 }
 
 /// One tensor to write: f32 data in row-major order.
