@@ -371,6 +371,7 @@ impl<'a> Executor<'a> {
             .collect();
         let ctx = StepContext {
             id: step.id.clone(),
+            pipeline: self.pipeline.name.clone(),
             root: self.pipeline.root.clone(),
             step_dir: step_dir.clone(),
             out_dir: out_dir.clone(),

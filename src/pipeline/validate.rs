@@ -244,6 +244,13 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
                 );
             }
         }
+        for (key, message) in step.settings.problems() {
+            let top = key.split('.').next().unwrap_or(&key).to_string();
+            diags.push(
+                Diagnostic::new(map.locate(&kp(&["step", &step.id, &top])), message)
+                    .key(format!("step.{}.{key}", step.id)),
+            );
+        }
         for (key, dep) in step.settings.dep_refs() {
             if !step.depends_on.contains(&dep) {
                 diags.push(

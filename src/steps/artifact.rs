@@ -67,6 +67,15 @@ impl fmt::Display for ArtifactRef {
 
 impl ArtifactRef {
     /// The dependency this path points into, if any.
+    /// A short name: the step for `@step`, else the path.
+    pub fn label(&self) -> String {
+        match self {
+            ArtifactRef::Dep { step, path } if path.as_os_str().is_empty() => step.clone(),
+            ArtifactRef::Dep { step, path } => format!("{step}/{}", path.display()),
+            ArtifactRef::Root(p) => p.display().to_string(),
+        }
+    }
+
     pub fn dep(&self) -> Option<&str> {
         match self {
             ArtifactRef::Dep { step, .. } => Some(step),

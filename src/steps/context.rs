@@ -10,6 +10,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone)]
 pub struct StepContext {
     pub id: String,
+    /// The pipeline's name.
+    pub pipeline: String,
     /// The pipeline root: relative paths in settings are resolved against it.
     pub root: PathBuf,
     /// The step's folder in the run directory.

@@ -4,7 +4,10 @@
 pub mod artifact;
 pub mod command;
 pub mod context;
+pub mod convert;
+pub mod eval;
 pub mod fetch;
+pub mod grpo;
 pub mod import;
 pub mod sft;
 pub mod stage1;
@@ -21,7 +24,7 @@ use std::path::PathBuf;
 
 /// The names accepted by `kind = "..."`.
 pub const KINDS: &[&str] = &[
-    "command", "fetch", "import", "tokenize", "stage1", "stage2", "sft",
+    "command", "fetch", "import", "tokenize", "stage1", "stage2", "sft", "grpo", "convert", "eval",
 ];
 
 /// The settings of one step, by kind.
@@ -34,6 +37,9 @@ pub enum StepSettings {
     Stage1(stage1::Stage1Settings),
     Stage2(stage2::Stage2Settings),
     Sft(sft::SftSettings),
+    Grpo(grpo::GrpoSettings),
+    Convert(convert::ConvertSettings),
+    Eval(eval::EvalSettings),
 }
 
 impl StepSettings {
@@ -54,6 +60,9 @@ impl StepSettings {
             "stage1" => decode(value, path, map, diags).map(StepSettings::Stage1),
             "stage2" => decode(value, path, map, diags).map(StepSettings::Stage2),
             "sft" => decode(value, path, map, diags).map(StepSettings::Sft),
+            "grpo" => decode(value, path, map, diags).map(StepSettings::Grpo),
+            "convert" => decode(value, path, map, diags).map(StepSettings::Convert),
+            "eval" => decode(value, path, map, diags).map(StepSettings::Eval),
             other => unreachable!("kind `{other}` is checked against KINDS before decoding"),
         }
     }
@@ -67,6 +76,9 @@ impl StepSettings {
             StepSettings::Stage1(_) => "stage1",
             StepSettings::Stage2(_) => "stage2",
             StepSettings::Sft(_) => "sft",
+            StepSettings::Grpo(_) => "grpo",
+            StepSettings::Convert(_) => "convert",
+            StepSettings::Eval(_) => "eval",
         }
     }
 
@@ -80,6 +92,9 @@ impl StepSettings {
             StepSettings::Stage1(s) => serde_json::to_value(s),
             StepSettings::Stage2(s) => serde_json::to_value(s),
             StepSettings::Sft(s) => serde_json::to_value(s),
+            StepSettings::Grpo(s) => serde_json::to_value(s),
+            StepSettings::Convert(s) => serde_json::to_value(s),
+            StepSettings::Eval(s) => serde_json::to_value(s),
         }
         .expect("settings serialise to JSON")
     }
@@ -93,6 +108,9 @@ impl StepSettings {
             StepSettings::Stage1(s) => s.refs().collect(),
             StepSettings::Stage2(s) => s.refs().collect(),
             StepSettings::Sft(s) => s.refs().collect(),
+            StepSettings::Grpo(s) => s.refs().collect(),
+            StepSettings::Convert(s) => s.refs().collect(),
+            StepSettings::Eval(s) => s.refs().collect(),
         }
     }
 
@@ -120,6 +138,14 @@ impl StepSettings {
             .collect()
     }
 
+    /// Values that decode but cannot work, as (key under the step, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        match self {
+            StepSettings::Grpo(s) => s.problems_found(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether the step needs the whole machine (no other step runs beside it).
     pub fn exclusive(&self) -> bool {
         match self {
@@ -130,7 +156,10 @@ impl StepSettings {
             | StepSettings::Tokenize(_)
             | StepSettings::Stage1(_)
             | StepSettings::Stage2(_)
-            | StepSettings::Sft(_) => true,
+            | StepSettings::Sft(_)
+            | StepSettings::Grpo(_)
+            | StepSettings::Convert(_)
+            | StepSettings::Eval(_) => true,
         }
     }
 
@@ -144,6 +173,9 @@ impl StepSettings {
             StepSettings::Stage1(s) => stage1::run(s, ctx),
             StepSettings::Stage2(s) => stage2::run(s, ctx),
             StepSettings::Sft(s) => sft::run(s, ctx),
+            StepSettings::Grpo(s) => grpo::run(s, ctx),
+            StepSettings::Convert(s) => convert::run(s, ctx),
+            StepSettings::Eval(s) => eval::run(s, ctx),
         }
     }
 }

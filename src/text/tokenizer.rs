@@ -132,3 +132,29 @@ impl TextTokenizer {
         )
     }
 }
+
+#[cfg(test)]
+pub mod tests_support {
+    use super::TextTokenizer;
+
+    /// A word-level tokenizer over the words `t0` … `t7` with the given stop ids.
+    pub fn byte_tokenizer(stop_ids: Vec<u32>) -> TextTokenizer {
+        let vocab: serde_json::Map<String, serde_json::Value> = (0..8)
+            .map(|i| (format!("t{i}"), serde_json::json!(i)))
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+            "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
+        });
+        let inner: tokenizers::Tokenizer = json.to_string().parse().expect("a valid tokenizer");
+        TextTokenizer {
+            inner,
+            chat_template: None,
+            bos_token: None,
+            eos_token: None,
+            pad_token: None,
+            stop_ids,
+        }
+    }
+}

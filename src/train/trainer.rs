@@ -108,7 +108,7 @@ pub fn metrics_path(checkpoints: &Checkpoints) -> PathBuf {
 }
 
 /// Keeps the metrics lines of steps up to `step` (those after the checkpoint are redone).
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
@@ -254,45 +254,76 @@ impl Trainer<'_> {
     }
 
     fn save<M: Module>(&self, model: &M, opt: &AdamW, state: &TrainState) -> Result<()> {
-        let params = named_params(model, Some(self.trainable.clone()));
-        self.checkpoints.save(state.step, |dir| {
-            write_safetensors(&dir.join("params.safetensors"), &params, SaveDtype::F32)?;
-            opt.save(&dir.join("optimizer.safetensors"))?;
-            crate::util::fsx::atomic_write_json(&dir.join("state.json"), state)?;
-            Ok(())
-        })?;
-        Ok(())
+        save_checkpoint(
+            self.checkpoints,
+            state.step,
+            &self.trainable,
+            model,
+            opt,
+            state,
+        )
     }
 
     fn restore<M: Module>(&self, model: M, opt: &mut AdamW, dir: &Path) -> Result<(M, TrainState)> {
-        let reader = SafetensorsReader::open_files(&[dir.join("params.safetensors")])?;
-        let mut values = BTreeMap::new();
-        for name in reader.names() {
-            let shape = reader.shape(name).unwrap_or_default().to_vec();
-            values.insert(
-                name.to_string(),
-                crate::model::safetensors_io::OwnedTensor {
-                    shape,
-                    data: reader.read_f32(name)?,
-                },
-            );
-        }
-        let (model, written) = load_named_params(model, &values);
-        anyhow::ensure!(
-            written == values.len(),
-            "checkpoint {} does not fit the model ({written} of {} parameters)",
-            dir.display(),
-            values.len()
-        );
-        opt.load_tensors(&SafetensorsReader::open_files(&[
-            dir.join("optimizer.safetensors")
-        ])?)?;
-        let state: TrainState = crate::util::fsx::read_json(&dir.join("state.json"))
-            .context("reading state.json")?
-            .with_context(|| format!("{} has no state.json", dir.display()))?;
+        let (model, state): (M, TrainState) = restore_checkpoint(model, opt, dir)?;
         opt.step = state.optimizer_step;
         Ok((model, state))
     }
+}
+
+/// Writes checkpoint `step` atomically: the `trainable` parameters of `model`, the optimizer
+/// moments and the loop's counters (`state.json`).
+pub fn save_checkpoint<M: Module, S: Serialize>(
+    checkpoints: &Checkpoints,
+    step: u64,
+    trainable: &BTreeSet<String>,
+    model: &M,
+    opt: &AdamW,
+    state: &S,
+) -> Result<()> {
+    let params = named_params(model, Some(trainable.clone()));
+    checkpoints.save(step, |dir| {
+        write_safetensors(&dir.join("params.safetensors"), &params, SaveDtype::F32)?;
+        opt.save(&dir.join("optimizer.safetensors"))?;
+        crate::util::fsx::atomic_write_json(&dir.join("state.json"), state)?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Reads a checkpoint written by [`save_checkpoint`] into `model` and `opt` (moments only: the
+/// caller sets the optimizer's step from its state) and returns the counters.
+pub fn restore_checkpoint<M: Module, S: serde::de::DeserializeOwned>(
+    model: M,
+    opt: &mut AdamW,
+    dir: &Path,
+) -> Result<(M, S)> {
+    let reader = SafetensorsReader::open_files(&[dir.join("params.safetensors")])?;
+    let mut values = BTreeMap::new();
+    for name in reader.names() {
+        let shape = reader.shape(name).unwrap_or_default().to_vec();
+        values.insert(
+            name.to_string(),
+            crate::model::safetensors_io::OwnedTensor {
+                shape,
+                data: reader.read_f32(name)?,
+            },
+        );
+    }
+    let (model, written) = load_named_params(model, &values);
+    anyhow::ensure!(
+        written == values.len(),
+        "checkpoint {} does not fit the model ({written} of {} parameters)",
+        dir.display(),
+        values.len()
+    );
+    opt.load_tensors(&SafetensorsReader::open_files(&[
+        dir.join("optimizer.safetensors")
+    ])?)?;
+    let state: S = crate::util::fsx::read_json(&dir.join("state.json"))
+        .context("reading state.json")?
+        .with_context(|| format!("{} has no state.json", dir.display()))?;
+    Ok((model, state))
 }
 
 /// Scalar value of a `[1]` tensor.

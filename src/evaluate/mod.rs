@@ -1,0 +1,5 @@
+//! Evaluation that matters (SPEC §8): teacher–student agreement on held-out text, and the
+//! report (JSON, Markdown, HTML) the `eval` step writes.
+
+pub mod agreement;
+pub mod report;

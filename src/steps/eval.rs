@@ -1,0 +1,328 @@
+//! `eval` steps: what the conversion achieved (SPEC §8), as `report.json`, `report.md` and a
+//! self-contained `report.html` in the step's artifacts:
+//! - held-out perplexity of the teacher and of every listed student (in pipeline order, plus
+//!   the untrained hybrid the first one started from), their ratio, KL(teacher ‖ student) and
+//!   top-1 agreement, all on the same fixed batches;
+//! - math accuracy of teacher and final student (greedy, exact numeric answer), and the
+//!   before/after accuracies of any GRPO step among the students;
+//! - greedy and sampled generations for fixed prompts;
+//! - decode speed and cache/state memory vs context length, teacher against student;
+//! - the training curves (`loss.svg`, `reward.svg`) of every listed student's step.
+
+use super::StepContext;
+use super::artifact::ArtifactRef;
+use crate::bench::hybrid::measure;
+use crate::evaluate::agreement::compare;
+use crate::generate::{GenerationLimits, LanguageModel, Sampler, SamplingConfig, generate};
+use crate::grpo::problems::{PromptFormat, accuracy, load_problems};
+use crate::model::Transformer;
+use crate::model::hybrid::{Hybrid, InitMode};
+use crate::text::{ChatMessage, TextTokenizer};
+use anyhow::Result;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+fn d_batches() -> usize {
+    4
+}
+fn d_batch_size() -> usize {
+    4
+}
+fn d_math_new() -> usize {
+    256
+}
+fn d_prompts() -> Vec<String> {
+    vec![
+        "What is the capital of France?".into(),
+        "Write a short poem about the sea.".into(),
+        "Explain in two sentences why the sky is blue.".into(),
+    ]
+}
+fn d_gen_new() -> usize {
+    64
+}
+fn d_contexts() -> Vec<usize> {
+    vec![128, 512, 2048]
+}
+fn d_decode() -> usize {
+    16
+}
+fn d_field_q() -> String {
+    "question".into()
+}
+fn d_field_a() -> String {
+    "answer".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalSettings {
+    pub teacher: ArtifactRef,
+    /// The final student (e.g. `@convert`).
+    pub student: ArtifactRef,
+    /// Students of earlier stages to compare, in order (e.g. `["@stage1", "@stage2"]`).
+    #[serde(default)]
+    pub stages: Vec<ArtifactRef>,
+    /// A tokenized dataset whose held-out split is measured.
+    pub data: ArtifactRef,
+    #[serde(default = "d_batches")]
+    pub batches: usize,
+    #[serde(default = "d_batch_size")]
+    pub batch_size: usize,
+    /// Math test problems (JSON Lines); none: skipped.
+    #[serde(default)]
+    pub math_problems: Option<ArtifactRef>,
+    #[serde(default)]
+    pub math_count: usize,
+    #[serde(default = "d_math_new")]
+    pub math_max_new_tokens: usize,
+    #[serde(default = "d_field_q")]
+    pub question_field: String,
+    #[serde(default = "d_field_a")]
+    pub answer_field: String,
+    #[serde(default)]
+    pub prompt: PromptFormat,
+    /// Fixed prompts for generations (chat template applied).
+    #[serde(default = "d_prompts")]
+    pub prompts: Vec<String>,
+    #[serde(default = "d_gen_new")]
+    pub generate_max_new_tokens: usize,
+    /// Context lengths for the speed/memory table (empty: skipped).
+    #[serde(default = "d_contexts")]
+    pub contexts: Vec<usize>,
+    /// Tokens decoded after each context.
+    #[serde(default = "d_decode")]
+    pub decode_tokens: usize,
+}
+
+impl EvalSettings {
+    pub fn refs(&self) -> impl Iterator<Item = (&'static str, &ArtifactRef)> {
+        [
+            ("teacher", &self.teacher),
+            ("student", &self.student),
+            ("data", &self.data),
+        ]
+        .into_iter()
+        .chain(self.stages.iter().map(|s| ("stages", s)))
+        .chain(self.math_problems.iter().map(|m| ("math_problems", m)))
+    }
+}
+
+fn complete<M: LanguageModel>(
+    model: &M,
+    tokenizer: &TextTokenizer,
+    prompt: &str,
+    sampling: SamplingConfig,
+    max_new: usize,
+) -> Result<String> {
+    let text = tokenizer.render_chat(&[ChatMessage::new("user", prompt)], true)?;
+    let ids = tokenizer.encode(&text)?;
+    let mut state = model.new_state();
+    let limits = GenerationLimits {
+        max_new_tokens: max_new,
+        stop_strings: Vec::new(),
+    };
+    let g = generate(
+        model,
+        tokenizer,
+        &mut state,
+        &ids,
+        &mut Sampler::new(sampling),
+        &limits,
+        |_| {},
+    )?;
+    Ok(g.text)
+}
+
+pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
+    let device = Device::flex();
+    let teacher_dir = s.teacher.resolve(ctx)?;
+    let student_dir = s.student.resolve(ctx)?;
+    let teacher = Transformer::load(&teacher_dir, &device)?;
+    let student = Hybrid::load(&student_dir, &device)?;
+    let out = &ctx.out_dir;
+
+    // Held-out agreement: the untrained hybrid, each stage, the final student.
+    let mut names = Vec::new();
+    let mut models = Vec::new();
+    let mut stage_dirs = Vec::new();
+    for st in &s.stages {
+        let dir = st.resolve(ctx)?;
+        let m = Hybrid::load(&dir, &device)?;
+        if models.is_empty() {
+            let untrained = Hybrid::from_teacher(
+                teacher.clone(),
+                m.student.clone(),
+                InitMode::Teacher,
+                ctx.seed,
+            )?;
+            names.push("untrained hybrid (teacher-initialised mixers)".to_string());
+            models.push(untrained);
+        }
+        names.push(st.label());
+        models.push(m);
+        stage_dirs.push((st.label(), dir));
+    }
+    names.push(format!("final: {}", s.student.label()));
+    models.push(student.clone());
+    let bar = ctx.progress_bar(s.batches as u64, "held-out batches");
+    let refs: Vec<&Hybrid> = models.iter().collect();
+    let (teacher_ppl, agreements, batches) = compare(
+        &teacher,
+        &refs,
+        &s.data.resolve(ctx)?,
+        s.batch_size,
+        s.batches,
+        &device,
+        |b| bar.set_position(b as u64),
+    )?;
+    bar.finish_and_clear();
+    drop(refs);
+    drop(models);
+    let heldout_models: Vec<serde_json::Value> = names
+        .iter()
+        .zip(&agreements)
+        .map(|(n, a)| {
+            tracing::info!(
+                "{}: {n}: perplexity {:.3} (ratio {:.3}), KL {:.4}, top-1 {:.1}%",
+                ctx.id,
+                a.perplexity,
+                a.perplexity_ratio,
+                a.kl,
+                100.0 * a.top1
+            );
+            json!({"name": n, "perplexity": a.perplexity, "perplexity_ratio": a.perplexity_ratio, "kl": a.kl, "top1": a.top1})
+        })
+        .collect();
+
+    let teacher_tok = TextTokenizer::from_dir(&teacher_dir)?;
+    let student_tok = TextTokenizer::from_dir(&student_dir)?;
+
+    // Math accuracy.
+    let mut math = json!({});
+    if let Some(p) = &s.math_problems
+        && s.math_count > 0
+    {
+        let mut problems = load_problems(&p.resolve(ctx)?, &s.question_field, &s.answer_field)?;
+        problems.truncate(s.math_count);
+        for (key, label) in [("teacher", "teacher"), ("student", "student")] {
+            let bar = ctx.progress_bar(problems.len() as u64, &format!("math, {label}"));
+            let acc = if key == "teacher" {
+                accuracy(
+                    &teacher,
+                    &teacher_tok,
+                    &problems,
+                    &s.prompt,
+                    s.math_max_new_tokens,
+                    1e-6,
+                    |i| bar.set_position(i as u64),
+                )?
+            } else {
+                accuracy(
+                    &student,
+                    &student_tok,
+                    &problems,
+                    &s.prompt,
+                    s.math_max_new_tokens,
+                    1e-6,
+                    |i| bar.set_position(i as u64),
+                )?
+            };
+            bar.finish_and_clear();
+            tracing::info!(
+                "{}: math accuracy, {label}: {}/{}",
+                ctx.id,
+                acc.correct,
+                acc.problems
+            );
+            math[key] = serde_json::to_value(acc)?;
+        }
+    }
+    let grpo: Vec<serde_json::Value> = stage_dirs
+        .iter()
+        .filter_map(|(name, dir)| {
+            let v: serde_json::Value = crate::util::fsx::read_json(&dir.join("eval.json")).ok()??;
+            v.get("accuracy_after")?;
+            Some(json!({"step": name, "accuracy_before": v["accuracy_before"], "accuracy_after": v["accuracy_after"]}))
+        })
+        .collect();
+
+    // Generations.
+    let mut generations = Vec::new();
+    for p in &s.prompts {
+        let greedy = SamplingConfig::default();
+        let sampled = SamplingConfig {
+            temperature: 0.7,
+            top_p: 0.9,
+            seed: ctx.seed,
+            ..Default::default()
+        };
+        let n = s.generate_max_new_tokens;
+        generations.push(json!({
+            "prompt": p,
+            "teacher_greedy": complete(&teacher, &teacher_tok, p, greedy.clone(), n)?,
+            "student_greedy": complete(&student, &student_tok, p, greedy, n)?,
+            "student_sampled": complete(&student, &student_tok, p, sampled, n)?,
+        }));
+    }
+
+    // Speed and memory vs context.
+    let mut speed = Vec::new();
+    let bar = ctx.progress_bar(s.contexts.len() as u64, "contexts");
+    for (i, &c) in s.contexts.iter().enumerate() {
+        let t = measure(&teacher, c, s.decode_tokens, 1);
+        let h = measure(&student, c, s.decode_tokens, 1);
+        tracing::info!(
+            "{}: context {c}: decode {:.1} vs {:.1} tok/s, cache {:.2} MiB vs state {:.2} MiB",
+            ctx.id,
+            t.decode_tok_s,
+            h.decode_tok_s,
+            t.state_mib,
+            h.state_mib
+        );
+        speed.push(json!({"context": c, "teacher": t, "student": h}));
+        bar.set_position(i as u64 + 1);
+    }
+    bar.finish_and_clear();
+
+    // Curves of every stage.
+    let mut curves = Vec::new();
+    std::fs::create_dir_all(out.join("curves"))?;
+    for (name, dir) in &stage_dirs {
+        for f in ["loss.svg", "reward.svg"] {
+            if dir.join(f).is_file() {
+                let file = format!("curves/{}-{f}", name.replace(['/', ' '], "_"));
+                std::fs::copy(dir.join(f), out.join(&file))?;
+                curves.push(json!({"step": format!("{name} ({})", f.trim_end_matches(".svg")), "file": file}));
+            }
+        }
+    }
+
+    let report = json!({
+        "pipeline": ctx.pipeline,
+        "teacher": s.teacher.label(),
+        "student": s.student.label(),
+        "student_description": format!("RWKV-7 in layers {:?} of {}", student.student.wkv_layers, student.config.num_hidden_layers),
+        "heldout": {"batches": batches, "batch_size": s.batch_size, "teacher_perplexity": teacher_ppl, "models": heldout_models},
+        "math": math,
+        "grpo": grpo,
+        "generations": generations,
+        "speed": speed,
+        "curves": curves,
+    });
+    crate::util::fsx::atomic_write_json(&out.join("report.json"), &report)?;
+    crate::util::fsx::atomic_write(
+        &out.join("report.md"),
+        crate::evaluate::report::markdown(&report).as_bytes(),
+    )?;
+    crate::util::fsx::atomic_write(
+        &out.join("report.html"),
+        crate::evaluate::report::html(&report, out).as_bytes(),
+    )?;
+    tracing::info!(
+        "{}: report written to {}",
+        ctx.id,
+        out.join("report.html").display()
+    );
+    Ok(())
+}

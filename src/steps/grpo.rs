@@ -1,0 +1,685 @@
+//! `grpo` steps: group relative policy optimisation of a student on math problems with
+//! verifiable answers (SPEC §6). Each optimizer step samples `group_size` completions for each
+//! of `prompts_per_step` problems with the current policy (decoded together from one prefilled
+//! state), scores them, normalises advantages within each group, takes log-probabilities of
+//! the rollout policy and of the frozen reference (the student at the start of the step), and
+//! makes `updates_per_batch` updates of the clipped surrogate with the k3 KL penalty.
+//! Rollouts are seeded by (seed, step), so a resumed run repeats them exactly.
+//! Writes the student directory, `metrics.jsonl`, `rollouts.jsonl`, `reward.svg` and
+//! `eval.json` (held-out accuracy before and after).
+
+use super::StepContext;
+use super::artifact::ArtifactRef;
+use super::student_out::{copy_tokenizer_files, trainable_all};
+use crate::generate::{Sampler, SamplingConfig};
+use crate::grpo::objective::{Surrogate, group_advantages, surrogate_loss, token_logprobs};
+use crate::grpo::problems::{Accuracy, Problem, PromptFormat, accuracy, load_problems};
+use crate::grpo::rewards::RewardSettings;
+use crate::grpo::rollout::{Completion, sample_completions};
+use crate::model::hybrid::Hybrid;
+use crate::model::safetensors_io::SaveDtype;
+use crate::model::transformer::ids_tensor;
+use crate::text::TextTokenizer;
+use crate::train::optim::{AdamW, AdamWConfig, NamedGrads, collect_grads};
+use crate::train::trainer::{restore_checkpoint, save_checkpoint, truncate_metrics};
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+fn d_question() -> String {
+    "question".into()
+}
+fn d_answer() -> String {
+    "answer".into()
+}
+fn d_prompts() -> usize {
+    2
+}
+fn d_group() -> usize {
+    4
+}
+fn d_mu() -> usize {
+    4
+}
+fn d_eps() -> f64 {
+    0.2
+}
+fn d_beta() -> f64 {
+    0.1
+}
+fn d_temp() -> f64 {
+    0.7
+}
+fn d_max_new() -> usize {
+    1024
+}
+fn d_micro() -> usize {
+    4
+}
+fn d_lr() -> f64 {
+    1e-5
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_wd() -> f64 {
+    0.1
+}
+fn d_ckpt() -> u64 {
+    5
+}
+fn d_eval_new() -> usize {
+    256
+}
+fn d_chunk() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrpoSettings {
+    /// The student directory to train (e.g. `@sft`).
+    pub student: ArtifactRef,
+    /// Training problems (JSON Lines).
+    pub problems: ArtifactRef,
+    /// Held-out problems for accuracy before and after (none: skipped).
+    #[serde(default)]
+    pub test_problems: Option<ArtifactRef>,
+    #[serde(default = "d_question")]
+    pub question_field: String,
+    /// A number, or text ending in `#### N`.
+    #[serde(default = "d_answer")]
+    pub answer_field: String,
+    /// System message and instruction added to each question (`[step.prompt]`).
+    #[serde(default)]
+    pub prompt: PromptFormat,
+    /// Reward components (`[step.rewards]`).
+    #[serde(default)]
+    pub rewards: RewardSettings,
+    /// Optimizer steps (each on a fresh batch of rollouts).
+    pub steps: u64,
+    #[serde(default = "d_prompts")]
+    pub prompts_per_step: usize,
+    /// Completions per prompt (G).
+    #[serde(default = "d_group")]
+    pub group_size: usize,
+    /// Updates on each batch of rollouts (μ).
+    #[serde(default = "d_mu")]
+    pub updates_per_batch: usize,
+    /// Clip range ε of the probability ratio.
+    #[serde(default = "d_eps")]
+    pub epsilon: f64,
+    /// Weight β of the KL penalty towards the reference.
+    #[serde(default = "d_beta")]
+    pub beta: f64,
+    /// Sampling temperature of the rollouts (log-probabilities use the same temperature).
+    #[serde(default = "d_temp")]
+    pub temperature: f64,
+    #[serde(default = "d_max_new")]
+    pub max_new_tokens: usize,
+    /// Completions per forward/backward pass.
+    #[serde(default = "d_micro")]
+    pub micro_batch: usize,
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// Linear warmup from 1% of `lr` over this many steps.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "d_clip")]
+    pub grad_clip: f64,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: u64,
+    #[serde(default)]
+    pub freeze_mlp: bool,
+    /// Held-out problems scored before and after (0: skip).
+    #[serde(default)]
+    pub eval_problems: usize,
+    #[serde(default = "d_eval_new")]
+    pub eval_max_new_tokens: usize,
+    /// Positions per vocabulary-sized log-softmax.
+    #[serde(default = "d_chunk")]
+    pub logprob_chunk: usize,
+}
+
+impl GrpoSettings {
+    pub fn refs(&self) -> impl Iterator<Item = (&'static str, &ArtifactRef)> {
+        [("student", &self.student), ("problems", &self.problems)]
+            .into_iter()
+            .chain(self.test_problems.iter().map(|t| ("test_problems", t)))
+    }
+
+    /// Values that cannot work, with their key.
+    pub fn problems_found(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut bad = |k: &str, m: String| out.push((k.to_string(), m));
+        if let Err(m) = self.rewards.validate() {
+            bad("rewards", m);
+        }
+        if self.group_size < 2 {
+            bad(
+                "group_size",
+                format!(
+                    "group_size must be ≥ 2 (advantages compare completions of one prompt), got {}",
+                    self.group_size
+                ),
+            );
+        }
+        for (k, v) in [
+            ("steps", self.steps as usize),
+            ("prompts_per_step", self.prompts_per_step),
+            ("updates_per_batch", self.updates_per_batch),
+            ("max_new_tokens", self.max_new_tokens),
+            ("micro_batch", self.micro_batch),
+        ] {
+            if v == 0 {
+                bad(k, format!("{k} must be positive"));
+            }
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            bad(
+                "temperature",
+                format!(
+                    "temperature must be > 0 (rollouts are sampled), got {}",
+                    self.temperature
+                ),
+            );
+        }
+        if !(self.epsilon > 0.0 && self.epsilon < 1.0) {
+            bad(
+                "epsilon",
+                format!("epsilon must be in (0, 1), got {}", self.epsilon),
+            );
+        }
+        if !(self.beta >= 0.0) {
+            bad("beta", format!("beta must be ≥ 0, got {}", self.beta));
+        }
+        if self.eval_problems > 0 && self.test_problems.is_none() {
+            bad(
+                "eval_problems",
+                "eval_problems is set but test_problems is not".to_string(),
+            );
+        }
+        out
+    }
+}
+
+/// Counters saved in each checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct GrpoState {
+    step: u64,
+    optimizer_step: u64,
+}
+
+/// The rollouts of one prompt as tensors: inputs are the prompt and every completion token but
+/// the last (right-padded with the stop token; causal layers never look ahead, so the padding
+/// needs no mask), targets the completion tokens.
+struct GroupBatch {
+    ids: Vec<Vec<u32>>,
+    targets: Vec<Vec<u32>>,
+    /// 1 on real completion tokens.
+    mask: Vec<Vec<f32>>,
+    prompt_len: usize,
+    advantages: Vec<f64>,
+}
+
+impl GroupBatch {
+    fn new(prompt: &[u32], completions: &[Completion], advantages: Vec<f64>, pad: u32) -> Self {
+        let len = completions
+            .iter()
+            .map(|c| c.ids.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut ids = Vec::new();
+        let mut targets = Vec::new();
+        let mut mask = Vec::new();
+        for c in completions {
+            let mut t = c.ids.clone();
+            let mut m = vec![1.0f32; t.len()];
+            t.resize(len, pad);
+            m.resize(len, 0.0);
+            let mut row = prompt.to_vec();
+            row.extend(&t[..len - 1]);
+            ids.push(row);
+            targets.push(t);
+            mask.push(m);
+        }
+        Self {
+            ids,
+            targets,
+            mask,
+            prompt_len: prompt.len(),
+            advantages,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Log-probabilities `[rows, L]` of the targets of `rows` under `model`.
+    fn logprobs(
+        &self,
+        model: &Hybrid,
+        rows: std::ops::Range<usize>,
+        temperature: f64,
+        chunk: usize,
+        device: &Device,
+    ) -> Tensor<2> {
+        let ids = ids_tensor(&self.ids[rows.clone()], device);
+        let targets = ids_tensor(&self.targets[rows], device);
+        let l = targets.dims()[1];
+        let (hidden, _) = model.forward_hidden(ids, None, None, &[]);
+        let h = hidden.narrow(1, self.prompt_len - 1, l);
+        token_logprobs(h, targets, temperature, chunk, |x| model.logits(x))
+    }
+
+    fn mask(&self, rows: std::ops::Range<usize>, device: &Device) -> Tensor<2> {
+        let l = self.mask[0].len();
+        let n = rows.len();
+        let flat: Vec<f32> = self.mask[rows].iter().flatten().copied().collect();
+        Tensor::from_data(TensorData::new(flat, [n, l]), device)
+    }
+
+    fn advantages(&self, rows: std::ops::Range<usize>, device: &Device) -> Tensor<1> {
+        let a: Vec<f32> = self.advantages[rows].iter().map(|&a| a as f32).collect();
+        let n = a.len();
+        Tensor::from_data(TensorData::new(a, [n]), device)
+    }
+}
+
+/// The problem indices of optimizer step `step`: epochs are seeded permutations.
+fn step_problems(step: u64, per_step: usize, n: usize, seed: u64) -> Vec<usize> {
+    let mut cache: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    (0..per_step)
+        .map(|j| {
+            let i = step as usize * per_step + j;
+            let epoch = (i / n) as u64;
+            let order = cache.entry(epoch).or_insert_with(|| {
+                let mut o: Vec<usize> = (0..n).collect();
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                    seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407),
+                );
+                o.shuffle(&mut rng);
+                o
+            });
+            order[i % n]
+        })
+        .collect()
+}
+
+fn rollout_seed(seed: u64, step: u64) -> u64 {
+    seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+fn eval_accuracy(
+    s: &GrpoSettings,
+    ctx: &StepContext,
+    model: &Hybrid,
+    tokenizer: &TextTokenizer,
+    test: &[Problem],
+    label: &str,
+) -> Result<Accuracy> {
+    let bar = ctx.progress_bar(test.len() as u64, &format!("accuracy {label}"));
+    let acc = accuracy(
+        model,
+        tokenizer,
+        test,
+        &s.prompt,
+        s.eval_max_new_tokens,
+        s.rewards.tolerance,
+        |i| bar.set_position(i as u64),
+    )?;
+    bar.finish_and_clear();
+    tracing::info!(
+        "{}: held-out accuracy {label}: {}/{} ({:.1}%)",
+        ctx.id,
+        acc.correct,
+        acc.problems,
+        100.0 * acc.accuracy
+    );
+    Ok(acc)
+}
+
+pub fn run(s: &GrpoSettings, ctx: &StepContext) -> Result<()> {
+    if let Some((k, m)) = s.problems_found().into_iter().next() {
+        bail!("{k}: {m}");
+    }
+    let device = Device::flex().autodiff();
+    let student_dir = s.student.resolve(ctx)?;
+    let tokenizer = TextTokenizer::from_dir(&student_dir)?;
+    anyhow::ensure!(
+        !tokenizer.stop_ids.is_empty(),
+        "{}: the tokenizer names no end-of-sequence token, so completions could not end",
+        student_dir.display()
+    );
+    let pad = tokenizer.stop_ids[0];
+    let train = load_problems(
+        &s.problems.resolve(ctx)?,
+        &s.question_field,
+        &s.answer_field,
+    )?;
+    let test = match &s.test_problems {
+        Some(t) if s.eval_problems > 0 => {
+            let mut all = load_problems(&t.resolve(ctx)?, &s.question_field, &s.answer_field)?;
+            all.truncate(s.eval_problems);
+            all
+        }
+        _ => Vec::new(),
+    };
+    let (mut student, trainable) =
+        trainable_all(Hybrid::load(&student_dir, &device)?, s.freeze_mlp);
+    // The reference: a frozen copy of the policy as the step starts.
+    let reference = student.clone().valid();
+
+    let ckpt_dir = ctx.checkpoints.dir().to_path_buf();
+    std::fs::create_dir_all(&ckpt_dir)?;
+    let before_path = ckpt_dir.join("accuracy_before.json");
+    let metrics_path = ckpt_dir.join("metrics.jsonl");
+    let rollouts_path = ckpt_dir.join("rollouts.jsonl");
+    let mut opt = AdamW::new(AdamWConfig {
+        weight_decay: s.weight_decay,
+        ..Default::default()
+    });
+    let mut state = GrpoState::default();
+    if let Some(ckpt) = ctx.checkpoints.latest() {
+        let (m, st): (Hybrid, GrpoState) = restore_checkpoint(student, &mut opt, &ckpt.path)?;
+        student = m;
+        state = st;
+        opt.step = state.optimizer_step;
+        tracing::info!("{}: resumed from step {}", ctx.id, state.step);
+    } else {
+        let _ = std::fs::remove_file(&before_path);
+    }
+    truncate_metrics(&metrics_path, state.step)?;
+    truncate_metrics(&rollouts_path, state.step)?;
+
+    let before: Option<Accuracy> = if test.is_empty() {
+        None
+    } else if let Some(b) = crate::util::fsx::read_json::<serde_json::Value>(&before_path)? {
+        Some(serde_json::from_value(b).context("accuracy_before.json")?)
+    } else {
+        let acc = eval_accuracy(s, ctx, &reference, &tokenizer, &test, "before")?;
+        crate::util::fsx::atomic_write_json(&before_path, &acc)?;
+        Some(acc)
+    };
+
+    let mut wandb = ctx.wandb_sink(serde_json::to_value(s)?)?;
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+    };
+    let mut metrics = open(&metrics_path)?;
+    let mut rollouts_log = open(&rollouts_path)?;
+    let surrogate = Surrogate {
+        epsilon: s.epsilon,
+        beta: s.beta,
+    };
+    let bar = ctx.progress_bar(s.steps, "steps");
+    bar.set_position(state.step);
+    while state.step < s.steps {
+        let t0 = Instant::now();
+        let lr = if s.warmup_steps > 0 && state.step < s.warmup_steps {
+            s.lr * (0.01 + 0.99 * state.step as f64 / s.warmup_steps as f64)
+        } else {
+            s.lr
+        };
+        // Rollouts with the current policy.
+        let policy = student.clone().valid();
+        let mut sampler = Sampler::new(SamplingConfig {
+            temperature: s.temperature as f32,
+            seed: rollout_seed(ctx.seed, state.step),
+            ..Default::default()
+        });
+        let mut groups = Vec::new();
+        let mut rewards_all = Vec::new();
+        let mut components: BTreeMap<&'static str, f64> = BTreeMap::new();
+        let (mut correct, mut truncated, mut completion_tokens) = (0usize, 0usize, 0usize);
+        for (j, &pi) in step_problems(state.step, s.prompts_per_step, train.len(), ctx.seed)
+            .iter()
+            .enumerate()
+        {
+            let problem = &train[pi];
+            let prompt = s.prompt.tokens(&tokenizer, &problem.question)?;
+            let completions = sample_completions(
+                &policy,
+                &tokenizer,
+                &prompt,
+                s.group_size,
+                &mut sampler,
+                s.max_new_tokens,
+            )?;
+            let mut rewards = Vec::new();
+            for c in &completions {
+                let r = s.rewards.score(&c.text, Some(problem.answer), c.truncated);
+                for (k, v) in &r.components {
+                    *components.entry(k).or_default() += v;
+                }
+                correct += r.correct as usize;
+                truncated += c.truncated as usize;
+                completion_tokens += c.ids.len();
+                rewards.push(r.total);
+            }
+            if j == 0 {
+                let line = serde_json::json!({
+                    "step": state.step + 1, "question": problem.question, "answer": problem.answer,
+                    "completions": completions.iter().zip(&rewards).map(|(c, r)| serde_json::json!({"text": c.text, "reward": r})).collect::<Vec<_>>(),
+                });
+                writeln!(rollouts_log, "{line}")?;
+            }
+            rewards_all.extend(&rewards);
+            let adv = group_advantages(&rewards, s.group_size, 1e-4);
+            groups.push(GroupBatch::new(&prompt, &completions, adv, pad));
+        }
+        let rollout_secs = t0.elapsed().as_secs_f64();
+        let n_completions = rewards_all.len();
+
+        // Log-probabilities of the rollout policy and of the reference, without gradients.
+        let inner = Device::flex();
+        let mut old = Vec::new();
+        let mut refs = Vec::new();
+        for g in &groups {
+            let mut o = Vec::new();
+            let mut r = Vec::new();
+            for rows in micro_ranges(g.rows(), s.micro_batch) {
+                o.push(g.logprobs(
+                    &policy,
+                    rows.clone(),
+                    s.temperature,
+                    s.logprob_chunk,
+                    &inner,
+                ));
+                if s.beta > 0.0 {
+                    r.push(g.logprobs(&reference, rows, s.temperature, s.logprob_chunk, &inner));
+                }
+            }
+            old.push(o);
+            refs.push(r);
+        }
+        drop(policy);
+
+        // μ updates of the surrogate on this batch.
+        let (mut loss_sum, mut kl_sum, mut clipped, mut tokens, mut norm_sum) =
+            (0.0, 0.0, 0.0, 0.0, 0.0);
+        for _ in 0..s.updates_per_batch {
+            let mut acc = NamedGrads {
+                grads: BTreeMap::new(),
+            };
+            for (gi, g) in groups.iter().enumerate() {
+                for (mi, rows) in micro_ranges(g.rows(), s.micro_batch).enumerate() {
+                    let logp = g.logprobs(
+                        &student,
+                        rows.clone(),
+                        s.temperature,
+                        s.logprob_chunk,
+                        &device,
+                    );
+                    let lift = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &device);
+                    let (loss, st) = surrogate_loss(
+                        logp,
+                        lift(&old[gi][mi]),
+                        refs[gi].get(mi).map(lift),
+                        g.advantages(rows.clone(), &device),
+                        g.mask(rows, &device),
+                        surrogate,
+                        n_completions as f64,
+                    );
+                    let l = crate::model::weights::to_vec(loss.clone())[0] as f64;
+                    if !l.is_finite() {
+                        bail!(
+                            "the GRPO loss is {l} at step {}: training stopped; the last good \
+                             checkpoint is kept — lower lr or check the rewards",
+                            state.step + 1
+                        );
+                    }
+                    loss_sum += l;
+                    kl_sum += st.kl_sum;
+                    clipped += st.clipped_tokens;
+                    tokens += st.tokens;
+                    let grads = loss.backward();
+                    acc.accumulate(collect_grads(&student, &grads));
+                }
+            }
+            let norm = acc.global_norm();
+            if !norm.is_finite() || !acc.all_finite() {
+                bail!(
+                    "the gradient norm is {norm} at step {}: training stopped; the last good checkpoint is kept",
+                    state.step + 1
+                );
+            }
+            norm_sum += norm;
+            let clip = if s.grad_clip > 0.0 && norm > s.grad_clip {
+                s.grad_clip / norm
+            } else {
+                1.0
+            };
+            student = opt.step(student, &acc, lr, clip);
+        }
+        state.step += 1;
+        state.optimizer_step = opt.step;
+        let mu = s.updates_per_batch as f64;
+        let n = n_completions as f64;
+        let mut line = serde_json::json!({
+            "step": state.step, "lr": lr,
+            "reward": rewards_all.iter().sum::<f64>() / n,
+            "accuracy": correct as f64 / n,
+            "loss": loss_sum / mu,
+            "kl": kl_sum / (mu * n),
+            "clip_fraction": clipped / tokens.max(1.0),
+            "completion_tokens": completion_tokens as f64 / n,
+            "truncated_fraction": truncated as f64 / n,
+            "grad_norm": norm_sum / mu,
+            "rollout_seconds": rollout_secs,
+            "seconds": t0.elapsed().as_secs_f64(),
+            "peak_rss_mib": crate::bench::mem::peak_rss_mib(),
+        });
+        for (k, v) in components {
+            line[format!("reward_{k}")] = serde_json::json!(v / n);
+        }
+        writeln!(metrics, "{line}")?;
+        metrics.flush()?;
+        rollouts_log.flush()?;
+        if let Some(w) = wandb.as_mut() {
+            w.log(&line);
+        }
+        bar.set_position(state.step);
+        bar.set_message(format!(
+            "reward {:.3}",
+            line["reward"].as_f64().unwrap_or_default()
+        ));
+        if state.step == s.steps || state.step % s.checkpoint_every.max(1) == 0 {
+            save_checkpoint(
+                &ctx.checkpoints,
+                state.step,
+                &trainable,
+                &student,
+                &opt,
+                &state,
+            )?;
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(w) = wandb {
+        w.finish()?;
+    }
+
+    // Artifacts.
+    let student = student.valid();
+    student.save(&ctx.out_dir, SaveDtype::F32)?;
+    copy_tokenizer_files(&student_dir, &ctx.out_dir)?;
+    let out_metrics = ctx.out_dir.join("metrics.jsonl");
+    std::fs::copy(&metrics_path, &out_metrics)?;
+    std::fs::copy(&rollouts_path, ctx.out_dir.join("rollouts.jsonl"))?;
+    crate::train::plot::write_series_svg(
+        &out_metrics,
+        &ctx.out_dir.join("reward.svg"),
+        &format!("{} (GRPO rewards)", ctx.id),
+        |k| k == "reward" || k == "accuracy" || k.starts_with("reward_"),
+        false,
+    )?;
+    if let Some(before) = before {
+        let after = eval_accuracy(s, ctx, &student, &tokenizer, &test, "after")?;
+        crate::util::fsx::atomic_write_json(
+            &ctx.out_dir.join("eval.json"),
+            &serde_json::json!({"accuracy_before": before, "accuracy_after": after}),
+        )?;
+    }
+    Ok(())
+}
+
+/// `0..n` in consecutive ranges of at most `size`.
+fn micro_ranges(n: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..n)
+        .step_by(size.max(1))
+        .map(move |s| s..(s + size.max(1)).min(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_visit_every_problem_once_in_a_seeded_order() {
+        let n = 7;
+        let seen: Vec<usize> = (0..7).flat_map(|s| step_problems(s, 2, n, 3)).collect();
+        let mut first: Vec<usize> = seen[..7].to_vec();
+        first.sort_unstable();
+        assert_eq!(first, (0..7).collect::<Vec<_>>());
+        assert_eq!(step_problems(4, 2, n, 3), step_problems(4, 2, n, 3));
+        assert_ne!(
+            (0..3)
+                .flat_map(|s| step_problems(s, 2, n, 3))
+                .collect::<Vec<_>>(),
+            (0..3)
+                .flat_map(|s| step_problems(s, 2, n, 4))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn group_batches_pad_after_the_completion_and_mask_it() {
+        let c = |ids: Vec<u32>| Completion {
+            ids,
+            text: String::new(),
+            truncated: false,
+        };
+        let g = GroupBatch::new(&[1, 2], &[c(vec![5, 6, 9]), c(vec![7])], vec![1.0, -1.0], 9);
+        assert_eq!(g.ids, vec![vec![1, 2, 5, 6], vec![1, 2, 7, 9]]);
+        assert_eq!(g.targets, vec![vec![5, 6, 9], vec![7, 9, 9]]);
+        assert_eq!(g.mask, vec![vec![1.0, 1.0, 1.0], vec![1.0, 0.0, 0.0]]);
+        assert_eq!(
+            micro_ranges(5, 2).collect::<Vec<_>>(),
+            vec![0..2, 2..4, 4..5]
+        );
+    }
+}
