@@ -88,6 +88,9 @@ enum Command {
     /// Chat in the terminal with a teacher or student directory (streaming; state kept between
     /// turns; /clear resets it).
     Chat(crate::commands::chat::ChatArgs),
+    /// Serve a model directory over HTTP: a chat page at `/` and an OpenAI-compatible
+    /// `/v1/chat/completions` (streaming or not).
+    Serve(crate::commands::serve::ServeArgs),
     /// Benchmarks, each side by side with a reference, with peak memory.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -258,6 +261,7 @@ pub fn main() -> Result<(), Error> {
         Command::Status { run_dir } => status(run_dir.as_deref(), runs_dir),
         Command::Generate(args) => crate::commands::generate::run(args, cli.quiet),
         Command::Chat(args) => crate::commands::chat::run(args, cli.quiet),
+        Command::Serve(args) => crate::commands::serve::run(args),
         Command::Bench(BenchCommand::Tokenize {
             tokenizer,
             input,

@@ -14,6 +14,7 @@ pub mod grpo;
 pub mod model;
 pub mod pipeline;
 pub mod progress;
+pub mod serve;
 pub mod steps;
 pub mod text;
 pub mod train;

@@ -1,7 +1,9 @@
-//! Commands that work on a model directory rather than a pipeline: `generate` and `chat`.
+//! Commands that work on a model directory rather than a pipeline: `generate`, `chat` and
+//! `serve`.
 
 pub mod chat;
 pub mod generate;
+pub mod serve;
 
 use crate::error::Error;
 use crate::generate::AnyModel;
