@@ -10,6 +10,11 @@ use common::python::tiny_qwen2;
 fn project(max_steps: u64) -> Project {
     let p = Project::new();
     tiny_qwen2(&p.path().join("tiny"), &["--layers", "3"]);
+    // A different, larger teacher with the same tokenizer for stage 2.
+    tiny_qwen2(
+        &p.path().join("tiny_big"),
+        &["--layers", "4", "--hidden", "96", "--heads", "6", "--seed", "9"],
+    );
     let text: String = (0..400)
         .map(|i| {
             format!(
@@ -69,9 +74,10 @@ id = "stage2"
 kind = "stage2"
 depends_on = ["stage1", "tok"]
 student = "@stage1"
-teacher = "tiny"
+teacher = "tiny_big"
 data = "@tok"
 ce_weight = 0.5
+adaptive_kl = true
 eval_batches = 2
 
 [step.train]

@@ -1,6 +1,7 @@
 //! `stage2` steps: knowledge distillation on logits (SPEC §4), starting from a stage-1 student.
 //! A tied embedding/LM head is untied first; all parameters train except the MLPs when
-//! `freeze_mlp` is set. The loss is `kl_weight·τ²·KL(teacher ‖ student) + ce_weight·CE`. The
+//! `freeze_mlp` is set. The loss is `kl_weight·τ²·KL(teacher ‖ student) + ce_weight·CE`, or with
+//! `adaptive_kl` the original's AKL in place of the forward KL. The
 //! teacher may be a larger model with the same tokenizer (its logits are cut to the student's
 //! vocabulary). Writes the student directory, `metrics.jsonl` and `eval.json` (held-out
 //! perplexity of teacher and student).
@@ -20,6 +21,9 @@ use serde::{Deserialize, Serialize};
 fn one() -> f64 {
     1.0
 }
+fn half() -> f64 {
+    0.5
+}
 fn d_eval() -> usize {
     8
 }
@@ -38,6 +42,13 @@ pub struct Stage2Settings {
     pub ce_weight: f64,
     #[serde(default = "one")]
     pub temperature: f64,
+    /// Adaptive KL (the original's AKL): mix forward and reverse KL per position by how far the
+    /// student is from the teacher on the teacher's head (tokens reaching probability
+    /// `akl_head_mass`) versus its tail.
+    #[serde(default)]
+    pub adaptive_kl: bool,
+    #[serde(default = "half")]
+    pub akl_head_mass: f64,
     /// Keep the MLPs frozen.
     #[serde(default)]
     pub freeze_mlp: bool,
@@ -60,6 +71,11 @@ impl Stage2Settings {
 
 pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
     anyhow::ensure!(s.temperature > 0.0, "temperature must be positive");
+    anyhow::ensure!(
+        s.akl_head_mass > 0.0 && s.akl_head_mass <= 1.0,
+        "akl_head_mass must be in (0, 1], got {}",
+        s.akl_head_mass
+    );
     let device = Device::flex().autodiff();
     let teacher_dir = s.teacher.resolve(ctx)?;
     let student_dir = s.student.resolve(ctx)?;
@@ -87,6 +103,7 @@ pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
                 s.kl_weight,
                 s.ce_weight,
                 s.temperature,
+                s.adaptive_kl.then_some(s.akl_head_mass),
             );
             Ok(LossOutput { loss, metrics })
         },

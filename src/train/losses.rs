@@ -122,9 +122,11 @@ pub fn cross_entropy(
     )
 }
 
-/// Stage 2 (distillation): `kl_weight · τ² · KL(p_teacher ‖ p_student)` at temperature τ, summed
-/// over the vocabulary and averaged over real positions, plus `ce_weight · CE(labels)`. Teacher
-/// logits are cut to the student's vocabulary.
+/// Stage 2 (distillation): `kl_weight · τ² · KL + ce_weight · CE(labels)`, the KL summed over
+/// the vocabulary and averaged over real positions — KL(p_teacher ‖ p_student), or with
+/// `adaptive` set the adaptive KL of [`distill_kl`]. Teacher logits are cut to the student's
+/// vocabulary.
+#[allow(clippy::too_many_arguments)]
 pub fn stage2_loss(
     teacher: &Transformer,
     student: &Hybrid,
@@ -133,29 +135,19 @@ pub fn stage2_loss(
     kl_weight: f64,
     ce_weight: f64,
     temperature: f64,
+    adaptive: Option<f64>,
 ) -> (Tensor<1>, BTreeMap<String, f64>) {
     let (ids, att, loss_mask) = batch_tensors(batch, device);
     let t_logits = teacher.forward(ids.clone(), Some(att.clone())).detach();
     let s_logits = student.forward(ids.clone(), Some(att.clone()));
-    let v = s_logits.dims()[2];
-    let t_logits = if t_logits.dims()[2] > v {
-        t_logits.narrow(2, 0, v)
-    } else {
-        t_logits
-    };
-    let log_t = burn::tensor::activation::log_softmax(t_logits.div_scalar(temperature), 2);
-    let log_s = burn::tensor::activation::log_softmax(s_logits.clone().div_scalar(temperature), 2);
-    let kl_pos = (log_t.clone().exp() * (log_t - log_s)).sum_dim(2); // [B, T, 1]
-    let [b, t, _] = kl_pos.dims();
-    let real = att.clone().sum();
-    let kl = (kl_pos.reshape([b, t]) * att.clone()).sum() / real;
-    let kl = kl.mul_scalar(temperature * temperature);
-    let (ce, _) = cross_entropy(s_logits, ids, att, loss_mask);
-    let mut metrics = BTreeMap::new();
-    metrics.insert(
-        "kl".into(),
-        crate::model::weights::to_vec(kl.clone().detach())[0] as f64,
+    let (kl, mut metrics) = distill_kl(
+        t_logits,
+        s_logits.clone(),
+        att.clone(),
+        temperature,
+        adaptive,
     );
+    let (ce, _) = cross_entropy(s_logits, ids, att, loss_mask);
     metrics.insert(
         "ce".into(),
         crate::model::weights::to_vec(ce.clone().detach())[0] as f64,
@@ -163,10 +155,133 @@ pub fn stage2_loss(
     (kl.mul_scalar(kl_weight) + ce.mul_scalar(ce_weight), metrics)
 }
 
+/// The distillation term at temperature τ (τ²-scaled), averaged over positions where `att` is 1.
+/// Teacher logits beyond the student's vocabulary are dropped.
+///
+/// Without `adaptive`: forward KL(p_t ‖ p_s). With `adaptive = Some(μ)` (AKL): per position the
+/// head is the smallest set of the teacher's most likely tokens whose probability reaches μ,
+/// `g_head`/`g_tail` the summed `|p_t − p_s|` over head and tail, and the loss
+/// `w·FKL + (1 − w)·RKL` with `w = g_head / (g_head + g_tail)` (a weight, not differentiated).
+pub fn distill_kl(
+    t_logits: Tensor<3>,
+    s_logits: Tensor<3>,
+    att: Tensor<2>,
+    temperature: f64,
+    adaptive: Option<f64>,
+) -> (Tensor<1>, BTreeMap<String, f64>) {
+    let v = s_logits.dims()[2];
+    let t_logits = if t_logits.dims()[2] > v {
+        t_logits.narrow(2, 0, v)
+    } else {
+        t_logits
+    };
+    let log_t = burn::tensor::activation::log_softmax(t_logits.div_scalar(temperature), 2);
+    let log_s = burn::tensor::activation::log_softmax(s_logits.div_scalar(temperature), 2);
+    let [b, t, _] = log_t.dims();
+    let real = att.clone().sum();
+    let mean = |per_pos: Tensor<3>| (per_pos.reshape([b, t]) * att.clone()).sum() / real.clone();
+    let p_t = log_t.clone().exp();
+    let fkl_pos = (p_t.clone() * (log_t.clone() - log_s.clone())).sum_dim(2); // [B, T, 1]
+    let mut metrics = BTreeMap::new();
+    let scalar = |x: &Tensor<1>| crate::model::weights::to_vec(x.clone().detach())[0] as f64;
+    let loss = match adaptive {
+        None => mean(fkl_pos),
+        Some(mu) => {
+            let p_s = log_s.clone().exp();
+            let rkl_pos = (p_s.clone() * (log_s - log_t)).sum_dim(2);
+            // Head membership from the teacher's sorted probabilities: a token is in the head
+            // when the mass of the tokens ranked before it is still below μ.
+            let (sorted, order) = p_t.clone().detach().sort_descending_with_indices(2);
+            let before = sorted.clone().cumsum(2) - sorted;
+            let head_sorted = before.lower_elem(mu).float();
+            let gap = (p_t.detach() - p_s.detach()).abs().gather(2, order);
+            let g_head = (gap.clone() * head_sorted).sum_dim(2);
+            let g_all = gap.sum_dim(2);
+            let w = g_head / g_all.clamp_min(1e-12); // [B, T, 1]
+            metrics.insert("akl_head_weight".into(), scalar(&mean(w.clone())));
+            metrics.insert(
+                "rkl".into(),
+                scalar(&mean(rkl_pos.clone())) * temperature * temperature,
+            );
+            mean(w.clone() * fkl_pos.clone() + (w.neg() + 1.0) * rkl_pos)
+        }
+    };
+    let loss = loss.mul_scalar(temperature * temperature);
+    metrics.insert("kl".into(), scalar(&loss));
+    (loss, metrics)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+
+    /// A plain f64 reference of one position's KL terms.
+    fn reference_position(t: &[f64], s: &[f64], mu: Option<f64>) -> f64 {
+        let softmax = |x: &[f64]| {
+            let m = x.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / z).collect::<Vec<_>>()
+        };
+        let (pt, ps) = (softmax(t), softmax(s));
+        let fkl: f64 = pt.iter().zip(&ps).map(|(a, b)| a * (a / b).ln()).sum();
+        let Some(mu) = mu else { return fkl };
+        let rkl: f64 = pt.iter().zip(&ps).map(|(a, b)| b * (b / a).ln()).sum();
+        let mut order: Vec<usize> = (0..pt.len()).collect();
+        order.sort_by(|&i, &j| pt[j].total_cmp(&pt[i]));
+        let (mut cum, mut g_head, mut g_all) = (0.0, 0.0, 0.0);
+        for i in order {
+            let gap = (pt[i] - ps[i]).abs();
+            if cum < mu {
+                g_head += gap;
+            }
+            cum += pt[i];
+            g_all += gap;
+        }
+        let w = g_head / g_all;
+        w * fkl + (1.0 - w) * rkl
+    }
+
+    #[test]
+    fn distillation_kl_and_adaptive_kl_match_a_scalar_reference() {
+        let device = Device::flex();
+        device.seed(7);
+        let (b, t, v) = (2, 3, 9);
+        // The teacher has a larger vocabulary (cut to the student's); one padded position.
+        let tl = Tensor::<3>::random([b, t, v + 2], Distribution::Normal(0.0, 2.0), &device);
+        let sl = Tensor::<3>::random([b, t, v], Distribution::Normal(0.0, 2.0), &device);
+        let att = Tensor::<2>::from_data(
+            TensorData::new(vec![1f32, 1., 1., 1., 1., 0.], [b, t]),
+            &device,
+        );
+        let (tv, sv) = (
+            crate::model::weights::to_vec(tl.clone()),
+            crate::model::weights::to_vec(sl.clone()),
+        );
+        for (mu, tau) in [(None, 1.0), (None, 2.0), (Some(0.5), 1.0), (Some(0.8), 1.5)] {
+            let mut want = 0.0;
+            for p in 0..5 {
+                let tp: Vec<f64> = tv[p * (v + 2)..p * (v + 2) + v]
+                    .iter()
+                    .map(|&x| x as f64 / tau)
+                    .collect();
+                let sp: Vec<f64> = sv[p * v..(p + 1) * v]
+                    .iter()
+                    .map(|&x| x as f64 / tau)
+                    .collect();
+                want += reference_position(&tp, &sp, mu);
+            }
+            want = want / 5.0 * tau * tau;
+            let (got, m) = distill_kl(tl.clone(), sl.clone(), att.clone(), tau, mu);
+            let got = crate::model::weights::to_vec(got)[0] as f64;
+            assert!(
+                (got - want).abs() < 1e-4 * want.abs().max(1.0),
+                "μ {mu:?} τ {tau}: {got} vs {want}"
+            );
+            assert_eq!(m.contains_key("akl_head_weight"), mu.is_some());
+        }
+    }
 
     /// SFT masking: with fixed logits, changing the target of a prompt (masked) position leaves
     /// the loss unchanged; changing an assistant position's target changes it. Labels are the
