@@ -560,6 +560,13 @@ fn finish(
     let reports = result?;
     println!("{}", summary_table(&reports));
     println!("run directory: {}", run.path.display());
+    // Point at the evaluation reports the run produced.
+    for r in &reports {
+        let report = run.path.join(&r.id).join("out/report.html");
+        if report.is_file() {
+            println!("report: {}", report.display());
+        }
+    }
     Ok(())
 }
 
