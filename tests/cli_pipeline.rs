@@ -114,6 +114,49 @@ depends_on = ["stage2"]
 }
 
 #[test]
+fn unavailable_device_and_impossible_grpo_settings_are_configuration_errors() {
+    let p = Project::new();
+    p.write("s/x.txt", "x");
+    p.write(
+        "problems.jsonl",
+        "{\"question\": \"1+1?\", \"answer\": 2}\n",
+    );
+    p.write(
+        "p.toml",
+        r#"[pipeline]
+device = "cuda"
+
+[[step]]
+id = "grpo"
+kind = "grpo"
+student = "s"
+problems = "problems.jsonl"
+steps = 3
+group_size = 1
+temperature = 0.0
+
+[step.rewards]
+boxed = -1.0
+"#,
+    );
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for want in [
+        "p.toml:2:",
+        "device `cuda` is not available",
+        "group_size must be ≥ 2",
+        "temperature must be > 0",
+        "rewards.boxed must be a finite number ≥ 0",
+    ] {
+        assert!(
+            r.stderr.contains(want),
+            "missing {want:?} in:\n{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
 fn validate_reports_wrong_types_missing_inputs_duplicate_ids_and_exports() {
     let p = Project::new();
     p.write(

@@ -13,7 +13,9 @@ fn project(max_steps: u64) -> Project {
     // A different, larger teacher with the same tokenizer for stage 2.
     tiny_qwen2(
         &p.path().join("tiny_big"),
-        &["--layers", "4", "--hidden", "96", "--heads", "6", "--seed", "9"],
+        &[
+            "--layers", "4", "--hidden", "96", "--heads", "6", "--seed", "9",
+        ],
     );
     let text: String = (0..400)
         .map(|i| {

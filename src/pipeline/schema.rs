@@ -5,7 +5,8 @@ use crate::steps::StepSettings;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Where tensors live. Only `cpu` exists in the default build; GPU backends are cargo features.
+/// Where tensors live. This build has the CPU backend only; `cuda` and `wgpu` are names kept
+/// for GPU builds and are rejected by validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {

@@ -6,7 +6,7 @@
 use super::decode::decode;
 use super::diagnostics::{Diagnostic, Diagnostics, did_you_mean};
 use super::graph::StepGraph;
-use super::schema::{Pipeline, PipelineHeader, StepDef};
+use super::schema::{Device, Pipeline, PipelineHeader, StepDef};
 use super::source::{KeyPath, RawPipeline};
 use crate::steps::{KINDS, StepSettings};
 use serde::Deserialize;
@@ -94,6 +94,19 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
         }
     }
     if let Some(h) = &header {
+        if h.device != Device::Cpu {
+            diags.push(
+                Diagnostic::new(
+                    map.locate(&kp(&["pipeline", "device"])),
+                    format!(
+                        "device `{}` is not available: this build computes on the CPU (Burn's flex backend) only",
+                        format!("{:?}", h.device).to_lowercase()
+                    ),
+                )
+                .key("pipeline.device")
+                .help("remove the key or set device = \"cpu\""),
+            );
+        }
         if h.max_parallel == 0 {
             diags.push(
                 Diagnostic::new(
