@@ -119,6 +119,32 @@ enum BenchCommand {
     },
     /// Decode speed and state memory of a teacher vs its hybrid student (mixers initialised
     /// from the teacher in the chosen layers) at growing context lengths.
+    /// Time of one stage-2 optimizer step (teacher forward, hybrid student forward and
+    /// backward through the full-vocabulary KL, AdamW) on a fixed batch, vs the same model and
+    /// loss in PyTorch eager.
+    Stage2 {
+        /// The teacher model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Layers to convert: `all`, or a comma-separated list of indices.
+        #[arg(long, default_value = "6,12,18,24")]
+        layers: String,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 512)]
+        seq: usize,
+        /// Timed steps (median), after one warm-up step.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Python with torch and transformers for the reference (skipped when missing).
+        #[arg(long, env = "RUNNER_PYTHON", default_value = "python3")]
+        python: String,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     Hybrid {
         /// The teacher model directory.
         #[arg(long)]
@@ -269,6 +295,15 @@ pub fn main() -> Result<(), Error> {
             reps,
             python,
         }) => bench_tokenize(tokenizer, input, text_fields, *reps, python),
+        Command::Bench(BenchCommand::Stage2 {
+            model,
+            layers,
+            batch,
+            seq,
+            steps,
+            python,
+            json,
+        }) => bench_stage2(model, layers, *batch, *seq, *steps, python, json.as_deref()),
         Command::Bench(BenchCommand::Hybrid {
             model,
             layers,
@@ -346,23 +381,77 @@ fn bench_tokenize(
     Ok(())
 }
 
-fn bench_hybrid(
+fn bench_stage2(
     model_dir: &Path,
     layers: &str,
-    contexts: &[usize],
-    new_tokens: usize,
-    reps: usize,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    python: &str,
     json: Option<&Path>,
 ) -> Result<(), Error> {
-    use crate::bench::hybrid::{measure, render};
-    use crate::model::Transformer;
-    use crate::model::hybrid::{Hybrid, InitMode, LayerSelection, StudentConfig};
-    let device = burn::tensor::Device::flex();
-    let load = || {
-        Transformer::load(model_dir, &device)
-            .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))
-    };
-    let teacher = load()?;
+    use crate::bench::stage2::measure_ours;
+    let n_layers = crate::model::TransformerConfig::from_dir(model_dir)
+        .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))?
+        .num_hidden_layers;
+    let wkv_layers = parse_layers(layers, n_layers)?;
+    println!(
+        "one stage-2 optimizer step: batch {batch} × {seq} tokens, layers {wkv_layers:?} converted, {} threads",
+        rayon::current_num_threads()
+    );
+    let ours =
+        measure_ours(model_dir, wkv_layers.clone(), batch, seq, steps).map_err(Error::Other)?;
+    println!(
+        "  runner (burn flex, fused WKV-7)  {:>8.2} s/step  {:>8.1} tok/s  KL {:.4}  peak RSS {:>6.0} MiB",
+        ours.step_s, ours.tokens_per_s, ours.loss, ours.peak_rss_mib
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_stage2_torch.py");
+    let layer_list: Vec<String> = wkv_layers.iter().map(|l| l.to_string()).collect();
+    let (b, s, n) = (batch.to_string(), seq.to_string(), steps.to_string());
+    let args = [
+        "--teacher",
+        model_dir.to_str().unwrap_or_default(),
+        "--layers",
+        &layer_list.join(","),
+        "--batch",
+        &b,
+        "--seq",
+        &s,
+        "--steps",
+        &n,
+    ];
+    let torch = crate::bench::run_python_json(python, &script, &args, "torch and transformers");
+    let mut out =
+        serde_json::json!({"ours": ours, "batch": batch, "seq": seq, "layers": wkv_layers});
+    match torch {
+        Ok(t) => {
+            let ts = t["step_s"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "  pytorch eager ({} threads)        {:>8.2} s/step  {:>8.1} tok/s  KL {:.4}  peak RSS {:>6.0} MiB",
+                t["threads"],
+                ts,
+                t["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+                t["loss"].as_f64().unwrap_or(f64::NAN),
+                t["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+            );
+            println!(
+                "  speed ratio (pytorch time / runner time): {:.2}×",
+                ts / ours.step_s
+            );
+            out["pytorch"] = t;
+            out["ratio"] = serde_json::json!(ts / ours.step_s);
+        }
+        Err(why) => println!("  pytorch eager: skipped ({why})"),
+    }
+    if let Some(path) = json {
+        crate::util::fsx::atomic_write_json(path, &out)?;
+    }
+    Ok(())
+}
+
+/// `--layers`: `all` or comma-separated indices, checked against the model.
+fn parse_layers(layers: &str, n_layers: usize) -> Result<Vec<usize>, Error> {
+    use crate::model::hybrid::LayerSelection;
     let selection = if layers == "all" {
         LayerSelection::Named("all".into())
     } else {
@@ -373,10 +462,30 @@ fn bench_hybrid(
             ))
         })?)
     };
-    let n_layers = teacher.config.num_hidden_layers;
-    let wkv_layers = selection
+    selection
         .resolve(n_layers)
-        .map_err(|e| Error::Usage(format!("error: --layers: {e}")))?;
+        .map_err(|e| Error::Usage(format!("error: --layers: {e}")))
+}
+
+fn bench_hybrid(
+    model_dir: &Path,
+    layers: &str,
+    contexts: &[usize],
+    new_tokens: usize,
+    reps: usize,
+    json: Option<&Path>,
+) -> Result<(), Error> {
+    use crate::bench::hybrid::{measure, render};
+    use crate::model::Transformer;
+    use crate::model::hybrid::{Hybrid, InitMode, StudentConfig};
+    let device = burn::tensor::Device::flex();
+    let load = || {
+        Transformer::load(model_dir, &device)
+            .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))
+    };
+    let teacher = load()?;
+    let n_layers = teacher.config.num_hidden_layers;
+    let wkv_layers = parse_layers(layers, n_layers)?;
     let t_rows: Vec<_> = contexts
         .iter()
         .map(|&c| measure(&teacher, c, new_tokens, reps))

@@ -4,6 +4,7 @@
 pub mod generate;
 pub mod hybrid;
 pub mod mem;
+pub mod stage2;
 pub mod tokenize;
 pub mod wkv;
 

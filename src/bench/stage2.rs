@@ -1,0 +1,91 @@
+//! `runner bench stage2`: the time of one stage-2 optimizer step — teacher forward without
+//! gradients, hybrid student forward, full-vocabulary KL, backward, global-norm clipping,
+//! AdamW — on a fixed batch, side by side with the same model and loss in PyTorch eager
+//! (`scripts/bench_stage2_torch.py`), with peak memory of each.
+
+use super::generate::median;
+use super::mem;
+use crate::data::loader::Batch;
+use crate::model::Transformer;
+use crate::model::hybrid::{Hybrid, InitMode, StudentConfig};
+use crate::train::losses::stage2_loss;
+use crate::train::optim::{AdamW, AdamWConfig, collect_grads};
+use anyhow::Result;
+use burn::module::{Module, Param};
+use burn::tensor::Device;
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StepTiming {
+    pub step_s: f64,
+    pub tokens_per_s: f64,
+    pub loss: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// The ids both sides train on: `batch` sequences of `seq` tokens.
+pub fn batch_ids(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|s| {
+            (0..seq)
+                .map(|i| ((17 + 7919 * (i + 131 * s)) % vocab) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Our side: median over `steps` optimizer steps after one warm-up.
+pub fn measure_ours(
+    teacher_dir: &Path,
+    layers: Vec<usize>,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+) -> Result<StepTiming> {
+    mem::reset_peak();
+    let device = Device::flex().autodiff();
+    let teacher = Transformer::load(teacher_dir, &device)?.set_require_grad(false);
+    let cfg = StudentConfig {
+        wkv_layers: layers,
+        ..Default::default()
+    };
+    let mut student = Hybrid::from_teacher(teacher.clone(), cfg, InitMode::Teacher, 0)?;
+    if student.lm_head.is_none() {
+        student.lm_head = Some(Param::from_tensor(student.embed.val().transpose().detach()));
+    }
+    let mut student = student.set_require_grad(true);
+    let ids = batch_ids(batch, seq, teacher.config.vocab_size);
+    let b = Batch {
+        attention: vec![vec![1; seq]; batch],
+        loss_mask: vec![vec![1; seq]; batch],
+        tokens: batch * seq,
+        ids,
+    };
+    let mut opt = AdamW::new(AdamWConfig::default());
+    let mut times = Vec::new();
+    let mut first_loss = 0.0;
+    for i in 0..steps + 1 {
+        let t0 = Instant::now();
+        let (loss, metrics) = stage2_loss(&teacher, &student, &b, &device, 1.0, 0.0, 1.0, None);
+        let grads = loss.backward();
+        let g = collect_grads(&student, &grads);
+        drop(grads);
+        let norm = g.global_norm();
+        let clip = if norm > 1.0 { 1.0 / norm } else { 1.0 };
+        student = opt.step(student, &g, 1e-5, clip);
+        if i == 1 {
+            first_loss = metrics["kl"];
+        }
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = median(times);
+    Ok(StepTiming {
+        step_s,
+        tokens_per_s: (batch * seq) as f64 / step_s,
+        loss: first_loss,
+        peak_rss_mib: mem::peak_rss_mib().unwrap_or(f64::NAN),
+    })
+}
