@@ -16,6 +16,8 @@ pub struct ContextSpeed {
     pub prefill_s: f64,
     pub decode_tok_s: f64,
     pub state_mib: f64,
+    /// The part of `state_mib` held by RWKV layers (constant in the context length).
+    pub recurrent_mib: f64,
     pub peak_rss_mib: f64,
 }
 
@@ -49,6 +51,7 @@ pub fn measure<M: LanguageModel>(
         prefill_s,
         decode_tok_s: median(speeds),
         state_mib: model.state_bytes(&end_state) as f64 / (1 << 20) as f64,
+        recurrent_mib: model.recurrent_bytes(&end_state) as f64 / (1 << 20) as f64,
         peak_rss_mib: mem::peak_rss_mib().unwrap_or(f64::NAN),
     }
 }

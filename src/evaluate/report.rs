@@ -62,7 +62,7 @@ fn math_rows(r: &Value) -> Vec<[String; 3]> {
     rows
 }
 
-fn speed_rows(r: &Value) -> Vec<[String; 7]> {
+fn speed_rows(r: &Value) -> Vec<[String; 6]> {
     r["speed"]
         .as_array()
         .into_iter()
@@ -79,11 +79,10 @@ fn speed_rows(r: &Value) -> Vec<[String; 7]> {
                 f(&h["decode_tok_s"], 1),
                 ratio,
                 f(&t["state_mib"], 2),
-                f(&h["state_mib"], 2),
                 format!(
-                    "{} / {}",
-                    f(&t["peak_rss_mib"], 0),
-                    f(&h["peak_rss_mib"], 0)
+                    "{} (RWKV {})",
+                    f(&h["state_mib"], 2),
+                    f(&h["recurrent_mib"], 2)
                 ),
             ]
         })
@@ -98,14 +97,17 @@ const HELDOUT_HEAD: [&str; 5] = [
     "top-1 agreement",
 ];
 const MATH_HEAD: [&str; 3] = ["model", "correct", "accuracy"];
-const SPEED_HEAD: [&str; 7] = [
+const SPEED_NOTE: &str = "Decode speed after prefilling the context, and what the generation \
+     carries: the teacher's KV cache grows with the context; in the student, converted layers \
+     hold a fixed-size RWKV state and the remaining attention layers a KV cache.";
+
+const SPEED_HEAD: [&str; 6] = [
     "context",
     "teacher tok/s",
     "student tok/s",
     "speed ratio",
-    "teacher cache MiB",
-    "student state MiB",
-    "peak RSS MiB (T / S)",
+    "teacher KV cache MiB",
+    "student cache + state MiB",
 ];
 
 fn md_table<const N: usize>(out: &mut String, head: [&str; N], rows: &[[String; N]]) {
@@ -168,7 +170,10 @@ pub fn markdown(r: &Value) -> String {
     }
     let speed = speed_rows(r);
     if !speed.is_empty() {
-        let _ = writeln!(s, "## Generation speed and memory vs context\n");
+        let _ = writeln!(
+            s,
+            "## Generation speed and memory vs context\n\n{SPEED_NOTE}\n"
+        );
         md_table(&mut s, SPEED_HEAD, &speed);
     }
     if let Some(curves) = r["curves"].as_array().filter(|c| !c.is_empty()) {
@@ -228,7 +233,11 @@ pub fn html(r: &Value, dir: &Path) -> String {
     }
     let speed = speed_rows(r);
     if !speed.is_empty() {
-        s.push_str("<h2>Generation speed and memory vs context</h2>\n");
+        let _ = write!(
+            s,
+            "<h2>Generation speed and memory vs context</h2><p>{}</p>\n",
+            esc(SPEED_NOTE)
+        );
         html_table(&mut s, SPEED_HEAD, &speed);
     }
     if let Some(curves) = r["curves"].as_array().filter(|c| !c.is_empty()) {
@@ -282,8 +291,8 @@ mod tests {
             "math": {"teacher": {"correct": 1, "problems": 4, "accuracy": 0.25}},
             "grpo": [{"step": "grpo", "accuracy_before": {"correct": 0, "problems": 4, "accuracy": 0.0},
                       "accuracy_after": {"correct": 1, "problems": 4, "accuracy": 0.25}}],
-            "speed": [{"context": 128, "teacher": {"decode_tok_s": 10.0, "state_mib": 1.0, "peak_rss_mib": 500.0},
-                       "student": {"decode_tok_s": 20.0, "state_mib": 0.5, "peak_rss_mib": 400.0}}],
+            "speed": [{"context": 128, "teacher": {"decode_tok_s": 10.0, "state_mib": 1.0},
+                       "student": {"decode_tok_s": 20.0, "state_mib": 0.5, "recurrent_mib": 0.25}}],
             "curves": [{"step": "stage1", "file": "curves/stage1.svg"}],
             "generations": [{"prompt": "Hi <b>", "teacher_greedy": "Hello", "student_greedy": "Hey", "student_sampled": "Yo"}],
         });
@@ -293,7 +302,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| grpo (after) | 1/4 | 25.0% |"));
-        assert!(md.contains("| 128 | 10.0 | 20.0 | 2.00× |"));
+        assert!(
+            md.contains("| 128 | 10.0 | 20.0 | 2.00× | 1.00 | 0.50 (RWKV 0.25) |"),
+            "{md}"
+        );
         assert!(md.contains("![stage1](curves/stage1.svg)"));
         let page = html(&r, dir.path());
         assert!(page.contains("<svg id=\"c1\"></svg>"), "curves are inlined");

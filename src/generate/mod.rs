@@ -29,6 +29,12 @@ pub trait LanguageModel {
     /// Bytes held by the state (KV cache or recurrent state).
     fn state_bytes(&self, state: &Self::State) -> usize;
 
+    /// The part of [`LanguageModel::state_bytes`] held by recurrent (RWKV) layers, whose size
+    /// does not grow with the context.
+    fn recurrent_bytes(&self, _state: &Self::State) -> usize {
+        0
+    }
+
     fn vocab_size(&self) -> usize;
 
     /// Feeds `ids` (one sequence) after everything in `state`; returns the logits of the last
@@ -101,6 +107,10 @@ impl LanguageModel for crate::model::hybrid::Hybrid {
     fn state_bytes(&self, state: &Self::State) -> usize {
         let (kv, rwkv) = state.bytes();
         kv + rwkv
+    }
+
+    fn recurrent_bytes(&self, state: &Self::State) -> usize {
+        state.bytes().1
     }
 
     fn vocab_size(&self) -> usize {
@@ -177,6 +187,13 @@ impl LanguageModel for AnyModel {
         match (self, state) {
             (AnyModel::Teacher(m), AnyState::Teacher(s)) => m.state_bytes(s),
             (AnyModel::Student(m), AnyState::Student(s)) => m.state_bytes(s),
+            _ => 0,
+        }
+    }
+
+    fn recurrent_bytes(&self, state: &AnyState) -> usize {
+        match (self, state) {
+            (AnyModel::Student(m), AnyState::Student(s)) => m.recurrent_bytes(s),
             _ => 0,
         }
     }
