@@ -608,6 +608,7 @@ fn run(
         updated_at: rundir::now(),
         message: None,
         runner_version: keys::RUNNER_VERSION.to_string(),
+        selection: select.selection(),
     };
     run.write_record(&record)?;
     progress::set_run_log(Some(&run.path.join(rundir::RUN_LOG)))?;
@@ -640,7 +641,7 @@ fn resume(run_dir: Option<&Path>, runs_dir: Option<&Path>) -> Result<(), Error> 
     let resolved = run.path.join(rundir::RESOLVED_CONFIG);
     let p = pipeline::load(&resolved, &Overrides::default())?;
     let graph = pipeline::graph_of(&p);
-    let scope = Selection::default().resolve(&p, &graph)?;
+    let scope = record.selection.resolve(&p, &graph)?;
     // runs/<pipeline>/<run-id>: the cache lives two levels up.
     let runs_root = run
         .path

@@ -376,6 +376,21 @@ run = "echo c >> log.txt"
     p.write("fixed", "");
     p.run(&["resume"]).ok();
     assert_eq!(p.read("log.txt"), "a\nb\nc\n");
+
+    // A run started with --force that fails later: resume finishes the same selection — the
+    // forced step is not redone (it completed in this run), the failed one reruns, nothing
+    // comes from the cache instead of the forced work.
+    std::fs::remove_file(p.path().join("fixed")).unwrap();
+    let r = p.run(&["run", "p.toml", "--force", "a", "--force", "b"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(p.read("log.txt"), "a\nb\nc\na\n");
+    p.write("fixed", "");
+    p.run(&["resume"]).ok();
+    assert_eq!(
+        p.read("log.txt"),
+        "a\nb\nc\na\nb\n",
+        "b forced and rerun; a not again; c cached"
+    );
 }
 
 #[test]

@@ -254,8 +254,9 @@ impl<'a> Executor<'a> {
         let previous = self.run.read_manifest(&step.id);
         let forced = self.scope.forced[i];
 
+        // Complete in this run (a resumed run does not redo a forced step it already finished).
         if let Some(m) = &previous {
-            if m.status == StepStatus::Complete && m.key == key && !forced {
+            if m.status == StepStatus::Complete && m.key == key {
                 return (Outcome::Complete, m.outputs_digest.clone());
             }
         }
@@ -318,9 +319,10 @@ impl<'a> Executor<'a> {
         let out_dir = step_dir.join(rundir::OUT);
         let checkpoints = Checkpoints::new(step_dir.join(rundir::CHECKPOINT), CHECKPOINTS_KEPT);
 
-        // A previous attempt under the same key may continue from its checkpoint; anything else starts clean.
+        // A previous attempt in this run under the same key (also of a forced step, when the run
+        // is resumed) continues from its checkpoint; anything else starts clean.
         let same_key = previous.as_ref().is_some_and(|m| m.key == key);
-        if !same_key || self.scope.forced[i] {
+        if !same_key {
             checkpoints.clear()?;
         }
         let resumed_from = checkpoints.latest().map(|c| c.tag);

@@ -66,6 +66,10 @@ pub struct RunRecord {
     #[serde(default)]
     pub message: Option<String>,
     pub runner_version: String,
+    /// The step selection the run was started with (`--from`, `--until`, `--only`, `--force`);
+    /// `runner resume` finishes the same selection.
+    #[serde(default)]
+    pub selection: super::select::Selection,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +315,7 @@ mod tests {
             updated_at: now(),
             message: None,
             runner_version: "0".into(),
+            selection: Default::default(),
         })
         .unwrap();
         assert!(is_locked(&a.path));

@@ -10,7 +10,7 @@ use super::diagnostics::{Diagnostic, Diagnostics, Location, did_you_mean};
 use super::graph::StepGraph;
 use super::schema::Pipeline;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Selection {
     pub from: Vec<String>,
     pub until: Vec<String>,
