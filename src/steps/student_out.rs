@@ -1,6 +1,6 @@
 //! What the training steps share: which parameters train, the loop over a tokenized dataset,
 //! and what every step leaves behind — the student directory (weights, config, the tokenizer
-//! files of its source), `metrics.jsonl`, `loss.svg`, and `eval.json` (held-out perplexity
+//! files of its source), `metrics.jsonl`, `loss.svg`, and `eval.json` (held-out perplexity and agreement
 //! against a reference model).
 
 use super::StepContext;
@@ -101,7 +101,8 @@ pub fn copy_tokenizer_files(from: &std::path::Path, to: &std::path::Path) -> Res
 /// sequences whatever its training micro-batch.
 const EVAL_BATCH: usize = 4;
 
-/// Writes `eval.json`: held-out perplexity of the teacher and the student, and their ratio.
+/// Writes `eval.json`: held-out perplexity of the teacher and the student, their ratio, and the
+/// student's KL(teacher ‖ student) and top-1 agreement.
 pub fn write_eval(
     out: &std::path::Path,
     teacher: &Transformer,
@@ -115,27 +116,27 @@ pub fn write_eval(
     let device = Device::flex();
     let teacher = teacher.clone().valid();
     let student = student.clone().valid();
-    let t = crate::train::eval::perplexity(
-        |i, a| teacher.forward(i, Some(a)),
+    let (t, agreement, _) = crate::evaluate::agreement::compare(
+        &teacher,
+        &[&student],
         data,
         EVAL_BATCH,
         batches,
         &device,
+        |_| {},
     )?;
-    let s = crate::train::eval::perplexity(
-        |i, a| student.forward(i, Some(a)),
-        data,
-        EVAL_BATCH,
-        batches,
-        &device,
-    )?;
+    let a = agreement[0];
     tracing::info!(
-        "held-out perplexity: teacher {t:.3}, student {s:.3} (ratio {:.3})",
-        s / t
+        "held-out perplexity: teacher {t:.3}, student {:.3} (ratio {:.3})",
+        a.perplexity,
+        a.perplexity_ratio
     );
     crate::util::fsx::atomic_write_json(
         &out.join("eval.json"),
-        &serde_json::json!({"teacher_perplexity": t, "student_perplexity": s, "perplexity_ratio": s / t, "batches": batches}),
+        &serde_json::json!({
+            "teacher_perplexity": t, "student_perplexity": a.perplexity,
+            "perplexity_ratio": a.perplexity_ratio, "kl": a.kl, "top1": a.top1, "batches": batches,
+        }),
     )?;
     Ok(())
 }

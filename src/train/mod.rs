@@ -2,7 +2,6 @@
 //! ([`schedule`]), the loop shared by the stages with checkpoints and exact resume
 //! ([`trainer`]), and the stages' losses ([`losses`]).
 
-pub mod eval;
 pub mod losses;
 pub mod optim;
 pub mod plot;
