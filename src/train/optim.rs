@@ -5,6 +5,7 @@
 use crate::model::safetensors_io::OwnedTensor;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Gradients, Tensor, TensorData};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -158,15 +159,22 @@ impl ModuleMapper for Updater<'_> {
         let device = value.device();
         let require_grad = value.is_require_grad();
         let mut p = flat(value.clone().detach());
-        for i in 0..p.len() {
-            let gi = g[i] as f64 * self.scale;
-            let m = c.beta1 * mom.m[i] as f64 + (1.0 - c.beta1) * gi;
-            let v = c.beta2 * mom.v[i] as f64 + (1.0 - c.beta2) * gi * gi;
-            mom.m[i] = m as f32;
-            mom.v[i] = v as f32;
-            let update = (m / bc1) / ((v / bc2).sqrt() + c.eps) + decay * p[i] as f64;
-            p[i] = (p[i] as f64 - self.lr * update) as f32;
-        }
+        // Element by element (so the result does not depend on the split), on every core.
+        let (scale, lr) = (self.scale, self.lr);
+        p.par_iter_mut()
+            .zip(mom.m.par_iter_mut())
+            .zip(mom.v.par_iter_mut())
+            .zip(g.par_iter())
+            .with_min_len(1 << 14)
+            .for_each(|(((p, m_i), v_i), &g)| {
+                let gi = g as f64 * scale;
+                let m = c.beta1 * *m_i as f64 + (1.0 - c.beta1) * gi;
+                let v = c.beta2 * *v_i as f64 + (1.0 - c.beta2) * gi * gi;
+                *m_i = m as f32;
+                *v_i = v as f32;
+                let update = (m / bc1) / ((v / bc2).sqrt() + c.eps) + decay * *p as f64;
+                *p = (*p as f64 - lr * update) as f32;
+            });
         let dims: [usize; D] = value.dims();
         let new = Tensor::<D>::from_data(TensorData::new(p, dims), &device)
             .set_require_grad(require_grad);
