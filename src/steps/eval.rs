@@ -11,10 +11,11 @@
 
 use super::StepContext;
 use super::artifact::ArtifactRef;
+use super::grpo::scored_accuracy;
 use crate::bench::hybrid::measure;
 use crate::evaluate::agreement::compare;
 use crate::generate::{GenerationLimits, LanguageModel, Sampler, SamplingConfig, generate};
-use crate::grpo::problems::{PromptFormat, accuracy, load_problems};
+use crate::grpo::problems::{PromptFormat, load_problems};
 use crate::model::Transformer;
 use crate::model::hybrid::{Hybrid, InitMode};
 use crate::text::{ChatMessage, TextTokenizer};
@@ -205,38 +206,11 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
     {
         let mut problems = load_problems(&p.resolve(ctx)?, &s.question_field, &s.answer_field)?;
         problems.truncate(s.math_count);
-        for (key, label) in [("teacher", "teacher"), ("student", "student")] {
-            let bar = ctx.progress_bar(problems.len() as u64, &format!("math, {label}"));
-            let acc = if key == "teacher" {
-                accuracy(
-                    &teacher,
-                    &teacher_tok,
-                    &problems,
-                    &s.prompt,
-                    s.math_max_new_tokens,
-                    1e-6,
-                    |i| bar.set_position(i as u64),
-                )?
-            } else {
-                accuracy(
-                    &student,
-                    &student_tok,
-                    &problems,
-                    &s.prompt,
-                    s.math_max_new_tokens,
-                    1e-6,
-                    |i| bar.set_position(i as u64),
-                )?
-            };
-            bar.finish_and_clear();
-            tracing::info!(
-                "{}: math accuracy, {label}: {}/{}",
-                ctx.id,
-                acc.correct,
-                acc.problems
-            );
-            math[key] = serde_json::to_value(acc)?;
-        }
+        let (n, f, new) = (&problems, &s.prompt, s.math_max_new_tokens);
+        let teacher_acc = scored_accuracy(ctx, &teacher, &teacher_tok, n, f, new, 1e-6, "teacher")?;
+        let student_acc = scored_accuracy(ctx, &student, &student_tok, n, f, new, 1e-6, "student")?;
+        math["teacher"] = serde_json::to_value(teacher_acc)?;
+        math["student"] = serde_json::to_value(student_acc)?;
     }
     let grpo: Vec<serde_json::Value> = stage_dirs
         .iter()

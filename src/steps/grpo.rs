@@ -11,7 +11,7 @@
 use super::StepContext;
 use super::artifact::ArtifactRef;
 use super::student_out::{copy_tokenizer_files, trainable_all};
-use crate::generate::{Sampler, SamplingConfig};
+use crate::generate::{LanguageModel, Sampler, SamplingConfig};
 use crate::grpo::objective::{Surrogate, group_advantages, surrogate_loss, token_logprobs};
 use crate::grpo::problems::{Accuracy, Problem, PromptFormat, accuracy, load_problems};
 use crate::grpo::rewards::RewardSettings;
@@ -320,27 +320,32 @@ fn rollout_seed(seed: u64, step: u64) -> u64 {
     seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-fn eval_accuracy(
-    s: &GrpoSettings,
+/// Greedy accuracy of `model` on `problems` with a progress bar and a log line; shared with
+/// the eval step.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn scored_accuracy<M: LanguageModel>(
     ctx: &StepContext,
-    model: &Hybrid,
+    model: &M,
     tokenizer: &TextTokenizer,
-    test: &[Problem],
+    problems: &[Problem],
+    format: &PromptFormat,
+    max_new: usize,
+    tolerance: f64,
     label: &str,
 ) -> Result<Accuracy> {
-    let bar = ctx.progress_bar(test.len() as u64, &format!("accuracy {label}"));
+    let bar = ctx.progress_bar(problems.len() as u64, &format!("math accuracy, {label}"));
     let acc = accuracy(
         model,
         tokenizer,
-        test,
-        &s.prompt,
-        s.eval_max_new_tokens,
-        s.rewards.tolerance,
+        problems,
+        format,
+        max_new,
+        tolerance,
         |i| bar.set_position(i as u64),
     )?;
     bar.finish_and_clear();
     tracing::info!(
-        "{}: held-out accuracy {label}: {}/{} ({:.1}%)",
+        "{}: math accuracy, {label}: {}/{} ({:.1}%)",
         ctx.id,
         acc.correct,
         acc.problems,
@@ -407,7 +412,16 @@ pub fn run(s: &GrpoSettings, ctx: &StepContext) -> Result<()> {
     } else if let Some(b) = crate::util::fsx::read_json::<serde_json::Value>(&before_path)? {
         Some(serde_json::from_value(b).context("accuracy_before.json")?)
     } else {
-        let acc = eval_accuracy(s, ctx, &reference, &tokenizer, &test, "before")?;
+        let acc = scored_accuracy(
+            ctx,
+            &reference,
+            &tokenizer,
+            &test,
+            &s.prompt,
+            s.eval_max_new_tokens,
+            s.rewards.tolerance,
+            "before GRPO",
+        )?;
         crate::util::fsx::atomic_write_json(&before_path, &acc)?;
         Some(acc)
     };
@@ -628,7 +642,16 @@ pub fn run(s: &GrpoSettings, ctx: &StepContext) -> Result<()> {
         false,
     )?;
     if let Some(before) = before {
-        let after = eval_accuracy(s, ctx, &student, &tokenizer, &test, "after")?;
+        let after = scored_accuracy(
+            ctx,
+            &student,
+            &tokenizer,
+            &test,
+            &s.prompt,
+            s.eval_max_new_tokens,
+            s.rewards.tolerance,
+            "after GRPO",
+        )?;
         crate::util::fsx::atomic_write_json(
             &ctx.out_dir.join("eval.json"),
             &serde_json::json!({"accuracy_before": before, "accuracy_after": after}),
