@@ -165,44 +165,39 @@ fn chat_completions(
     let id = format!("chatcmpl-{:x}-{n}", now());
     let created = now();
     let mut sampler = Sampler::new(sampling);
-    let result = if body.stream {
-        let mut events = EventStream::start(stream)?;
-        let chunk = |delta: serde_json::Value, finish: Option<&str>| {
-            serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-            .to_string()
-        };
-        events.send(&chunk(
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    let mut events = if body.stream {
+        let mut e = EventStream::start(stream)?;
+        e.send(&chunk(
             serde_json::json!({"role": "assistant", "content": ""}),
             None,
         ));
-        let r = generate(
-            model,
-            tokenizer,
-            &mut st,
-            &new_ids,
-            &mut sampler,
-            &limits,
-            |t| {
-                events.send(&chunk(serde_json::json!({"content": t}), None));
-            },
-        );
-        if let Ok(g) = &r {
-            events.send(&chunk(serde_json::json!({}), Some(finish_reason(g.stop))));
-            events.send("[DONE]");
-        }
-        r
+        Some(e)
     } else {
-        let r = generate(
-            model,
-            tokenizer,
-            &mut st,
-            &new_ids,
-            &mut sampler,
-            &limits,
-            |_| {},
-        );
-        if let Ok(g) = &r {
+        None
+    };
+    let result = generate(
+        model,
+        tokenizer,
+        &mut st,
+        &new_ids,
+        &mut sampler,
+        &limits,
+        |t| {
+            if let Some(e) = events.as_mut() {
+                e.send(&chunk(serde_json::json!({"content": t}), None));
+            }
+        },
+    );
+    if let Ok(g) = &result {
+        if let Some(e) = events.as_mut() {
+            e.send(&chunk(serde_json::json!({}), Some(finish_reason(g.stop))));
+            e.send("[DONE]");
+        } else {
             let reply = serde_json::json!({
                 "id": id, "object": "chat.completion", "created": created, "model": name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text}, "finish_reason": finish_reason(g.stop)}],
@@ -215,8 +210,7 @@ fn chat_completions(
                 reply.to_string().as_bytes(),
             )?;
         }
-        r
-    };
+    }
     match result {
         Ok(g) => {
             // The state now covers the prompt and the reply (its final token included).
