@@ -39,6 +39,8 @@ pub fn sample_completions<M: LanguageModel>(
     drop(prefix);
     let mut logits: Vec<Vec<f32>> = vec![first; n];
     let mut ids: Vec<Vec<u32>> = vec![Vec::new(); n];
+    // Each row's tokens so far (prompt included), for the repetition penalty.
+    let mut history: Vec<Vec<u32>> = vec![prompt.to_vec(); n];
     let mut ended = vec![false; n];
     let stop = tokenizer.stop_ids[0];
     for step in 0..max_new {
@@ -48,9 +50,8 @@ pub fn sample_completions<M: LanguageModel>(
                 next.push(vec![stop]);
                 continue;
             }
-            let mut history = prompt.to_vec();
-            history.extend(&ids[r]);
-            let t = sampler.sample(&logits[r], &history);
+            let t = sampler.sample(&logits[r], &history[r]);
+            history[r].push(t);
             ids[r].push(t);
             ended[r] = tokenizer.stop_ids.contains(&t);
             next.push(vec![t]);
