@@ -1,4 +1,4 @@
-//! Fused RWKV-7 (WKV-7) recurrence for Burn.
+//! Fused RWKV-7 (WKV-7) recurrence and causal attention for Burn.
 //!
 //! Per head, with state `S ∈ R^{N×N}` (f32), decay factor `w ∈ (0,1)^N`, removal vector
 //! `α = −kk` and replacement vector `β = kk⊙a`:
@@ -11,10 +11,19 @@
 //! - [`cpu`]: the same math on slices, parallel over (batch, head), with its own backward;
 //! - [`op`]: the Burn backend extension (Flex + Autodiff) that makes [`cpu`] one graph node;
 //! - [`wkv7`], [`wkv7_step`]: the functions models call.
+//!
+//! The attention layers kept from the teacher get the same treatment: [`attention_cpu`]
+//! (causal softmax attention with grouped key/value heads, forward and backward),
+//! [`attention_op`] (one graph node), [`causal_attention`] (the function models call; its
+//! oracle is Burn's own attention built from tensor ops).
 
+pub mod attention_cpu;
+pub mod attention_op;
 pub mod cpu;
 pub mod op;
 pub mod reference;
+
+use attention_op::AttentionOps;
 
 use burn::tensor::Tensor;
 use op::Wkv7Ops;
@@ -110,4 +119,35 @@ pub fn fused_available(device: &burn::tensor::Device) -> bool {
         device.clone().without_autodiff().as_dispatch(),
         burn::backend::DispatchDevice::Flex(_)
     )
+}
+
+/// Causal softmax attention: `q [B, H, Tq, D]`, `k`/`v` `[B, Hkv, Tk, D]` with `H` a multiple
+/// of `Hkv` (grouped heads are not repeated), `key_mask [B, Tk]` (1 real, 0 padding; `None`:
+/// all real). The queries are the last `Tq` positions; a padded key is hidden from every query
+/// but its own. Returns `[B, H, Tq, D]`.
+///
+/// The fused op runs on Flex (with or without autodiff); elsewhere, `None`: the caller uses
+/// its tensor-op path.
+pub fn causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_mask: Option<Tensor<2>>,
+    scale: f64,
+) -> Option<Tensor<4>> {
+    let device = q.device();
+    if !fused_available(&device) {
+        return None;
+    }
+    let [batch, _, _, _] = q.dims();
+    let k_len = k.dims()[2];
+    let mask = key_mask.unwrap_or_else(|| Tensor::ones([batch, k_len], &device));
+    let (o, _) = <burn::backend::Dispatch as AttentionOps>::causal_attention_forward(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        mask.into_dispatch(),
+        scale as f32,
+    );
+    Some(Tensor::from_dispatch(o))
 }

@@ -1,0 +1,335 @@
+//! Causal softmax attention on the CPU over plain `f32` slices: forward (keeping each query
+//! row's log-sum-exp) and backward (recomputing the probabilities from it), with grouped
+//! key/value heads and a key padding mask.
+//!
+//! Layout: `q` is `[B, H, Tq, D]`, `k` and `v` are `[B, Hkv, Tk, D]` (query head `h` reads
+//! key/value head `h / (H / Hkv)`), the mask is `[B, Tk]` (1 = real key, 0 = padding) or empty
+//! for "every key is real". The queries are the last `Tq` of the `Tk` positions, so query `i`
+//! sees key `j` when `j ≤ i + (Tk − Tq)` and the key is real or is the query's own position
+//! (a padded query still sees itself, so no row is empty).
+//!
+//! Work is split over (batch, head) with rayon; inside, query rows are taken in blocks of
+//! [`ROWS`] and each block only multiplies against the keys its last row can see, so the
+//! causal half of `Q·Kᵀ` is mostly skipped. The products are `gemm` calls on strided views.
+
+use rayon::prelude::*;
+
+/// Query rows per block.
+pub const ROWS: usize = 64;
+
+/// Problem dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnDims {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub q_len: usize,
+    pub k_len: usize,
+    pub head_dim: usize,
+}
+
+impl AttnDims {
+    fn offset(&self) -> usize {
+        self.k_len - self.q_len
+    }
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+    pub fn q_size(&self) -> usize {
+        self.batch * self.heads * self.q_len * self.head_dim
+    }
+    pub fn kv_size(&self) -> usize {
+        self.batch * self.kv_heads * self.k_len * self.head_dim
+    }
+    /// Checks the relations between the sizes; panics with the offending values.
+    pub fn check(&self) {
+        assert!(
+            self.kv_heads > 0 && self.heads % self.kv_heads == 0,
+            "attention: {} query heads are not a multiple of {} key/value heads",
+            self.heads,
+            self.kv_heads
+        );
+        assert!(
+            self.q_len <= self.k_len,
+            "attention: {} queries but only {} keys (the queries are the last keys)",
+            self.q_len,
+            self.k_len
+        );
+    }
+}
+
+/// A row-major-or-strided read-only matrix view: element `(r, c)` is `data[r·rs + c·cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        Self { data, rs, cs }
+    }
+    fn check(&self, rows: usize, cols: usize, what: &str) {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
+            assert!(
+                last < self.data.len(),
+                "attention: {what} view out of bounds"
+            );
+        }
+    }
+}
+
+/// `dst[m×n]` (row stride `ld`) `= (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]`.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    ld: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+) {
+    lhs.check(m, k, "lhs");
+    rhs.check(k, n, "rhs");
+    if m > 0 && n > 0 {
+        assert!(
+            (m - 1) * ld + n <= dst.len(),
+            "attention: dst out of bounds"
+        );
+    }
+    // SAFETY: every index the product touches is inside the slices (checked above), and `dst`
+    // does not alias the inputs (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ld as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Whether query `i` (of the block's absolute rows) may see key `j`.
+#[inline]
+fn visible(i: usize, j: usize, offset: usize, mask: Option<&[f32]>) -> bool {
+    let own = i + offset;
+    j <= own && (j == own || mask.is_none_or(|m| m[j] != 0.0))
+}
+
+/// Per (batch, head): slices of that head's queries, keys, values and the batch row's mask.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    mask: Option<&'a [f32]>,
+}
+
+fn head<'a>(
+    d: &AttnDims,
+    bh: usize,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    mask: &'a [f32],
+) -> Head<'a> {
+    let (b, h) = (bh / d.heads, bh % d.heads);
+    let kv = (b * d.kv_heads + h / d.group()) * d.k_len * d.head_dim;
+    let qs = d.q_len * d.head_dim;
+    let ks = d.k_len * d.head_dim;
+    Head {
+        q: &q[bh * qs..(bh + 1) * qs],
+        k: &k[kv..kv + ks],
+        v: &v[kv..kv + ks],
+        mask: (!mask.is_empty()).then(|| &mask[b * d.k_len..(b + 1) * d.k_len]),
+    }
+}
+
+/// The query rows of each block and the number of keys the block's last row sees.
+fn blocks(d: &AttnDims) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    (0..d.q_len).step_by(ROWS).map(move |i0| {
+        let rows = ROWS.min(d.q_len - i0);
+        (i0, rows, i0 + rows + d.offset())
+    })
+}
+
+/// Forward pass: `(o [B, H, Tq, D], lse [B, H, Tq])` with `lse` the natural log of each
+/// row's softmax normaliser of the scaled scores.
+pub fn forward(
+    d: AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    d.check();
+    let dh = d.head_dim;
+    let mut o = vec![0.0f32; d.q_size()];
+    let mut lse = vec![0.0f32; d.batch * d.heads * d.q_len];
+    o.par_chunks_mut(d.q_len * dh)
+        .zip(lse.par_chunks_mut(d.q_len))
+        .enumerate()
+        .for_each(|(bh, (o, lse))| {
+            let x = head(&d, bh, q, k, v, mask);
+            let mut s = vec![0.0f32; ROWS * d.k_len];
+            for (i0, rows, cols) in blocks(&d) {
+                let q_blk = View::new(&x.q[i0 * dh..], dh, 1);
+                let k_t = View::new(x.k, 1, dh);
+                matmul(rows, cols, dh, &mut s, cols, false, q_blk, k_t);
+                for r in 0..rows {
+                    let i = i0 + r;
+                    let row = &mut s[r * cols..(r + 1) * cols];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, x_j) in row.iter_mut().enumerate() {
+                        *x_j = if visible(i, j, d.offset(), x.mask) {
+                            *x_j * scale
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                        max = max.max(*x_j);
+                    }
+                    let mut sum = 0.0f32;
+                    for x_j in row.iter_mut() {
+                        *x_j = (*x_j - max).exp();
+                        sum += *x_j;
+                    }
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|x_j| *x_j *= inv);
+                    lse[i] = max + sum.ln();
+                }
+                let p = View::new(&s, cols, 1);
+                let v_blk = View::new(x.v, dh, 1);
+                matmul(rows, dh, cols, &mut o[i0 * dh..], dh, false, p, v_blk);
+            }
+        });
+    (o, lse)
+}
+
+/// Gradients `(dq, dk, dv)` of the forward pass given `d_o` `[B, H, Tq, D]`, the forward's
+/// output `o` and `lse`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    d: AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    d_o: &[f32],
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    d.check();
+    let dh = d.head_dim;
+    let (qs, ks) = (d.q_len * dh, d.k_len * dh);
+    let mut dq = vec![0.0f32; d.q_size()];
+    // Per query head; summed over each key/value head's group afterwards.
+    let mut dk_h = vec![0.0f32; d.batch * d.heads * ks];
+    let mut dv_h = vec![0.0f32; d.batch * d.heads * ks];
+    dq.par_chunks_mut(qs)
+        .zip(dk_h.par_chunks_mut(ks))
+        .zip(dv_h.par_chunks_mut(ks))
+        .enumerate()
+        .for_each(|(bh, ((dq, dk), dv))| {
+            let x = head(&d, bh, q, k, v, mask);
+            let (o, d_o) = (&o[bh * qs..(bh + 1) * qs], &d_o[bh * qs..(bh + 1) * qs]);
+            let lse = &lse[bh * d.q_len..(bh + 1) * d.q_len];
+            let mut p = vec![0.0f32; ROWS * d.k_len];
+            let mut ds = vec![0.0f32; ROWS * d.k_len];
+            for (i0, rows, cols) in blocks(&d) {
+                let q_blk = View::new(&x.q[i0 * dh..], dh, 1);
+                let do_blk = View::new(&d_o[i0 * dh..], dh, 1);
+                // P: recomputed from the scores and the saved log-sum-exp.
+                matmul(
+                    rows,
+                    cols,
+                    dh,
+                    &mut p,
+                    cols,
+                    false,
+                    q_blk,
+                    View::new(x.k, 1, dh),
+                );
+                for r in 0..rows {
+                    let i = i0 + r;
+                    for (j, p_j) in p[r * cols..(r + 1) * cols].iter_mut().enumerate() {
+                        *p_j = if visible(i, j, d.offset(), x.mask) {
+                            (*p_j * scale - lse[i]).exp()
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                // dV += Pᵀ·dO;  dP = dO·Vᵀ
+                let p_t = View::new(&p, 1, cols);
+                matmul(cols, dh, rows, dv, dh, true, p_t, do_blk);
+                matmul(
+                    rows,
+                    cols,
+                    dh,
+                    &mut ds,
+                    cols,
+                    false,
+                    do_blk,
+                    View::new(x.v, 1, dh),
+                );
+                // dS = P ⊙ (dP − rowsum(dO ⊙ O)) · scale
+                for r in 0..rows {
+                    let i = i0 + r;
+                    let delta: f32 = (0..dh).map(|c| d_o[i * dh + c] * o[i * dh + c]).sum();
+                    let p_row = &p[r * cols..(r + 1) * cols];
+                    for (ds_j, &p_j) in ds[r * cols..(r + 1) * cols].iter_mut().zip(p_row) {
+                        *ds_j = p_j * (*ds_j - delta) * scale;
+                    }
+                }
+                // dQ = dS·K;  dK += dSᵀ·Q
+                let ds_v = View::new(&ds, cols, 1);
+                matmul(
+                    rows,
+                    dh,
+                    cols,
+                    &mut dq[i0 * dh..],
+                    dh,
+                    false,
+                    ds_v,
+                    View::new(x.k, dh, 1),
+                );
+                let ds_t = View::new(&ds, 1, cols);
+                matmul(cols, dh, rows, dk, dh, true, ds_t, q_blk);
+            }
+        });
+    if d.group() == 1 {
+        return (dq, dk_h, dv_h);
+    }
+    let sum_groups = |per_head: &[f32]| {
+        let mut out = vec![0.0f32; d.kv_size()];
+        out.par_chunks_mut(ks).enumerate().for_each(|(bg, out)| {
+            let (b, g) = (bg / d.kv_heads, bg % d.kv_heads);
+            for h in g * d.group()..(g + 1) * d.group() {
+                let src = &per_head[(b * d.heads + h) * ks..(b * d.heads + h + 1) * ks];
+                out.iter_mut().zip(src).for_each(|(a, s)| *a += s);
+            }
+        });
+        out
+    };
+    (dq, sum_groups(&dk_h), sum_groups(&dv_h))
+}

@@ -1,0 +1,222 @@
+//! Fused causal attention as a Burn backend extension: the Flex (CPU) implementation calls
+//! [`crate::attention_cpu`]; the Autodiff implementation records one graph node (saving the
+//! inputs, the output and each row's log-sum-exp) whose backward calls the fused backward.
+//! Without it, autodiff builds attention from a dozen tensor ops over the full `[T, T]` score
+//! matrix, forward and backward.
+
+use crate::attention_cpu::{self, AttnDims};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
+use burn::tensor::{DType, Shape, TensorData};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_flex::FlexTensor;
+
+/// Causal attention with grouped key/value heads (see [`crate::attention_cpu`] for layouts
+/// and which keys each query sees).
+#[backend_extension(Flex, Autodiff)]
+pub trait AttentionOps: Backend {
+    /// `(o [B, H, Tq, D], lse [B, H, Tq])` for `q [B, H, Tq, D]`, `k`/`v` `[B, Hkv, Tk, D]`
+    /// and `mask [B, Tk]` (1 real key, 0 padding).
+    fn causal_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `(dq, dk, dv)` given the forward's inputs, output `o`, `lse` and the output gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+fn contiguous_f32(t: FlexTensor, name: &str) -> FlexTensor {
+    assert_eq!(
+        t.dtype(),
+        DType::F32,
+        "attention: `{name}` must be f32 (got {:?}); cast before calling",
+        t.dtype()
+    );
+    t.to_contiguous()
+}
+
+fn dims_of(q: &FlexTensor, k: &FlexTensor) -> AttnDims {
+    let (qs, ks) = (q.shape(), k.shape());
+    assert!(
+        qs.num_dims() == 4 && ks.num_dims() == 4,
+        "attention: q and k must be [B, heads, T, D], got {qs:?} and {ks:?}"
+    );
+    let [batch, heads, q_len, head_dim] = qs.dims::<4>();
+    let [kb, kv_heads, k_len, kd] = ks.dims::<4>();
+    assert!(
+        kb == batch && kd == head_dim,
+        "attention: q {qs:?} and k {ks:?} disagree on batch or head size"
+    );
+    let d = AttnDims {
+        batch,
+        heads,
+        kv_heads,
+        q_len,
+        k_len,
+        head_dim,
+    };
+    d.check();
+    d
+}
+
+fn flex(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape.into()))
+}
+
+impl AttentionOps for Flex {
+    fn causal_attention_forward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        mask: FlexTensor,
+        scale: f32,
+    ) -> (FlexTensor, FlexTensor) {
+        let d = dims_of(&q, &k);
+        let (q, k, v) = (
+            contiguous_f32(q, "q"),
+            contiguous_f32(k, "k"),
+            contiguous_f32(v, "v"),
+        );
+        let mask = contiguous_f32(mask, "mask");
+        let (o, lse) = attention_cpu::forward(
+            d,
+            q.storage(),
+            k.storage(),
+            v.storage(),
+            mask.storage(),
+            scale,
+        );
+        (
+            flex(o, [d.batch, d.heads, d.q_len, d.head_dim]),
+            flex(lse, [d.batch, d.heads, d.q_len]),
+        )
+    }
+
+    fn causal_attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        mask: FlexTensor,
+        o: FlexTensor,
+        lse: FlexTensor,
+        d_o: FlexTensor,
+        scale: f32,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let d = dims_of(&q, &k);
+        let [q, k, v, mask, o, lse, d_o] = [
+            contiguous_f32(q, "q"),
+            contiguous_f32(k, "k"),
+            contiguous_f32(v, "v"),
+            contiguous_f32(mask, "mask"),
+            contiguous_f32(o, "o"),
+            contiguous_f32(lse, "lse"),
+            contiguous_f32(d_o, "grad"),
+        ];
+        let (dq, dk, dv) = attention_cpu::backward(
+            d,
+            q.storage(),
+            k.storage(),
+            v.storage(),
+            mask.storage(),
+            o.storage(),
+            lse.storage(),
+            d_o.storage(),
+            scale,
+        );
+        let kv = [d.batch, d.kv_heads, d.k_len, d.head_dim];
+        (
+            flex(dq, [d.batch, d.heads, d.q_len, d.head_dim]),
+            flex(dk, kv),
+            flex(dv, kv),
+        )
+    }
+}
+
+/// Backward node of the fused op; its parents are `q`, `k`, `v`.
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl<B: Backend + AttentionOps> Backward<B, 3> for AttentionBackward {
+    /// q, k, v, mask, o, lse and the scale.
+    type State = ([FloatTensor<B>; 6], f32);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let ([q, k, v, mask, o, lse], scale) = ops.state;
+        let d_o = grads.consume::<B>(&ops.node);
+        let (dq, dk, dv) = B::causal_attention_backward(q, k, v, mask, o, lse, d_o, scale);
+        for (node, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+impl<B: Backend + AttentionOps, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {
+    fn causal_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [q.node(), k.node(), v.node()];
+        let (q, k, v, mask) = (
+            q.into_primitive(),
+            k.into_primitive(),
+            v.into_primitive(),
+            mask.into_primitive(),
+        );
+        let prep = AttentionBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful();
+        let (o, lse) =
+            B::causal_attention_forward(q.clone(), k.clone(), v.clone(), mask.clone(), scale);
+        let out = match prep {
+            OpsKind::Tracked(prep) => {
+                let state = ([q, k, v, mask, o.clone(), lse.clone()], scale);
+                prep.finish(state, o)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(o),
+        };
+        (out, Self::from_inner(lse))
+    }
+
+    fn causal_attention_backward(
+        _q: FloatTensor<Self>,
+        _k: FloatTensor<Self>,
+        _v: FloatTensor<Self>,
+        _mask: FloatTensor<Self>,
+        _o: FloatTensor<Self>,
+        _lse: FloatTensor<Self>,
+        _d_o: FloatTensor<Self>,
+        _scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        unimplemented!(
+            "causal_attention_backward is called by the autodiff node on the inner backend, never on Autodiff itself"
+        )
+    }
+}
