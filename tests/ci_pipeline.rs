@@ -121,10 +121,16 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
             .as_f64()
             .unwrap_or_else(|| panic!("{k} expected"));
         // Ratios and KL within 2 % (other CPUs may round differently), fractions within 0.02.
+        // GRPO and what follows it sample their rollouts: a last-bit difference in the logits
+        // (another GEMM kernel, another summation order) can flip a sampled token and change
+        // the trajectory, so those numbers get 10 % (fractions 0.1).
+        let sampled =
+            k.starts_with("grpo.") || k.contains("convert.") || k == "math.student.accuracy";
+        let rel = if sampled { 0.1 } else { 0.02 };
         let tol = if k.ends_with("top1") || k.ends_with("accuracy") {
-            0.02
+            rel
         } else {
-            0.02 * want.abs()
+            rel * want.abs()
         };
         assert!((v - want).abs() <= tol, "{k}: {v} vs expected {want}");
     }

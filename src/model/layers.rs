@@ -7,6 +7,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor, TensorData};
+use rwkv_kernels::{causal_attention, fused_available};
 
 /// `y = x W + b` with `W` stored `[in, out]` (the transpose of Hugging Face's `[out, in]`).
 #[derive(Module, Debug)]
@@ -230,11 +231,17 @@ impl Attention {
                 mask: key_mask.clone(),
             });
         }
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        // The fused op (one graph node, grouped heads read in place) where the backend has it.
+        if fused_available(&q.device()) {
+            let y = causal_attention(q, k, v, key_mask, scale).expect("fused attention");
+            return self.o.forward(merge_heads(y));
+        }
         let group = self.heads / self.kv_heads;
         let k = repeat_kv(k, group);
         let v = repeat_kv(v, group);
         let options = AttentionModuleOptions {
-            scale: Some(1.0 / (self.head_dim as f64).sqrt()),
+            scale: Some(scale),
             softcap: None,
             is_causal: true,
         };
