@@ -1,4 +1,5 @@
-//! Small helpers shared by every module: crash-safe file writes and hashing.
+//! Small helpers shared by every module: crash-safe file writes, hashing, allocator settings.
 
+pub mod alloc;
 pub mod fsx;
 pub mod hash;
