@@ -140,18 +140,47 @@ pub fn stage2_loss(
     let (ids, att, loss_mask) = batch_tensors(batch, device);
     let t_logits = teacher.forward(ids.clone(), Some(att.clone())).detach();
     let s_logits = student.forward(ids.clone(), Some(att.clone()));
-    let (kl, mut metrics) = distill_kl(
+    let weights = (kl_weight, ce_weight);
+    distill_loss(
         t_logits,
-        s_logits.clone(),
-        att.clone(),
+        s_logits,
+        ids,
+        att,
+        loss_mask,
+        weights,
         temperature,
         adaptive,
-    );
-    let (ce, _) = cross_entropy(s_logits, ids, att, loss_mask);
+    )
+}
+
+/// The stage-2 loss from both models' logits: `weights = (kl, ce)`. The cross-entropy is
+/// always reported; with a zero weight it is computed on detached logits, so the backward pass
+/// does not go through a second vocabulary log-softmax.
+#[allow(clippy::too_many_arguments)]
+pub fn distill_loss(
+    t_logits: Tensor<3>,
+    s_logits: Tensor<3>,
+    ids: Tensor<2, Int>,
+    att: Tensor<2>,
+    loss_mask: Tensor<2>,
+    (kl_weight, ce_weight): (f64, f64),
+    temperature: f64,
+    adaptive: Option<f64>,
+) -> (Tensor<1>, BTreeMap<String, f64>) {
+    let ce_logits = if ce_weight == 0.0 {
+        s_logits.clone().detach()
+    } else {
+        s_logits.clone()
+    };
+    let (kl, mut metrics) = distill_kl(t_logits, s_logits, att.clone(), temperature, adaptive);
+    let (ce, _) = cross_entropy(ce_logits, ids, att, loss_mask);
     metrics.insert(
         "ce".into(),
         crate::model::weights::to_vec(ce.clone().detach())[0] as f64,
     );
+    if ce_weight == 0.0 {
+        return (kl.mul_scalar(kl_weight), metrics);
+    }
     (kl.mul_scalar(kl_weight) + ce.mul_scalar(ce_weight), metrics)
 }
 
