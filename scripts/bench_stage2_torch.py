@@ -7,7 +7,8 @@ clipping and AdamW (betas 0.9/0.95). The WKV-7 recurrence runs as a per-token lo
 how the original PyTorch code runs without its CUDA kernel.
 
 Prints one JSON object: {"step_s": median seconds per optimizer step, "tokens_per_s", "loss",
-"peak_rss_mb", "threads"}.
+"peak_rss_mb", "threads", "phases_s": median seconds of teacher forward, student forward +
+loss, backward, clipping + AdamW}.
 Usage: python bench_stage2_torch.py --teacher DIR --layers 6,12,18,24 --seq 512 --batch 1 --steps 3
 """
 import argparse
@@ -117,17 +118,22 @@ def main():
     def step():
         t0 = time.perf_counter()
         with torch.no_grad():
-            log_t = F.log_softmax(teacher(input_ids=ids).logits, dim=-1)
+            t_logits = teacher(input_ids=ids).logits
+        t1 = time.perf_counter()
+        log_t = F.log_softmax(t_logits, dim=-1)
         log_s = F.log_softmax(student(input_ids=ids).logits, dim=-1)
         loss = (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+        t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        t3 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
-        return time.perf_counter() - t0, loss.item()
+        t4 = time.perf_counter()
+        return t4 - t0, loss.item(), [t1 - t0, t2 - t1, t3 - t2, t4 - t3]
 
     step()  # warm-up
-    times, losses = zip(*(step() for _ in range(args.steps)))
+    times, losses, phases = zip(*(step() for _ in range(args.steps)))
     s = statistics.median(times)
     print(json.dumps({
         "step_s": s,
@@ -135,6 +141,7 @@ def main():
         "loss": losses[0],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
+        "phases_s": [statistics.median(p) for p in zip(*phases)],
     }))
 
 

@@ -117,8 +117,6 @@ enum BenchCommand {
         #[arg(long, env = "RUNNER_PYTHON", default_value = "python3")]
         python: String,
     },
-    /// Decode speed and state memory of a teacher vs its hybrid student (mixers initialised
-    /// from the teacher in the chosen layers) at growing context lengths.
     /// Time of one stage-2 optimizer step (teacher forward, hybrid student forward and
     /// backward through the full-vocabulary KL, AdamW) on a fixed batch, vs the same model and
     /// loss in PyTorch eager.
@@ -145,6 +143,8 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Decode speed and state memory of a teacher vs its hybrid student (mixers initialised
+    /// from the teacher in the chosen layers) at growing context lengths.
     Hybrid {
         /// The teacher model directory.
         #[arg(long)]
@@ -390,7 +390,7 @@ fn bench_stage2(
     python: &str,
     json: Option<&Path>,
 ) -> Result<(), Error> {
-    use crate::bench::stage2::measure_ours;
+    use crate::bench::stage2::{PHASES, measure_ours};
     let n_layers = crate::model::TransformerConfig::from_dir(model_dir)
         .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))?
         .num_hidden_layers;
@@ -402,7 +402,7 @@ fn bench_stage2(
     let ours =
         measure_ours(model_dir, wkv_layers.clone(), batch, seq, steps).map_err(Error::Other)?;
     println!(
-        "  runner (burn flex, fused WKV-7)  {:>8.2} s/step  {:>8.1} tok/s  KL {:.4}  peak RSS {:>6.0} MiB",
+        "  runner (burn flex, fused ops)    {:>8.2} s/step  {:>8.1} tok/s  KL {:.4}  peak RSS {:>6.0} MiB",
         ours.step_s, ours.tokens_per_s, ours.loss, ours.peak_rss_mib
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_stage2_torch.py");
@@ -423,6 +423,11 @@ fn bench_stage2(
     let torch = crate::bench::run_python_json(python, &script, &args, "torch and transformers");
     let mut out =
         serde_json::json!({"ours": ours, "batch": batch, "seq": seq, "layers": wkv_layers});
+    let torch_phases: Option<Vec<f64>> = torch.as_ref().ok().map(|t| {
+        (0..PHASES.len())
+            .map(|i| t["phases_s"][i].as_f64().unwrap_or(f64::NAN))
+            .collect()
+    });
     match torch {
         Ok(t) => {
             let ts = t["step_s"].as_f64().unwrap_or(f64::NAN);
@@ -442,6 +447,18 @@ fn bench_stage2(
             out["ratio"] = serde_json::json!(ts / ours.step_s);
         }
         Err(why) => println!("  pytorch eager: skipped ({why})"),
+    }
+    println!("  by phase (median s)          runner   pytorch    ratio");
+    for (i, name) in PHASES.iter().enumerate() {
+        let mine = ours.phases_s[i];
+        match &torch_phases {
+            Some(p) => println!(
+                "    {name:<24} {mine:>8.2}  {:>8.2}  {:>6.2}×",
+                p[i],
+                p[i] / mine
+            ),
+            None => println!("    {name:<24} {mine:>8.2}"),
+        }
     }
     if let Some(path) = json {
         crate::util::fsx::atomic_write_json(path, &out)?;

@@ -8,7 +8,7 @@ use super::mem;
 use crate::data::loader::Batch;
 use crate::model::Transformer;
 use crate::model::hybrid::{Hybrid, InitMode, StudentConfig};
-use crate::train::losses::stage2_loss;
+use crate::train::losses::{batch_tensors, distill_loss};
 use crate::train::optim::{AdamW, AdamWConfig, collect_grads};
 use anyhow::Result;
 use burn::module::{Module, Param};
@@ -22,7 +22,17 @@ pub struct StepTiming {
     pub tokens_per_s: f64,
     pub loss: f64,
     pub peak_rss_mib: f64,
+    /// Median seconds of each part of the step, in [`PHASES`] order.
+    pub phases_s: [f64; 4],
 }
+
+/// The parts of one step, timed separately on both sides.
+pub const PHASES: [&str; 4] = [
+    "teacher forward",
+    "student forward + loss",
+    "backward",
+    "clip + AdamW",
+];
 
 /// The ids both sides train on: `batch` sequences of `seq` tokens.
 pub fn batch_ids(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
@@ -64,21 +74,44 @@ pub fn measure_ours(
     };
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut times = Vec::new();
+    let mut phases: [Vec<f64>; 4] = Default::default();
     let mut first_loss = 0.0;
     for i in 0..steps + 1 {
         let t0 = Instant::now();
-        let (loss, metrics) = stage2_loss(&teacher, &student, &b, &device, 1.0, 0.0, 1.0, None);
+        let (ids, att, loss_mask) = batch_tensors(&b, &device);
+        let t_logits = teacher.forward(ids.clone(), Some(att.clone())).detach();
+        let t1 = Instant::now();
+        let s_logits = student.forward(ids.clone(), Some(att.clone()));
+        let (loss, metrics) = distill_loss(
+            t_logits,
+            s_logits,
+            ids,
+            att,
+            loss_mask,
+            (1.0, 0.0),
+            1.0,
+            None,
+        );
+        let t2 = Instant::now();
         let grads = loss.backward();
+        let t3 = Instant::now();
         let g = collect_grads(&student, &grads);
         drop(grads);
         let norm = g.global_norm();
         let clip = if norm > 1.0 { 1.0 / norm } else { 1.0 };
         student = opt.step(student, &g, 1e-5, clip);
+        let t4 = Instant::now();
         if i == 1 {
             first_loss = metrics["kl"];
         }
         if i > 0 {
-            times.push(t0.elapsed().as_secs_f64());
+            times.push((t4 - t0).as_secs_f64());
+            for (p, (a, b)) in phases
+                .iter_mut()
+                .zip([(t0, t1), (t1, t2), (t2, t3), (t3, t4)])
+            {
+                p.push((b - a).as_secs_f64());
+            }
         }
     }
     let step_s = median(times);
@@ -87,5 +120,6 @@ pub fn measure_ours(
         tokens_per_s: (batch * seq) as f64 / step_s,
         loss: first_loss,
         peak_rss_mib: mem::peak_rss_mib().unwrap_or(f64::NAN),
+        phases_s: phases.map(median),
     })
 }
