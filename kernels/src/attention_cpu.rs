@@ -44,7 +44,7 @@ impl AttnDims {
     /// Checks the relations between the sizes; panics with the offending values.
     pub fn check(&self) {
         assert!(
-            self.kv_heads > 0 && self.heads % self.kv_heads == 0,
+            self.kv_heads > 0 && self.heads.is_multiple_of(self.kv_heads),
             "attention: {} query heads are not a multiple of {} key/value heads",
             self.heads,
             self.kv_heads

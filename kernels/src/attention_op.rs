@@ -5,14 +5,17 @@
 //! matrix, forward and backward.
 
 use crate::attention_cpu::{self, AttnDims};
+use crate::flex_io::{contiguous_f32, flex};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Shape, TensorData};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
+
+/// The op's name in error messages.
+const OP: &str = "attention";
 
 /// Causal attention with grouped key/value heads (see [`crate::attention_cpu`] for layouts
 /// and which keys each query sees).
@@ -42,16 +45,6 @@ pub trait AttentionOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-fn contiguous_f32(t: FlexTensor, name: &str) -> FlexTensor {
-    assert_eq!(
-        t.dtype(),
-        DType::F32,
-        "attention: `{name}` must be f32 (got {:?}); cast before calling",
-        t.dtype()
-    );
-    t.to_contiguous()
-}
-
 fn dims_of(q: &FlexTensor, k: &FlexTensor) -> AttnDims {
     let (qs, ks) = (q.shape(), k.shape());
     assert!(
@@ -76,10 +69,6 @@ fn dims_of(q: &FlexTensor, k: &FlexTensor) -> AttnDims {
     d
 }
 
-fn flex(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape.into()))
-}
-
 impl AttentionOps for Flex {
     fn causal_attention_forward(
         q: FlexTensor,
@@ -90,11 +79,11 @@ impl AttentionOps for Flex {
     ) -> (FlexTensor, FlexTensor) {
         let d = dims_of(&q, &k);
         let (q, k, v) = (
-            contiguous_f32(q, "q"),
-            contiguous_f32(k, "k"),
-            contiguous_f32(v, "v"),
+            contiguous_f32(q, OP, "q"),
+            contiguous_f32(k, OP, "k"),
+            contiguous_f32(v, OP, "v"),
         );
-        let mask = contiguous_f32(mask, "mask");
+        let mask = contiguous_f32(mask, OP, "mask");
         let (o, lse) = attention_cpu::forward(
             d,
             q.storage(),
@@ -121,13 +110,13 @@ impl AttentionOps for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let d = dims_of(&q, &k);
         let [q, k, v, mask, o, lse, d_o] = [
-            contiguous_f32(q, "q"),
-            contiguous_f32(k, "k"),
-            contiguous_f32(v, "v"),
-            contiguous_f32(mask, "mask"),
-            contiguous_f32(o, "o"),
-            contiguous_f32(lse, "lse"),
-            contiguous_f32(d_o, "grad"),
+            contiguous_f32(q, OP, "q"),
+            contiguous_f32(k, OP, "k"),
+            contiguous_f32(v, OP, "v"),
+            contiguous_f32(mask, OP, "mask"),
+            contiguous_f32(o, OP, "o"),
+            contiguous_f32(lse, OP, "lse"),
+            contiguous_f32(d_o, OP, "grad"),
         ];
         let (dq, dk, dv) = attention_cpu::backward(
             d,

@@ -20,6 +20,7 @@
 pub mod attention_cpu;
 pub mod attention_op;
 pub mod cpu;
+mod flex_io;
 pub mod op;
 pub mod reference;
 

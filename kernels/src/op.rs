@@ -4,15 +4,19 @@
 //! [`crate::wkv7`]).
 
 use crate::cpu::{self, Dims, Inputs};
+use crate::flex_io::{contiguous_f32, flex};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Shape, TensorData};
+use burn::tensor::Shape;
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::FlexTensor;
+
+/// The op's name in error messages.
+const OP: &str = "wkv7";
 
 /// Fused WKV-7 recurrence (see the crate docs for the math and layouts).
 #[backend_extension(Flex, Autodiff)]
@@ -73,17 +77,6 @@ fn dims_of(r: &FlexTensor) -> Dims {
     }
 }
 
-/// The tensor in contiguous f32 layout (no copy when it already is).
-fn contiguous_f32(t: FlexTensor, name: &str) -> FlexTensor {
-    assert_eq!(
-        t.dtype(),
-        DType::F32,
-        "wkv7: `{name}` must be f32 (got {:?}); cast before calling",
-        t.dtype()
-    );
-    t.to_contiguous()
-}
-
 /// The kernel's per-token inputs and mask, held contiguous so they can be borrowed as slices.
 struct Loaded {
     d: Dims,
@@ -103,13 +96,13 @@ impl Loaded {
     ) -> Self {
         let d = dims_of(&r);
         let t = [
-            contiguous_f32(r, "r"),
-            contiguous_f32(w, "w"),
-            contiguous_f32(k, "k"),
-            contiguous_f32(v, "v"),
-            contiguous_f32(a, "a"),
-            contiguous_f32(b, "b"),
-            contiguous_f32(mask, "mask"),
+            contiguous_f32(r, OP, "r"),
+            contiguous_f32(w, OP, "w"),
+            contiguous_f32(k, OP, "k"),
+            contiguous_f32(v, OP, "v"),
+            contiguous_f32(a, OP, "a"),
+            contiguous_f32(b, OP, "b"),
+            contiguous_f32(mask, OP, "mask"),
         ];
         Loaded { d, t }
     }
@@ -128,10 +121,6 @@ impl Loaded {
     }
 }
 
-fn flex(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape.into()))
-}
-
 impl Wkv7Ops for Flex {
     fn wkv7_forward(
         r: FlexTensor,
@@ -145,7 +134,7 @@ impl Wkv7Ops for Flex {
         save: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let x = Loaded::new(r, w, k, v, a, b, mask);
-        let s0 = contiguous_f32(s0, "state");
+        let s0 = contiguous_f32(s0, OP, "state");
         let d = x.d;
         let (y, s, saved) = cpu::forward(d, x.inputs(), s0.storage(), save);
         let n = d.head_size;
@@ -179,9 +168,9 @@ impl Wkv7Ops for Flex {
     ) {
         let x = Loaded::new(r, w, k, v, a, b, mask);
         let (saved, dy, ds) = (
-            contiguous_f32(saved, "saved"),
-            contiguous_f32(dy, "dy"),
-            contiguous_f32(ds, "ds"),
+            contiguous_f32(saved, OP, "saved"),
+            contiguous_f32(dy, OP, "dy"),
+            contiguous_f32(ds, OP, "ds"),
         );
         let d = x.d;
         let g = cpu::backward(d, x.inputs(), saved.storage(), dy.storage(), ds.storage());
