@@ -119,6 +119,27 @@ fn captures_attention_inputs_and_outputs() {
 }
 
 #[test]
+fn capture_attention_stops_early_with_the_same_captures() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_qwen2(dir.path(), &["--layers", "3"]);
+    let device = Device::flex();
+    let model = Transformer::load(dir.path(), &device).unwrap();
+    let layers = [0, 1];
+    assert!(
+        model.layers.len() > 2,
+        "the check needs layers after the last captured one"
+    );
+    let (_, full) = model.forward_hidden(ids_tensor(&seqs(), &device), None, None, &layers);
+    let early = model.capture_attention(ids_tensor(&seqs(), &device), None, &layers);
+    assert_eq!(early.len(), full.len());
+    for (a, b) in early.iter().zip(&full) {
+        assert_eq!(a.layer, b.layer);
+        assert_eq!(to_vec(a.attn_in.clone()), to_vec(b.attn_in.clone()));
+        assert_eq!(to_vec(a.attn_out.clone()), to_vec(b.attn_out.clone()));
+    }
+}
+
+#[test]
 fn save_and_reload_round_trip() {
     let (dir, model) = tiny_model();
     let out = tempfile::tempdir().unwrap();

@@ -144,8 +144,35 @@ impl Transformer {
         &self,
         ids: Tensor<2, Int>,
         mask: Option<Tensor<2>>,
+        cache: Option<&mut TransformerCache>,
+        capture: &[usize],
+    ) -> (Tensor<3>, Vec<LayerCapture>) {
+        let (x, captures) = self.run_layers(ids, mask, cache, capture, None);
+        (self.norm.forward(x), captures)
+    }
+
+    /// The attention input and output of each layer in `layers`, running only the layers up to
+    /// the last one's attention (no later MLP or layer, no final norm): what stage 1 needs of
+    /// the teacher.
+    pub fn capture_attention(
+        &self,
+        ids: Tensor<2, Int>,
+        mask: Option<Tensor<2>>,
+        layers: &[usize],
+    ) -> Vec<LayerCapture> {
+        let last = layers.iter().copied().max();
+        self.run_layers(ids, mask, None, layers, last).1
+    }
+
+    /// The residual stream after the decoder layers; with `stop_after = Some(l)` it stops right
+    /// after layer `l`'s attention (the returned stream is then not a whole model's).
+    fn run_layers(
+        &self,
+        ids: Tensor<2, Int>,
+        mask: Option<Tensor<2>>,
         mut cache: Option<&mut TransformerCache>,
         capture: &[usize],
+        stop_after: Option<usize>,
     ) -> (Tensor<3>, Vec<LayerCapture>) {
         let [_, t] = ids.dims();
         let device = ids.device();
@@ -169,9 +196,12 @@ impl Transformer {
                 });
             }
             x = x + a;
+            if stop_after == Some(i) {
+                break;
+            }
             x = x.clone() + layer.mlp.forward(layer.post_norm.forward(x));
         }
-        (self.norm.forward(x), captures)
+        (x, captures)
     }
 
     /// Logits `[B, T, vocab]` of hidden states from [`Self::forward_hidden`].

@@ -43,7 +43,7 @@ pub fn stage1_loss(
 ) -> (Tensor<1>, BTreeMap<String, f64>) {
     let (ids, att, _) = batch_tensors(batch, device);
     let layers = &student.student.wkv_layers;
-    let (_, captures) = teacher.forward_hidden(ids, Some(att.clone()), None, layers);
+    let captures = teacher.capture_attention(ids, Some(att.clone()), layers);
     let c = teacher.config.hidden_size as f64;
     let real = att.clone().sum();
     let mut v_first = None;
