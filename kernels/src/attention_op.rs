@@ -5,6 +5,7 @@
 //! matrix, forward and backward.
 
 use crate::attention_cpu::{self, AttnDims};
+use crate::backward_node::register_parent_grads;
 use crate::flex_io::{contiguous_f32, flex};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
@@ -152,14 +153,10 @@ impl<B: Backend + AttentionOps> Backward<B, 3> for AttentionBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let ([q, k, v, mask, o, lse], scale) = ops.state;
-        let d_o = grads.consume::<B>(&ops.node);
-        let (dq, dk, dv) = B::causal_attention_backward(q, k, v, mask, o, lse, d_o, scale);
-        for (node, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        register_parent_grads::<B, _, 3>(ops, grads, |([q, k, v, mask, o, lse], scale), d_o| {
+            let (dq, dk, dv) = B::causal_attention_backward(q, k, v, mask, o, lse, d_o, scale);
+            [dq, dk, dv]
+        });
     }
 }
 

@@ -19,6 +19,7 @@
 
 pub mod attention_cpu;
 pub mod attention_op;
+mod backward_node;
 pub mod cpu;
 mod flex_io;
 pub mod op;

@@ -3,6 +3,7 @@
 //! fused backward. Backends without an implementation use [`crate::reference`] (see
 //! [`crate::wkv7`]).
 
+use crate::backward_node::register_parent_grads;
 use crate::cpu::{self, Dims, Inputs};
 use crate::flex_io::{contiguous_f32, flex};
 use burn::backend::ops::FloatTensorOps;
@@ -202,36 +203,33 @@ impl<B: Backend + Wkv7Ops> Backward<B, 7> for Wkv7Backward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let (tensors, y_shape, s_shape) = ops.state;
-        let grad = grads.consume::<B>(&ops.node);
-        let y_len = y_shape.num_elements();
-        let s_len = s_shape.num_elements();
-        let dy = B::float_reshape(
-            B::float_slice(grad.clone(), &[burn::tensor::Slice::from(0..y_len)]),
-            y_shape,
-        );
-        let ds = B::float_reshape(
-            B::float_slice(grad, &[burn::tensor::Slice::from(y_len..y_len + s_len)]),
-            s_shape,
-        );
-        let mut it = tensors.into_iter();
-        let mut next = || it.next().expect("saved tensor");
-        let (r, w, k, v, a, b, mask, saved) = (
-            next(),
-            next(),
-            next(),
-            next(),
-            next(),
-            next(),
-            next(),
-            next(),
-        );
-        let (dr, dw, dk, dv, da, db, ds0) = B::wkv7_backward(r, w, k, v, a, b, mask, saved, dy, ds);
-        for (node, g) in ops.parents.into_iter().zip([dr, dw, dk, dv, da, db, ds0]) {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        register_parent_grads::<B, _, 7>(ops, grads, |(tensors, y_shape, s_shape), grad| {
+            let y_len = y_shape.num_elements();
+            let s_len = s_shape.num_elements();
+            let dy = B::float_reshape(
+                B::float_slice(grad.clone(), &[burn::tensor::Slice::from(0..y_len)]),
+                y_shape,
+            );
+            let ds = B::float_reshape(
+                B::float_slice(grad, &[burn::tensor::Slice::from(y_len..y_len + s_len)]),
+                s_shape,
+            );
+            let mut it = tensors.into_iter();
+            let mut next = || it.next().expect("saved tensor");
+            let (r, w, k, v, a, b, mask, saved) = (
+                next(),
+                next(),
+                next(),
+                next(),
+                next(),
+                next(),
+                next(),
+                next(),
+            );
+            let (dr, dw, dk, dv, da, db, ds0) =
+                B::wkv7_backward(r, w, k, v, a, b, mask, saved, dy, ds);
+            [dr, dw, dk, dv, da, db, ds0]
+        });
     }
 }
 
