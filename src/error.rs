@@ -23,7 +23,12 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Usage(_) => 2,
-            Error::RunDir(RunDirError::NotARun { .. } | RunDirError::NoRuns(_)) => 2,
+            Error::RunDir(
+                RunDirError::NotARun { .. }
+                | RunDirError::NoRuns(_)
+                | RunDirError::Exists { .. }
+                | RunDirError::BadName(_),
+            ) => 2,
             _ => 1,
         }
     }

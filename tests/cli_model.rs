@@ -150,3 +150,30 @@ fn fetch_checks_the_sha256() {
     assert!(run.join("six/out/six.py").is_file());
     assert!(!run.join("six/out/six-1.16.0-py2.py3-none-any.whl").exists());
 }
+
+#[test]
+fn impossible_or_inconsistent_configs_are_refused_without_allocating() {
+    let p = Project::new();
+    let model = p.path().join("tiny");
+    tiny_qwen2(&model, &[]);
+    let original = std::fs::read_to_string(model.join("config.json")).unwrap();
+    let m = model.to_str().unwrap();
+    for (key, value, expect) in [
+        // Far beyond any real model: refused from the config alone.
+        ("hidden_size", "1000000000", "hidden_size"),
+        ("vocab_size", "1000000000000", "vocab_size"),
+        ("rms_norm_eps", "0.0", "rms_norm_eps"),
+        ("head_dim", "0", "head_dim"),
+        // Plausible, but not what the weights hold: 4096 × 4096 × layers would be allocated
+        // from the config before; now the headers are compared first.
+        ("hidden_size", "4096", "does not match its config.json"),
+        ("intermediate_size", "1000000", "does not match its config.json"),
+    ] {
+        let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
+        cfg[key] = serde_json::from_str(value).unwrap();
+        std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
+        let r = p.run(&["generate", "--model", m, "--raw", "Hi", "--max-new-tokens", "1"]);
+        assert_eq!(r.code, 2, "{key} = {value}: {}", r.stderr);
+        assert!(r.stderr.contains(expect), "{key} = {value}: {}", r.stderr);
+    }
+}

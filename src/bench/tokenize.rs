@@ -23,7 +23,12 @@ pub struct Throughput {
 pub fn load_texts(input: &Path, text_fields: &[String]) -> Result<Vec<String>> {
     let (mut records, mut bad) = (Vec::new(), Vec::new());
     for f in source_files(input)? {
-        read_file(&f, &mut records, &mut bad)?;
+        read_file(
+            &f,
+            crate::data::sources::DEFAULT_MAX_RECORD_BYTES,
+            &mut records,
+            &mut bad,
+        )?;
     }
     Ok(records
         .into_iter()

@@ -59,26 +59,123 @@ pub fn source_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads every record of `file`, sending unreadable ones to `bad`.
+/// Default largest record, in bytes: a whole book fits; one runaway line does not take the
+/// process down (tokenising a record needs many times its size in memory).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 << 20;
+
+/// One line of a JSON Lines file, read without ever holding more than `max` bytes of it.
+enum Line {
+    Text(String),
+    TooLong(u64),
+    NotUtf8,
+}
+
+/// Reads the next line (without its `\n`); `None` at the end of the input.
+fn next_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Option<Line>> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut total: u64 = 0;
+    let mut seen_any = false;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        seen_any = true;
+        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], Some(i + 1)),
+            None => (chunk, None),
+        };
+        total += part.len() as u64;
+        if total as usize <= max {
+            buf.extend_from_slice(part);
+        } else {
+            buf = Vec::new();
+        }
+        let used = done.unwrap_or(part.len());
+        reader.consume(used);
+        if done.is_some() {
+            break;
+        }
+    }
+    if !seen_any {
+        return Ok(None);
+    }
+    if total as usize > max {
+        return Ok(Some(Line::TooLong(total)));
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(match String::from_utf8(buf) {
+        Ok(s) => Line::Text(s),
+        Err(_) => Line::NotUtf8,
+    }))
+}
+
+/// Reads every record of `file`, sending unreadable ones (malformed, not UTF-8, larger than
+/// `max_record_bytes`) to `bad` with their file and line or row.
 pub fn read_file(
     file: &Path,
+    max_record_bytes: usize,
     records: &mut Vec<RawRecord>,
     bad: &mut Vec<BadRecord>,
 ) -> Result<()> {
     let name = file.display().to_string();
+    let too_large = |bytes: u64| {
+        format!(
+            "record too large: {bytes} bytes (more than max_record_bytes = {max_record_bytes})"
+        )
+    };
     match file.extension().and_then(|e| e.to_str()) {
         Some("txt") => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("reading {name}"))?;
-            records.push(RawRecord {
-                origin: name,
-                value: serde_json::json!({ "text": text }),
-            });
+            let bytes = std::fs::metadata(file)
+                .with_context(|| format!("reading {name}"))?
+                .len();
+            if bytes as usize > max_record_bytes {
+                bad.push(BadRecord {
+                    origin: name,
+                    reason: too_large(bytes),
+                });
+                return Ok(());
+            }
+            let raw = std::fs::read(file).with_context(|| format!("reading {name}"))?;
+            match String::from_utf8(raw) {
+                Ok(text) => records.push(RawRecord {
+                    origin: name,
+                    value: serde_json::json!({ "text": text }),
+                }),
+                Err(e) => bad.push(BadRecord {
+                    origin: name,
+                    reason: format!("not UTF-8 text: {}", e.utf8_error()),
+                }),
+            }
         }
         Some("jsonl") => {
             let f = std::fs::File::open(file).with_context(|| format!("opening {name}"))?;
-            for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-                let origin = format!("{name}:{}", i + 1);
-                let line = line.with_context(|| format!("reading {origin}"))?;
+            let mut reader = std::io::BufReader::new(f);
+            let mut i = 0usize;
+            while let Some(line) =
+                next_line(&mut reader, max_record_bytes).with_context(|| format!("reading {name}"))?
+            {
+                i += 1;
+                let origin = format!("{name}:{i}");
+                let line = match line {
+                    Line::Text(t) => t,
+                    Line::TooLong(bytes) => {
+                        bad.push(BadRecord {
+                            origin,
+                            reason: too_large(bytes),
+                        });
+                        continue;
+                    }
+                    Line::NotUtf8 => {
+                        bad.push(BadRecord {
+                            origin,
+                            reason: "not UTF-8 text".into(),
+                        });
+                        continue;
+                    }
+                };
                 if line.trim().is_empty() {
                     continue;
                 }
@@ -103,7 +200,7 @@ pub fn read_file(
             let mut row = 0;
             for batch in reader {
                 let batch = batch.with_context(|| format!("reading {name}"))?;
-                row = push_batch(&name, &batch, row, records)?;
+                row = push_batch(&name, &batch, row, max_record_bytes, records, bad)?;
             }
         }
         Some("arrow") => {
@@ -117,7 +214,9 @@ pub fn read_file(
                             &name,
                             &batch.with_context(|| format!("reading {name}"))?,
                             row,
+                            max_record_bytes,
                             records,
+                            bad,
                         )?;
                     }
                 }
@@ -130,7 +229,9 @@ pub fn read_file(
                             &name,
                             &batch.with_context(|| format!("reading {name}"))?,
                             row,
+                            max_record_bytes,
                             records,
+                            bad,
                         )?;
                     }
                 }
@@ -145,20 +246,64 @@ fn push_batch(
     name: &str,
     batch: &RecordBatch,
     start: usize,
+    max_record_bytes: usize,
     out: &mut Vec<RawRecord>,
+    bad: &mut Vec<BadRecord>,
 ) -> Result<usize> {
     let schema = batch.schema();
     for r in 0..batch.num_rows() {
+        let origin = format!("{name}:row {}", start + r);
+        let bytes: usize = batch
+            .columns()
+            .iter()
+            .map(|c| cell_bytes(c.as_ref(), r))
+            .sum();
+        if bytes > max_record_bytes {
+            bad.push(BadRecord {
+                origin,
+                reason: format!(
+                    "record too large: {bytes} bytes (more than max_record_bytes = {max_record_bytes})"
+                ),
+            });
+            continue;
+        }
         let mut obj = Map::new();
         for (field, col) in schema.fields().iter().zip(batch.columns()) {
             obj.insert(field.name().clone(), cell(col.as_ref(), r));
         }
         out.push(RawRecord {
-            origin: format!("{name}:row {}", start + r),
+            origin,
             value: Value::Object(obj),
         });
     }
     Ok(start + batch.num_rows())
+}
+
+/// Bytes of one cell's data (strings and nested values), measured before it is copied out.
+fn cell_bytes(col: &dyn Array, i: usize) -> usize {
+    if col.is_null(i) {
+        return 0;
+    }
+    match col.data_type() {
+        DataType::Utf8 => col.as_string::<i32>().value(i).len(),
+        DataType::LargeUtf8 => col.as_string::<i64>().value(i).len(),
+        DataType::Utf8View => col.as_string_view().value(i).len(),
+        DataType::List(_) => {
+            let items = col.as_list::<i32>().value(i);
+            (0..items.len()).map(|j| cell_bytes(items.as_ref(), j)).sum()
+        }
+        DataType::LargeList(_) => {
+            let items = col.as_list::<i64>().value(i);
+            (0..items.len()).map(|j| cell_bytes(items.as_ref(), j)).sum()
+        }
+        DataType::Struct(_) => col
+            .as_struct()
+            .columns()
+            .iter()
+            .map(|c| cell_bytes(c.as_ref(), i))
+            .sum(),
+        _ => 8,
+    }
 }
 
 /// One Arrow cell as JSON (strings, numbers, booleans, lists and structs; other types as null).
@@ -201,5 +346,45 @@ fn cell(col: &dyn Array, i: usize) -> Value {
             )
         }
         _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_and_non_utf8_lines_are_bad_records_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("d.jsonl");
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"{\"text\": \"ok one\"}\n");
+        bytes.extend_from_slice(format!("{{\"text\": \"{}\"}}\n", "x".repeat(5000)).as_bytes());
+        bytes.extend_from_slice(b"{\"text\": \"caf\xe9\"}\n");
+        bytes.extend_from_slice(b"{\"text\": \"ok two\"}\r\n");
+        bytes.extend_from_slice(b"{\"text\": \"no newline at the end\"}");
+        std::fs::write(&f, bytes).unwrap();
+        let (mut records, mut bad) = (Vec::new(), Vec::new());
+        read_file(&f, 1000, &mut records, &mut bad).unwrap();
+        let texts: Vec<&str> = records
+            .iter()
+            .map(|r| r.value["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["ok one", "ok two", "no newline at the end"]);
+        assert!(records[1].origin.ends_with("d.jsonl:4"), "{}", records[1].origin);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].origin.ends_with(":2") && bad[0].reason.contains("too large"), "{bad:?}");
+        assert!(bad[1].origin.ends_with(":3") && bad[1].reason.contains("UTF-8"), "{bad:?}");
+    }
+
+    #[test]
+    fn a_text_file_over_the_limit_is_skipped_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("big.txt");
+        std::fs::write(&f, "y".repeat(2000)).unwrap();
+        let (mut records, mut bad) = (Vec::new(), Vec::new());
+        read_file(&f, 1000, &mut records, &mut bad).unwrap();
+        assert!(records.is_empty());
+        assert!(bad[0].reason.contains("2000 bytes"), "{bad:?}");
     }
 }

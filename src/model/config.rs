@@ -83,6 +83,35 @@ impl TransformerConfig {
             Some(v) if !v.is_null() => usize_key("head_dim")?,
             _ => hidden_size / num_attention_heads.max(1),
         };
+        let f64_key =
+            |key: &str, default: f64| raw.get(key).and_then(Value::as_f64).unwrap_or(default);
+        // Sizes are checked before anything is allocated from them; the weights must then
+        // match them tensor by tensor (see `WeightLoader`).
+        let limits: [(&str, usize, usize); 7] = [
+            ("hidden_size", hidden_size, 1 << 20),
+            ("num_attention_heads", num_attention_heads, 1 << 12),
+            ("num_key_value_heads", num_key_value_heads, 1 << 12),
+            ("head_dim", head_dim, 1 << 12),
+            ("vocab_size", usize_key("vocab_size")?, 1 << 24),
+            ("intermediate_size", usize_key("intermediate_size")?, 1 << 22),
+            ("num_hidden_layers", usize_key("num_hidden_layers")?, 1 << 12),
+        ];
+        for (key, value, max) in limits {
+            if value == 0 || value > max {
+                bail!("`{key}` = {value} is out of range (1 to {max})");
+            }
+        }
+        for (key, default) in [("rms_norm_eps", 1e-6), ("rope_theta", 10_000.0)] {
+            let v = f64_key(key, default);
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("`{key}` = {v} must be a positive number");
+            }
+        }
+        if let Some(v) = raw.get("max_position_embeddings")
+            && !v.as_u64().is_some_and(|n| n >= 1 && n <= 1 << 24)
+        {
+            bail!("`max_position_embeddings` = {v} is out of range (1 to {})", 1u64 << 24);
+        }
         if num_attention_heads == 0 || num_key_value_heads == 0 || hidden_size == 0 {
             bail!("hidden_size, num_attention_heads and num_key_value_heads must be positive");
         }
@@ -100,8 +129,6 @@ impl TransformerConfig {
         {
             bail!("rope_scaling {scaling} is not supported (plain rotary embeddings only)");
         }
-        let f64_key =
-            |key: &str, default: f64| raw.get(key).and_then(Value::as_f64).unwrap_or(default);
         let bool_key =
             |key: &str, default: bool| raw.get(key).and_then(Value::as_bool).unwrap_or(default);
         let eos_token_ids = match raw.get("eos_token_id") {
@@ -213,6 +240,27 @@ mod tests {
             )
         );
         assert_eq!(again.raw["architectures"], json!(["LlamaForCausalLM"]));
+    }
+
+    #[test]
+    fn impossible_sizes_are_refused_before_anything_is_allocated() {
+        for (key, value) in [
+            ("hidden_size", json!(1u64 << 40)),
+            ("vocab_size", json!(1_000_000_000_000u64)),
+            ("vocab_size", json!(0)),
+            ("intermediate_size", json!(1u64 << 40)),
+            ("num_hidden_layers", json!(1u64 << 40)),
+            ("head_dim", json!(0)),
+            ("rms_norm_eps", json!(0.0)),
+            ("rms_norm_eps", json!(-1e-5)),
+            ("rope_theta", json!(-1.0)),
+            ("max_position_embeddings", json!(0)),
+        ] {
+            let mut v = smollm2();
+            v[key] = value.clone();
+            let err = TransformerConfig::from_json(v).unwrap_err().to_string();
+            assert!(err.contains(key), "{key} = {value}: {err}");
+        }
     }
 
     #[test]

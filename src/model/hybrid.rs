@@ -565,6 +565,28 @@ impl Hybrid {
         }
         let student = student_config_from(&config.raw)
             .with_context(|| format!("in {}/config.json", dir.display()))?;
+        if let Some(&l) = student
+            .wkv_layers
+            .iter()
+            .find(|&&l| l >= config.num_hidden_layers)
+        {
+            bail!(
+                "in {}/config.json: `wkv_layers` names layer {l}, but the model has {} layers",
+                dir.display(),
+                config.num_hidden_layers
+            );
+        }
+        if let Some(l) = student.lora
+            && [l.decay, l.a, l.v, l.gate]
+                .iter()
+                .any(|&r| r == 0 || r > config.hidden_size)
+        {
+            bail!(
+                "in {}/config.json: `wkv_lora` ranks must be between 1 and hidden_size ({}), got {l:?}",
+                dir.display(),
+                config.hidden_size
+            );
+        }
         let reader = SafetensorsReader::open_dir(dir)?;
         let mut w = WeightLoader::new(&reader, device);
         let shape = mixer_shape(&config, &student);

@@ -45,9 +45,9 @@ impl<'a> WeightLoader<'a> {
     }
 
     /// The f32 data of `name` if it exists with `shape`; otherwise records the problem and
-    /// returns zeros, so loading can go on and report every problem at once.
+    /// returns nothing (no allocation of the expected size, which comes from a config that may
+    /// be wrong), so loading can go on and report every problem at once.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Vec<f32> {
-        let numel = shape.iter().product();
         match self.reader.shape(name) {
             None => self
                 .missing
@@ -63,12 +63,14 @@ impl<'a> WeightLoader<'a> {
                 Err(e) => self.misshaped.push(format!("{name}: {e:#}")),
             },
         }
-        vec![0.0; numel]
+        Vec::new()
     }
 
-    /// A parameter with the checkpoint's shape.
+    /// A parameter with the checkpoint's shape (an empty placeholder when it is missing or
+    /// mis-shaped; [`WeightLoader::finish`] then fails).
     pub fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Param<Tensor<D>> {
         let data = self.take(name, &shape);
+        let shape = if data.is_empty() { [0; D] } else { shape };
         Param::from_tensor(Tensor::from_data(
             TensorData::new(data, shape),
             &self.device,
@@ -78,8 +80,13 @@ impl<'a> WeightLoader<'a> {
     /// A Hugging Face `[out, in]` matrix stored transposed as `[in, out]`.
     pub fn param_transposed(&mut self, name: &str, out: usize, inp: usize) -> Param<Tensor<2>> {
         let data = self.take(name, &[out, inp]);
+        let (data, shape) = if data.is_empty() {
+            (data, [0, 0])
+        } else {
+            (transpose(&data, out, inp), [inp, out])
+        };
         Param::from_tensor(Tensor::from_data(
-            TensorData::new(transpose(&data, out, inp), [inp, out]),
+            TensorData::new(data, shape),
             &self.device,
         ))
     }

@@ -6,7 +6,9 @@ use super::source::{KeyPath, SourceMap, dotted};
 use serde::de::{self, DeserializeOwned, Visitor};
 
 /// Decodes `value` (found at `path`) into `T`, pushing a diagnostic per unknown key and one
-/// for the first type error. Returns `None` when anything was wrong.
+/// per key with a value of the wrong type (each bad key is taken out and decoding is tried
+/// again, so every type error of a table is reported at once). Returns `None` when anything
+/// was wrong.
 pub fn decode<T: DeserializeOwned>(
     value: toml::Value,
     path: &[String],
@@ -16,8 +18,8 @@ pub fn decode<T: DeserializeOwned>(
     let fields = struct_fields::<T>();
     let mut unknown: Vec<String> = Vec::new();
     let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
-    let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
-    let result: Result<T, serde_path_to_error::Error<toml::de::Error>> =
+    let de = serde_ignored::Deserializer::new(value.clone(), &mut on_unknown);
+    let mut result: Result<T, serde_path_to_error::Error<toml::de::Error>> =
         serde_path_to_error::deserialize(de);
     for key in &unknown {
         let mut full: KeyPath = path.to_vec();
@@ -35,23 +37,74 @@ pub fn decode<T: DeserializeOwned>(
                 .help_opt(help),
         );
     }
-    match result {
-        Ok(v) if unknown.is_empty() => Some(v),
-        Ok(_) => None,
-        Err(e) => {
+    let mut value = value;
+    let mut removed: Vec<Vec<String>> = Vec::new();
+    loop {
+        let e = match result {
+            Ok(v) if unknown.is_empty() && removed.is_empty() => return Some(v),
+            Ok(_) => return None,
+            Err(e) => e,
+        };
+        let rel: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                serde_path_to_error::Segment::Enum { variant } => Some(variant.clone()),
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        let message = e.inner().message().trim().to_string();
+        // A required key taken out after its own type error is not "missing" as well.
+        let follows_removal = message.starts_with("missing field")
+            && removed.iter().any(|r| {
+                r.len() == rel.len() + 1
+                    && r.starts_with(&rel)
+                    && message.contains(&format!("`{}`", r[r.len() - 1]))
+            });
+        if !follows_removal {
             let mut full: KeyPath = path.to_vec();
-            for seg in e.path().iter() {
-                match seg {
-                    serde_path_to_error::Segment::Map { key } => full.push(key.clone()),
-                    serde_path_to_error::Segment::Seq { index } => full.push(index.to_string()),
-                    serde_path_to_error::Segment::Enum { variant } => full.push(variant.clone()),
-                    serde_path_to_error::Segment::Unknown => {}
-                }
-            }
-            let message = e.inner().message().trim().to_string();
+            full.extend(rel.iter().cloned());
             diags.push(Diagnostic::new(map.locate(&full), message).key(dotted(&full)));
-            None
         }
+        if rel.is_empty() || removed.len() >= 64 || !remove_at(&mut value, &rel) {
+            return None;
+        }
+        removed.push(rel);
+        result = serde_path_to_error::deserialize(value.clone());
+    }
+}
+
+/// Removes the value at `rel` (table keys and array indices); whether it was there.
+fn remove_at(value: &mut toml::Value, rel: &[String]) -> bool {
+    let Some((last, parents)) = rel.split_last() else {
+        return false;
+    };
+    let mut v = value;
+    for seg in parents {
+        v = match v {
+            toml::Value::Table(t) => match t.get_mut(seg) {
+                Some(next) => next,
+                None => return false,
+            },
+            toml::Value::Array(items) => match seg.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                Some(next) => next,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match v {
+        toml::Value::Table(t) => t.remove(last).is_some(),
+        toml::Value::Array(items) => match last.parse::<usize>() {
+            Ok(i) if i < items.len() => {
+                items.remove(i);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -132,6 +185,33 @@ mod tests {
         let mut d = Diagnostics::default();
         assert!(decode::<S>(v, &["x".into()], &SourceMap::default(), &mut d).is_none());
         assert!(d.to_string().contains("`x.lr`"), "{d}");
+    }
+
+    #[test]
+    fn every_type_error_of_a_table_is_reported() {
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct T {
+            a: u64,
+            b: String,
+            #[serde(default)]
+            c: f64,
+            d: bool,
+        }
+        let v: toml::Value = toml::from_str("a = \"x\"\nb = 3\nc = \"y\"\nd = true\n").unwrap();
+        let mut d = Diagnostics::default();
+        assert!(decode::<T>(v, &["s".into()], &SourceMap::default(), &mut d).is_none());
+        let text = d.to_string();
+        for key in ["`s.a`", "`s.b`", "`s.c`"] {
+            assert!(text.contains(key), "{key} not reported:\n{text}");
+        }
+        assert!(!text.contains("missing field"), "{text}");
+        assert_eq!(d.len(), 3, "{text}");
+        // A key that is really missing is still reported.
+        let v: toml::Value = toml::from_str("a = 1\nb = \"ok\"\n").unwrap();
+        let mut d = Diagnostics::default();
+        assert!(decode::<T>(v, &["s".into()], &SourceMap::default(), &mut d).is_none());
+        assert!(d.to_string().contains("missing field `d`"), "{d}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::cache::Cache;
 use super::checkpoint::Checkpoints;
 use super::graph::StepGraph;
 use super::keys::{self, RUNNER_VERSION};
+use super::paths;
 use super::rundir::{self, RunDir, RunRecord, RunStatus, StepManifest, StepStatus};
 use super::scheduler::{NodeState, Scheduler};
 use super::schema::Pipeline;
@@ -99,6 +100,7 @@ fn failures(failed: &[(String, String)]) -> String {
 pub struct Executor<'a> {
     pipeline: &'a Pipeline,
     run: &'a RunDir,
+    runs_root: PathBuf,
     cache: Cache,
     graph: StepGraph,
     scope: Scope,
@@ -115,6 +117,7 @@ impl<'a> Executor<'a> {
         Executor {
             pipeline,
             run,
+            runs_root: runs_root.to_path_buf(),
             cache: Cache::new(runs_root),
             graph,
             scope,
@@ -256,7 +259,10 @@ impl<'a> Executor<'a> {
 
         // Complete in this run (a resumed run does not redo a forced step it already finished).
         if let Some(m) = &previous {
-            if m.status == StepStatus::Complete && m.key == key {
+            if m.status == StepStatus::Complete
+                && m.key == key
+                && self.cache.verify(&key, &step_dir, m)
+            {
                 return (Outcome::Complete, m.outputs_digest.clone());
             }
         }
@@ -348,8 +354,10 @@ impl<'a> Executor<'a> {
                 .filter(|_| same_key)
                 .map_or(0, |m| m.attempts)
                 + 1,
+            resumed_from,
             error: None,
             runner_version: RUNNER_VERSION.to_string(),
+            code: keys::CODE_DIGEST.to_string(),
         };
         self.run.write_manifest(&manifest)?;
         match resumed_from {
@@ -413,21 +421,59 @@ impl<'a> Executor<'a> {
         manifest.outputs_digest = Some(digest.clone());
         manifest.status = StepStatus::Complete;
         self.run.write_manifest(&manifest)?;
-        self.cache.record(&key, &step_dir)?;
+        self.cache.record(&key, &step_dir, &manifest.outputs)?;
         self.export(step)?;
         Ok((resumed_from, digest))
     }
 
-    /// Copies (hard-links) a step's artifacts to its `export` directory, if it has one.
+    /// Copies (hard-links) a step's artifacts to its `export` directory, if it has one. The
+    /// target is checked again here (the runs directory may come from the command line), and a
+    /// folder the runner did not create is never replaced.
     fn export(&self, step: &super::schema::StepDef) -> anyhow::Result<()> {
-        if let Some(export) = &step.export {
-            let dst = self.pipeline.root.join(export);
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            fsx::link_tree(&self.run.step_dir(&step.id).join(rundir::OUT), &dst)?;
-            tracing::info!("  {} exported to {}", step.id, dst.display());
+        let Some(export) = &step.export else {
+            return Ok(());
+        };
+        let p = self.pipeline;
+        let inputs: Vec<PathBuf> = p
+            .steps
+            .iter()
+            .flat_map(|s| s.settings.input_paths().into_iter().map(|(_, i)| i))
+            .collect();
+        if let Some(problem) = paths::export_problem(
+            export,
+            &p.root,
+            &self.runs_root,
+            &inputs,
+            &p.source.files(),
+        ) {
+            anyhow::bail!("{problem}; nothing was exported. Set `export` to a new folder inside the pipeline root");
         }
+        let dst = p.root.join(export);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let stamp = serde_json::json!({
+            "written_by": "runner",
+            "pipeline": p.name,
+            "run": self.run.path,
+            "step": step.id,
+            "at": rundir::now(),
+        });
+        let out = self.run.step_dir(&step.id).join(rundir::OUT);
+        match fsx::replace_marked_dir(&out, &dst, paths::EXPORT_MARKER, format!("{stamp:#}\n").as_bytes()) {
+            Ok(()) => {}
+            Err(fsx::ReplaceError::NotOurs(path)) => anyhow::bail!(
+                "export target {} exists and was not written by the runner (it is not an empty folder and has no {} file); it was left untouched. Move it away, or set `export` of step `{}` to a new folder, then `runner resume {}`",
+                path.display(),
+                paths::EXPORT_MARKER,
+                step.id,
+                self.run.path.display()
+            ),
+            Err(fsx::ReplaceError::Io(e)) => {
+                return Err(anyhow::Error::new(e).context(format!("exporting to {}", dst.display())));
+            }
+        }
+        tracing::info!("  {} exported to {}", step.id, dst.display());
         Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! Cache keys and output digests.
 //!
-//! A step's key hashes the runner version, its kind, the pipeline seed and device, its resolved
-//! settings, the output digest
-//! of each dependency and the contents of each declared input file. Two runs with the same key
-//! produce interchangeable artifacts, so the second reuses the first's.
+//! A step's key hashes the runner version and a digest of its code (the sources and lock file
+//! it was built from, computed by `build.rs`), its kind, the pipeline seed and device, its
+//! resolved settings, the output digest of each dependency and the contents of each declared
+//! input file. Two runs with the same key produce interchangeable artifacts, so the second
+//! reuses the first's; a runner built from other code never reuses another's results.
 
 use super::rundir::OutputFile;
 use super::schema::{Pipeline, StepDef};
@@ -12,6 +13,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const RUNNER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Digest of the sources this runner was built from (see `build.rs`).
+pub const CODE_DIGEST: &str = env!("RUNNER_CODE_DIGEST");
 
 /// What the key of `step` is made of: `dep:<id>` → digest, `file:<path>` → sha256.
 pub fn step_inputs(
@@ -35,8 +39,20 @@ pub fn step_inputs(
 /// The cache key of `step` given its inputs. The pipeline's seed and device are part of it:
 /// every step receives them.
 pub fn step_key(pipeline: &Pipeline, step: &StepDef, inputs: &BTreeMap<String, String>) -> String {
+    step_key_of_code(CODE_DIGEST, pipeline, step, inputs)
+}
+
+/// [`step_key`] for a runner built from code with digest `code`.
+fn step_key_of_code(
+    code: &str,
+    pipeline: &Pipeline,
+    step: &StepDef,
+    inputs: &BTreeMap<String, String>,
+) -> String {
     let mut h = hash::KeyHasher::default();
-    h.part("runner", RUNNER_VERSION).part("kind", step.kind());
+    h.part("runner", RUNNER_VERSION)
+        .part("code", code)
+        .part("kind", step.kind());
     h.part("seed", &pipeline.header.seed.to_string());
     h.part("device", &format!("{:?}", pipeline.header.device));
     h.part("settings", &step.settings.to_json().to_string());
@@ -62,4 +78,27 @@ pub fn outputs_of(out_dir: &Path) -> std::io::Result<(Vec<OutputFile>, String)> 
         });
     }
     Ok((files, digest.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::layers::Overrides;
+
+    #[test]
+    fn the_key_changes_with_the_runners_code() {
+        assert_eq!(CODE_DIGEST.len(), 64, "{CODE_DIGEST}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(
+            &file,
+            "[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"true\"\n",
+        )
+        .unwrap();
+        let p = crate::pipeline::load(&file, &Overrides::default()).unwrap();
+        let inputs = BTreeMap::new();
+        let key = step_key(&p, &p.steps[0], &inputs);
+        assert_eq!(key, step_key_of_code(CODE_DIGEST, &p, &p.steps[0], &inputs));
+        assert_ne!(key, step_key_of_code("other code", &p, &p.steps[0], &inputs));
+    }
 }

@@ -79,6 +79,13 @@ pub fn apply(mut raw: RawPipeline, overrides: &Overrides) -> Result<RawPipeline,
     for (path, origin) in &origins {
         if path.first().map(String::as_str) == Some("step") {
             match path.get(1) {
+                Some(id) if raw.step_order.contains(id) && path.len() < 3 => diags.push(
+                    Diagnostic::new(
+                        Location::Override(origin.clone()),
+                        format!("`step.{id}` would replace the whole step `{id}`"),
+                    )
+                    .help("set one key of the step: `step.<id>.<key>=value`"),
+                ),
                 Some(id) if raw.step_order.contains(id) => {}
                 Some(id) => diags.push(
                     Diagnostic::new(
@@ -140,6 +147,20 @@ mod tests {
         assert_eq!(raw.root["step"]["a"]["run"].as_str(), Some("echo hi"));
         let loc = raw.map.locate(&["pipeline".into(), "seed".into()]);
         assert_eq!(loc, Location::Override("--set pipeline.seed=5".into()));
+    }
+
+    #[test]
+    fn override_of_a_whole_step_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(&p, "[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n").unwrap();
+        let raw = source::load(&p).unwrap();
+        let o = Overrides {
+            sets: vec![("step.a".into(), "".into())],
+            use_env: false,
+        };
+        let err = apply(raw, &o).unwrap_err().to_string();
+        assert!(err.contains("replace the whole step"), "{err}");
     }
 
     #[test]

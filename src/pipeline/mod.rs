@@ -16,6 +16,7 @@ pub mod executor;
 pub mod graph;
 pub mod keys;
 pub mod layers;
+pub mod paths;
 pub mod plan;
 pub mod render;
 pub mod rundir;

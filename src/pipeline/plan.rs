@@ -140,6 +140,9 @@ fn differences(
             });
         }
     }
+    if prev.code != keys::CODE_DIGEST {
+        reasons.push("runner code".into());
+    }
     if prev.runner_version != keys::RUNNER_VERSION {
         reasons.push(format!(
             "runner version {} → {}",
@@ -151,4 +154,42 @@ fn differences(
         reasons.push("its cached artifacts are gone".into());
     }
     reasons
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_of_other_runner_code_is_reported_as_such() {
+        let m = |code: &str| StepManifest {
+            step: "s".into(),
+            kind: "command".into(),
+            key: "k".into(),
+            status: StepStatus::Complete,
+            settings: serde_json::json!({"run": "true"}),
+            inputs: Default::default(),
+            outputs: vec![],
+            outputs_digest: None,
+            cached_from: None,
+            started_at: String::new(),
+            finished_at: None,
+            duration_s: None,
+            attempts: 1,
+            resumed_from: None,
+            error: None,
+            runner_version: keys::RUNNER_VERSION.into(),
+            code: code.into(),
+        };
+        let settings = serde_json::json!({"run": "true"});
+        let inputs = BTreeMap::new();
+        assert_eq!(
+            differences(&m("an older build"), &settings, &inputs),
+            vec!["runner code".to_string()]
+        );
+        assert_eq!(
+            differences(&m(keys::CODE_DIGEST), &settings, &inputs),
+            vec!["its cached artifacts are gone".to_string()]
+        );
+    }
 }

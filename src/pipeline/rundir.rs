@@ -29,6 +29,12 @@ pub enum RunDirError {
         "{path} is not a run directory (no {RUN_RECORD}).\n  Give a folder like runs/<pipeline>/<run-id>, or omit it to use the latest run."
     )]
     NotARun { path: PathBuf },
+    #[error(
+        "run directory {path} already exists.\n  Continue it with `runner resume {path}`, or choose another --run-id (omit it for a new timestamped one)."
+    )]
+    Exists { path: PathBuf },
+    #[error("{0}")]
+    BadName(String),
     #[error("no run found under {0}.\n  Start one with `runner run <pipeline.toml>`.")]
     NoRuns(PathBuf),
     #[error("{context}: {source}")]
@@ -115,9 +121,15 @@ pub struct StepManifest {
     pub duration_s: Option<f64>,
     #[serde(default)]
     pub attempts: u32,
+    /// The checkpoint (its optimizer step) this attempt continued from, if any.
+    #[serde(default)]
+    pub resumed_from: Option<u64>,
     #[serde(default)]
     pub error: Option<String>,
     pub runner_version: String,
+    /// Digest of the runner's own code that produced the artifacts (part of the key).
+    #[serde(default)]
+    pub code: String,
 }
 
 /// Current UTC time, RFC 3339.
@@ -141,6 +153,10 @@ impl RunDir {
         pipeline: &str,
         run_id: Option<&str>,
     ) -> Result<RunDir, RunDirError> {
+        super::paths::check_component("pipeline name", pipeline).map_err(RunDirError::BadName)?;
+        if let Some(id) = run_id {
+            super::paths::check_component("run id", id).map_err(RunDirError::BadName)?;
+        }
         let parent = runs_root.join(pipeline);
         fs::create_dir_all(&parent).map_err(io_err(format!("creating {}", parent.display())))?;
         let base = match run_id {
@@ -164,7 +180,7 @@ impl RunDir {
                     id = format!("{base}-{n}");
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return RunDir::open(&path);
+                    return Err(RunDirError::Exists { path });
                 }
                 Err(e) => return Err(io_err(format!("creating {}", path.display()))(e)),
             }
@@ -328,6 +344,26 @@ mod tests {
         drop(a);
         assert!(!is_locked(&path));
         RunDir::open(&path).unwrap();
+    }
+
+    #[test]
+    fn an_existing_run_id_or_a_path_as_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let a = RunDir::create(&runs, "p", Some("r1")).unwrap();
+        drop(a);
+        let err = RunDir::create(&runs, "p", Some("r1")).unwrap_err();
+        assert!(matches!(err, RunDirError::Exists { .. }), "{err}");
+        assert!(err.to_string().contains("runner resume"), "{err}");
+        for id in ["../../../x", "..", "a/b", "/tmp/x"] {
+            let err = RunDir::create(&runs, "p", Some(id)).unwrap_err();
+            assert!(matches!(err, RunDirError::BadName(_)), "{id}: {err}");
+        }
+        let err = RunDir::create(&runs, "../../x", None).unwrap_err();
+        assert!(matches!(err, RunDirError::BadName(_)), "{err}");
+        // Nothing was created outside the runs directory.
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1);
     }
 
     #[test]

@@ -40,6 +40,11 @@ impl SourceMap {
         self.files.len() - 1
     }
 
+    /// The files read (the main file and every file it `extends`).
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.path.clone()).collect()
+    }
+
     /// Records that `path` was last set by a command-line override or environment variable.
     pub fn set_override(&mut self, path: KeyPath, origin: String) {
         self.overrides.insert(path, origin);
@@ -106,6 +111,7 @@ pub fn load(path: &Path) -> Result<RawPipeline, Diagnostics> {
     let fatal = load_into(
         path,
         &mut Vec::new(),
+        &mut std::collections::HashSet::new(),
         &mut root,
         &mut order,
         &mut map,
@@ -123,9 +129,13 @@ pub fn load(path: &Path) -> Result<RawPipeline, Diagnostics> {
     })
 }
 
+/// Merges `path` (after the files it extends) into `root`. A file already merged through
+/// another `extends` branch is not read again (its values are in already), so shared bases
+/// cost one read however often they are included. Returns whether a fatal problem occurred.
 fn load_into(
     path: &Path,
     chain: &mut Vec<PathBuf>,
+    loaded: &mut std::collections::HashSet<PathBuf>,
     root: &mut toml::Table,
     order: &mut Vec<String>,
     map: &mut SourceMap,
@@ -140,6 +150,9 @@ fn load_into(
             format!("`extends` forms a loop: {}", names.join(" -> ")),
         ));
         return true;
+    }
+    if !loaded.insert(canonical.clone()) {
+        return false;
     }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -190,7 +203,7 @@ fn load_into(
         for base in bases {
             match base.as_str() {
                 Some(rel) => {
-                    if load_into(&base_dir.join(rel), chain, root, order, map, diags) {
+                    if load_into(&base_dir.join(rel), chain, loaded, root, order, map, diags) {
                         return true;
                     }
                 }
@@ -448,6 +461,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_base_included_by_many_files_is_read_once() {
+        // 20 levels, each file extending the next one twice: 2^20 reads if every inclusion
+        // were read again.
+        let dir = tempfile::tempdir().unwrap();
+        let n = 20;
+        write(
+            dir.path(),
+            &format!("f{n}.toml"),
+            "[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n",
+        );
+        for i in (0..n).rev() {
+            let next = format!("f{}.toml", i + 1);
+            write(
+                dir.path(),
+                &format!("f{i}.toml"),
+                &format!("extends = [\"{next}\", \"{next}\"]\n"),
+            );
+        }
+        let started = std::time::Instant::now();
+        let raw = load(&dir.path().join("f0.toml")).unwrap();
+        assert_eq!(raw.step_order, vec!["a"]);
+        assert!(started.elapsed().as_secs_f64() < 2.0, "{:?}", started.elapsed());
+        assert_eq!(raw.map.files().len(), n + 1);
     }
 
     #[test]

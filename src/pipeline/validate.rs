@@ -6,6 +6,7 @@
 use super::decode::decode;
 use super::diagnostics::{Diagnostic, Diagnostics, did_you_mean};
 use super::graph::StepGraph;
+use super::paths;
 use super::schema::{Device, Pipeline, PipelineHeader, StepDef};
 use super::source::{KeyPath, RawPipeline};
 use crate::steps::{KINDS, StepSettings};
@@ -107,6 +108,19 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
                 .help("remove the key or set device = \"cpu\""),
             );
         }
+        let name = h.name.clone().unwrap_or_else(|| default_name(&raw.main_file));
+        if let Err(why) = paths::check_component("pipeline name", &name) {
+            let help = if h.name.is_some() {
+                "set `[pipeline] name` to a plain name such as \"smollm2\" (runs go to <runs_dir>/<name>/)"
+            } else {
+                "the name comes from the file name here; set `[pipeline] name` to a plain name"
+            };
+            diags.push(
+                Diagnostic::new(map.locate(&kp(&["pipeline", "name"])), why)
+                    .key("pipeline.name")
+                    .help(help),
+            );
+        }
         if h.max_parallel == 0 {
             diags.push(
                 Diagnostic::new(
@@ -130,6 +144,11 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
     for id in &raw.step_order {
         let path = kp(&["step", id]);
         let Some(table) = step_tables.get(id).and_then(|v| v.as_table()).cloned() else {
+            diags.push(
+                Diagnostic::new(map.locate(&path), format!("step `{id}` is not a table"))
+                    .key(format!("step.{id}"))
+                    .help("an override replaced the whole step; set one of its keys instead: `step.<id>.<key>=value`"),
+            );
             continue;
         };
         if !id
@@ -219,11 +238,32 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
         );
     }
 
-    // Two steps writing the same place, and inputs that do not exist.
+    // Two steps writing the same place, exports that could overwrite what the runner did not
+    // create, and inputs that do not exist.
+    let runs_root = root.join(
+        header
+            .as_ref()
+            .and_then(|h| h.runs_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("runs")),
+    );
+    let all_inputs: Vec<PathBuf> = steps
+        .iter()
+        .flat_map(|s| s.settings.input_paths().into_iter().map(|(_, p)| p))
+        .collect();
+    let own_files = map.files();
     let mut exports: BTreeMap<PathBuf, &str> = BTreeMap::new();
     for step in &steps {
         if let Some(export) = &step.export {
-            let abs = normalize(&root.join(export));
+            if let Some(problem) =
+                paths::export_problem(export, &root, &runs_root, &all_inputs, &own_files)
+            {
+                diags.push(
+                    Diagnostic::new(map.locate(&kp(&["step", &step.id, "export"])), problem)
+                        .key(format!("step.{}.export", step.id))
+                        .help("export to a new folder of its own inside the pipeline root, e.g. `export = \"models/my-student\"`"),
+                );
+            }
+            let abs = paths::normalize(&root.join(export));
             if let Some(other) = exports.insert(abs.clone(), &step.id) {
                 diags.push(
                     Diagnostic::new(
@@ -258,9 +298,10 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
             }
         }
         for (key, message) in step.settings.problems() {
-            let top = key.split('.').next().unwrap_or(&key).to_string();
+            let mut path = kp(&["step", &step.id]);
+            path.extend(key.split('.').map(String::from));
             diags.push(
-                Diagnostic::new(map.locate(&kp(&["step", &step.id, &top])), message)
+                Diagnostic::new(map.locate(&path), message)
                     .key(format!("step.{}.{key}", step.id)),
             );
         }
@@ -278,17 +319,22 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
         }
     }
 
+    if raw.step_order.is_empty() {
+        diags.push(
+            Diagnostic::new(map.locate(&kp(&["step"])), "the pipeline has no steps")
+                .help("add `[[step]]` tables (see pipelines/ci.toml), or `extends` a file that has them"),
+        );
+    }
+
     diags.sort();
     let header = match header {
         Some(h) if diags.is_empty() => h,
         _ => return Err(diags),
     };
-    let name = header.name.clone().unwrap_or_else(|| {
-        raw.main_file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "pipeline".into())
-    });
+    let name = header
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&raw.main_file));
     diags.into_result(Pipeline {
         name,
         header,
@@ -300,17 +346,10 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
     })
 }
 
-/// Lexically removes `.` and `..` components (the path may not exist yet).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
+/// The pipeline's name when `[pipeline] name` is not set: the file's stem.
+fn default_name(main_file: &Path) -> String {
+    main_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pipeline".into())
 }

@@ -30,12 +30,14 @@ impl TryFrom<String> for ArtifactRef {
                     ));
                 }
                 let path = PathBuf::from(path);
-                if path
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-                {
+                if !path.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::Normal(_) | std::path::Component::CurDir
+                    )
+                }) {
                     return Err(format!(
-                        "`{s}`: `..` may not leave the dependency's artifact folder"
+                        "`{s}`: the path after `@{step}/` must stay inside the dependency's artifact folder (no `..`, no absolute path)"
                     ));
                 }
                 Ok(ArtifactRef::Dep {
@@ -91,20 +93,29 @@ impl ArtifactRef {
         }
     }
 
-    /// The absolute path while the step runs; it must exist.
+    /// The absolute path while the step runs; it must exist. A dependency's path must resolve
+    /// (symbolic links followed) inside that dependency's artifact folder, whose digest is part
+    /// of this step's cache key.
     pub fn resolve(&self, ctx: &StepContext) -> Result<PathBuf> {
         let path = match self {
             ArtifactRef::Root(p) => ctx.resolve(p),
-            ArtifactRef::Dep { step, path } => ctx
-                .deps
-                .get(step)
-                .with_context(|| {
+            ArtifactRef::Dep { step, path } => {
+                let dir = ctx.deps.get(step).with_context(|| {
                     format!(
                         "`{self}`: step `{step}` is not a dependency of `{}`",
                         ctx.id
                     )
-                })?
-                .join(path),
+                })?;
+                let full = dir.join(path);
+                if let (Ok(real), Ok(dir_real)) = (full.canonicalize(), dir.canonicalize()) {
+                    anyhow::ensure!(
+                        real.starts_with(&dir_real),
+                        "`{self}` leads to {}, outside the artifacts of step `{step}`",
+                        real.display()
+                    );
+                }
+                full
+            }
         };
         anyhow::ensure!(
             path.exists(),
@@ -144,5 +155,7 @@ mod tests {
         );
         assert!(ArtifactRef::try_from("@".to_string()).is_err());
         assert!(ArtifactRef::try_from("@a/../b".to_string()).is_err());
+        assert!(ArtifactRef::try_from("@a//etc/passwd".to_string()).is_err());
+        assert!(ArtifactRef::try_from("@a/x/../../b".to_string()).is_err());
     }
 }

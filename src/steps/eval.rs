@@ -97,6 +97,15 @@ pub struct EvalSettings {
 }
 
 impl EvalSettings {
+    /// Values that decode but cannot work, as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        if self.batch_size == 0 {
+            vec![("batch_size".into(), "batch_size must be at least 1".into())]
+        } else {
+            Vec::new()
+        }
+    }
+
     pub fn refs(&self) -> impl Iterator<Item = (&'static str, &ArtifactRef)> {
         [
             ("teacher", &self.teacher),

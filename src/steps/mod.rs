@@ -142,7 +142,15 @@ impl StepSettings {
     pub fn problems(&self) -> Vec<(String, String)> {
         match self {
             StepSettings::Grpo(s) => s.problems_found(),
-            _ => Vec::new(),
+            StepSettings::Tokenize(s) => s.problems(),
+            StepSettings::Stage1(s) => s.train.problems(),
+            StepSettings::Stage2(s) => s.problems(),
+            StepSettings::Sft(s) => s.train.problems(),
+            StepSettings::Eval(s) => s.problems(),
+            StepSettings::Command(_)
+            | StepSettings::Fetch(_)
+            | StepSettings::Import(_)
+            | StepSettings::Convert(_) => Vec::new(),
         }
     }
 

@@ -69,6 +69,37 @@ impl Stage2Settings {
     }
 }
 
+impl Stage2Settings {
+    /// Values that decode but cannot work, as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = self.train.problems();
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            out.push((
+                "temperature".into(),
+                format!("temperature must be > 0, got {}", self.temperature),
+            ));
+        }
+        if !(self.akl_head_mass > 0.0 && self.akl_head_mass <= 1.0) {
+            out.push((
+                "akl_head_mass".into(),
+                format!("akl_head_mass must be in (0, 1], got {}", self.akl_head_mass),
+            ));
+        }
+        for (k, v) in [("kl_weight", self.kl_weight), ("ce_weight", self.ce_weight)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                out.push((k.into(), format!("{k} must be ≥ 0, got {v}")));
+            }
+        }
+        if self.kl_weight == 0.0 && self.ce_weight == 0.0 {
+            out.push((
+                "kl_weight".into(),
+                "kl_weight and ce_weight are both 0: the loss would be 0".into(),
+            ));
+        }
+        out
+    }
+}
+
 pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
     anyhow::ensure!(s.temperature > 0.0, "temperature must be positive");
     anyhow::ensure!(

@@ -34,6 +34,9 @@ fn default_max_seq_len() -> usize {
 fn default_heldout() -> f64 {
     0.05
 }
+fn default_max_record_bytes() -> usize {
+    crate::data::sources::DEFAULT_MAX_RECORD_BYTES
+}
 fn default_per_shard() -> usize {
     8192
 }
@@ -67,6 +70,11 @@ pub struct TokenizeSettings {
     pub max_records: usize,
     #[serde(default)]
     pub on_error: OnError,
+    /// Records larger than this many bytes (a JSON line, a text file, a Parquet row) are bad
+    /// records: skipped with their file and line under `on_error = "skip"`. Memory stays
+    /// bounded by this, whatever the input holds.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
     /// Sequences per Parquet shard.
     #[serde(default = "default_per_shard")]
     pub sequences_per_shard: usize,
@@ -76,6 +84,36 @@ pub struct TokenizeSettings {
 }
 
 impl TokenizeSettings {
+    /// Values that decode but cannot work, as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.max_seq_len < 2 {
+            out.push((
+                "max_seq_len".into(),
+                format!("max_seq_len must be at least 2, got {}", self.max_seq_len),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.heldout) {
+            out.push((
+                "heldout".into(),
+                format!("heldout is a fraction in [0, 1), got {}", self.heldout),
+            ));
+        }
+        if self.sequences_per_shard == 0 {
+            out.push((
+                "sequences_per_shard".into(),
+                "sequences_per_shard must be at least 1".into(),
+            ));
+        }
+        if self.max_record_bytes == 0 {
+            out.push((
+                "max_record_bytes".into(),
+                "max_record_bytes must be at least 1".into(),
+            ));
+        }
+        out
+    }
+
     pub fn refs(&self) -> impl Iterator<Item = (&'static str, &ArtifactRef)> {
         std::iter::once(("tokenizer", &self.tokenizer))
             .chain(self.inputs.iter().map(|i| ("inputs", i)))
@@ -118,7 +156,7 @@ pub fn run(s: &TokenizeSettings, ctx: &StepContext) -> Result<()> {
     for input in &s.inputs {
         let path = input.resolve(ctx)?;
         for file in source_files(&path).with_context(|| format!("input `{input}`"))? {
-            read_file(&file, &mut records, &mut bad)?;
+            read_file(&file, s.max_record_bytes, &mut records, &mut bad)?;
         }
     }
     if s.max_records > 0 {

@@ -77,6 +77,41 @@ pub struct TrainSettings {
     pub bucket: usize,
 }
 
+impl TrainSettings {
+    /// Values the training loop cannot run with, as (key under the step, message); checked at
+    /// validation, before any earlier step runs.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut bad = |k: &str, m: String| out.push((format!("train.{k}"), m));
+        if !(self.lr_init > 0.0 && self.lr_init.is_finite()) {
+            bad("lr_init", format!("lr_init must be > 0, got {}", self.lr_init));
+        }
+        if !(self.lr_final >= 0.0 && self.lr_final.is_finite()) {
+            bad("lr_final", format!("lr_final must be ≥ 0, got {}", self.lr_final));
+        }
+        for (k, v) in [
+            ("micro_batch", self.micro_batch as u64),
+            ("grad_accum", self.grad_accum as u64),
+            ("max_tokens", self.max_tokens),
+            ("bucket", self.bucket as u64),
+            ("checkpoint_every", self.checkpoint_every),
+        ] {
+            if v == 0 {
+                bad(k, format!("{k} must be at least 1"));
+            }
+        }
+        for (k, v) in [
+            ("grad_clip", self.grad_clip),
+            ("weight_decay", self.weight_decay),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bad(k, format!("{k} must be ≥ 0 (0 turns it off), got {v}"));
+            }
+        }
+        out
+    }
+}
+
 /// What a loss function returns for one micro-batch.
 pub struct LossOutput {
     /// Scalar `[1]` on the autodiff device.

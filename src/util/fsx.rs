@@ -89,6 +89,59 @@ pub fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Why [`replace_marked_dir`] left a folder alone.
+#[derive(Debug)]
+pub enum ReplaceError {
+    /// `dst` exists and is not a folder this function made (no marker file), or not a folder.
+    NotOurs(PathBuf),
+    Io(io::Error),
+}
+
+impl From<io::Error> for ReplaceError {
+    fn from(e: io::Error) -> Self {
+        ReplaceError::Io(e)
+    }
+}
+
+/// Mirrors `src` into `dst` with hard links and writes `marker` (holding `stamp`) beside them —
+/// but only when `dst` does not exist, is an empty folder, or holds `marker` (so this function
+/// made it). Any other `dst` (a user's folder, a file, a symbolic link) is left untouched.
+/// The new tree is built beside `dst` and swapped in, so `dst` is whole at every moment.
+pub fn replace_marked_dir(
+    src: &Path,
+    dst: &Path,
+    marker: &str,
+    stamp: &[u8],
+) -> Result<(), ReplaceError> {
+    let existing = match fs::symlink_metadata(dst) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e.into()),
+        Ok(m) if m.file_type().is_dir() => {
+            let marked = fs::symlink_metadata(dst.join(marker)).is_ok_and(|m| m.is_file());
+            if !marked && fs::read_dir(dst)?.next().is_some() {
+                return Err(ReplaceError::NotOurs(dst.to_path_buf()));
+            }
+            true
+        }
+        Ok(_) => return Err(ReplaceError::NotOurs(dst.to_path_buf())),
+    };
+    let tmp = temp_sibling(dst);
+    link_tree_inner(src, &tmp)?;
+    atomic_write(&tmp.join(marker), stamp)?;
+    if existing {
+        let old = temp_sibling(dst);
+        fs::rename(dst, &old)?;
+        fs::rename(&tmp, dst)?;
+        fs::remove_dir_all(&old)?;
+    } else {
+        fs::rename(&tmp, dst)?;
+    }
+    if let Some(parent) = dst.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
 fn link_tree_inner(src: &Path, dst: &Path) -> io::Result<()> {
     fs::create_dir_all(dst)?;
     for entry in fs::read_dir(src)? {
@@ -146,6 +199,42 @@ mod tests {
             list_files(dir.path()).unwrap(),
             vec![PathBuf::from("a/b.json")]
         );
+    }
+
+    #[test]
+    fn replace_marked_dir_never_touches_a_folder_it_did_not_make() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("a"), b"1").unwrap();
+        // A user's folder with a file in it: refused, untouched.
+        let user = dir.path().join("user");
+        fs::create_dir_all(&user).unwrap();
+        fs::write(user.join("precious"), b"keep").unwrap();
+        assert!(matches!(
+            replace_marked_dir(&src, &user, ".m", b"x"),
+            Err(ReplaceError::NotOurs(_))
+        ));
+        assert_eq!(fs::read(user.join("precious")).unwrap(), b"keep");
+        assert!(!user.join("a").exists());
+        // A file: refused.
+        let file = dir.path().join("file");
+        fs::write(&file, b"f").unwrap();
+        assert!(replace_marked_dir(&src, &file, ".m", b"x").is_err());
+        assert_eq!(fs::read(&file).unwrap(), b"f");
+        // New, then replaced because it holds the marker.
+        let out = dir.path().join("out");
+        replace_marked_dir(&src, &out, ".m", b"x").unwrap();
+        assert_eq!(fs::read(out.join("a")).unwrap(), b"1");
+        fs::write(src.join("a2"), b"2").unwrap();
+        replace_marked_dir(&src, &out, ".m", b"y").unwrap();
+        assert_eq!(fs::read(out.join(".m")).unwrap(), b"y");
+        assert!(out.join("a2").exists());
+        // An empty folder is fine.
+        let empty = dir.path().join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        replace_marked_dir(&src, &empty, ".m", b"x").unwrap();
+        assert!(empty.join("a").exists());
     }
 
     #[test]
