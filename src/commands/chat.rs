@@ -4,7 +4,7 @@
 
 use super::{SamplingArgs, load_model_dir};
 use crate::error::Error;
-use crate::generate::{GenerationLimits, LanguageModel, Sampler, generate};
+use crate::generate::{GenerationLimits, KeptState, LanguageModel, Sampler, generate};
 use crate::text::ChatMessage;
 use burn::tensor::Device;
 use clap::Args;
@@ -46,9 +46,8 @@ pub fn run(args: &ChatArgs, quiet: bool) -> Result<(), Error> {
         .iter()
         .map(|s| ChatMessage::new("system", s))
         .collect();
-    let mut state = model.new_state();
-    // The text already fed into `state`.
-    let mut fed = String::new();
+    // The state after the last reply, with the tokens it has seen.
+    let mut kept = KeptState::default();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     eprintln!(
@@ -67,29 +66,22 @@ pub fn run(args: &ChatArgs, quiet: bool) -> Result<(), Error> {
             "/exit" | "/quit" => break,
             "/clear" => {
                 messages.retain(|m| m.role == "system");
-                state = model.new_state();
-                fed.clear();
+                kept.clear();
                 eprintln!("(conversation cleared)");
                 continue;
             }
             _ => {}
         }
         messages.push(ChatMessage::new("user", line));
-        let prompt = tokenizer.render_chat(&messages, true)?;
-        // Feed only what the state has not seen; if the template rewrote earlier turns, start over.
-        let new_text = match prompt.strip_prefix(fed.as_str()) {
-            Some(rest) => rest.to_string(),
-            None => {
-                state = model.new_state();
-                prompt.clone()
-            }
-        };
-        let ids = tokenizer.encode(&new_text)?;
+        let ids = tokenizer.encode(&tokenizer.render_chat(&messages, true)?)?;
+        // Feed only what the state has not seen (all of it if the template rewrote earlier
+        // turns or the reply re-encodes differently).
+        let (mut state, new_ids) = kept.take(&ids, || model.new_state());
         let reply = generate(
             &model,
             &tokenizer,
             &mut state,
-            &ids,
+            &new_ids,
             &mut sampler,
             &limits,
             |piece| {
@@ -99,14 +91,16 @@ pub fn run(args: &ChatArgs, quiet: bool) -> Result<(), Error> {
         )?;
         let _ = writeln!(out);
         messages.push(ChatMessage::new("assistant", &reply.text));
-        // What the state now holds: the prompt, the reply and its end-of-turn token.
-        fed = tokenizer.render_chat(&messages, false)?;
+        // What the state now holds: the conversation, the reply and, when the model ended its
+        // turn, its stop token.
+        let state_mib = model.state_bytes(&state) as f64 / (1 << 20) as f64;
+        kept.keep(&ids, &reply.fed, state);
         if !quiet {
             eprintln!(
                 "[{} tokens at {:.1} tok/s; state {:.2} MiB]",
                 reply.ids.len(),
                 reply.decode_tokens_per_s(),
-                model.state_bytes(&state) as f64 / (1 << 20) as f64
+                state_mib
             );
         }
     }

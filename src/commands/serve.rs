@@ -2,7 +2,7 @@
 
 use super::load_model_dir;
 use crate::error::Error;
-use crate::serve::{Engine, serve};
+use crate::serve::{Engine, ServeOptions, serve};
 use burn::tensor::Device;
 use clap::Args;
 use std::path::PathBuf;
@@ -21,6 +21,20 @@ pub struct ServeArgs {
     /// Upper limit on tokens per reply, whatever a request asks for.
     #[arg(long, default_value_t = 1024)]
     pub max_tokens: usize,
+    /// Connections served at once; more get `503 Service Unavailable` right away.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+    /// Seconds a client has to send its request (headers and body) before it is dropped.
+    #[arg(long, default_value_t = 10)]
+    pub request_timeout: u64,
+    /// Seconds a request waits for the generation slot (one generation at a time, in arrival
+    /// order) before it gets `503`.
+    #[arg(long, default_value_t = 120)]
+    pub queue_timeout: u64,
+    /// Let web pages of this origin (e.g. `https://app.example`, or `*` for any) call the API.
+    /// By default only the server's own chat page and non-browser clients may.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors: Option<String>,
 }
 
 pub fn run(args: &ServeArgs) -> Result<(), Error> {
@@ -44,10 +58,23 @@ pub fn run(args: &ServeArgs) -> Result<(), Error> {
     } else {
         name
     };
+    if args.max_connections == 0 || args.request_timeout == 0 || args.queue_timeout == 0 {
+        return Err(Error::Usage(
+            "error: --max-connections, --request-timeout and --queue-timeout must be at least 1"
+                .into(),
+        ));
+    }
+    let options = ServeOptions {
+        max_connections: args.max_connections,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout),
+        queue_timeout: std::time::Duration::from_secs(args.queue_timeout),
+        cors: args.cors.clone(),
+    };
     serve(
         Engine::new(model, tokenizer, name, args.max_tokens),
         &args.host,
         args.port,
+        options,
     )
     .map_err(|e| Error::Usage(format!("error: {e:#}")))
 }

@@ -141,6 +141,14 @@ impl AnyModel {
         })
     }
 
+    /// The longest sequence the model was trained for (`max_position_embeddings`).
+    pub fn max_context(&self) -> usize {
+        match self {
+            AnyModel::Teacher(t) => t.config.max_position_embeddings,
+            AnyModel::Student(h) => h.config.max_position_embeddings,
+        }
+    }
+
     /// A one-line description for the terminal.
     pub fn describe(&self) -> String {
         match self {
@@ -234,7 +242,11 @@ pub enum StopReason {
 /// The result of one generation.
 #[derive(Debug, Clone)]
 pub struct Generation {
+    /// The reply's tokens (without a stop token).
     pub ids: Vec<u32>,
+    /// Every token fed into the state after the prompt: the reply's and, when the model ended
+    /// its turn, the stop token too. A conversation continued from the state starts after them.
+    pub fed: Vec<u32>,
     pub text: String,
     pub stop: StopReason,
     pub prompt_tokens: usize,
@@ -272,6 +284,7 @@ pub fn generate<M: LanguageModel>(
     let decode_start = Instant::now();
     let mut history: Vec<u32> = prompt.to_vec();
     let mut ids = Vec::new();
+    let mut fed = Vec::new();
     let mut text = String::new();
     // Bytes of `text` already passed to `on_text`.
     let mut emitted = 0;
@@ -282,8 +295,10 @@ pub fn generate<M: LanguageModel>(
         logits = model.feed(state, &[next]);
         if tokenizer.stop_ids.contains(&next) {
             stop = StopReason::EndOfSequence;
+            fed.push(next);
             break;
         }
+        fed.push(next);
         ids.push(next);
         history.push(next);
         text = tokenizer.decode(&ids, true)?;
@@ -319,10 +334,144 @@ pub fn generate<M: LanguageModel>(
     }
     Ok(Generation {
         ids,
+        fed,
         text,
         stop,
         prompt_tokens: prompt.len(),
         prefill,
         decode: decode_start.elapsed(),
     })
+}
+
+/// A model state with the tokens it has consumed, so that a conversation continuing what the
+/// state has seen is fed only its new tokens — with the same result as feeding the whole
+/// conversation to a fresh state. `runner chat` and `runner serve` keep one between turns.
+pub struct KeptState<S> {
+    /// Every token fed into `state`, in order.
+    fed: Vec<u32>,
+    state: Option<S>,
+}
+
+impl<S> Default for KeptState<S> {
+    fn default() -> Self {
+        Self {
+            fed: Vec::new(),
+            state: None,
+        }
+    }
+}
+
+impl<S> KeptState<S> {
+    /// The state to continue from and the tokens still to feed for the conversation `ids` (all
+    /// its tokens): the kept state when `ids` extends what it has seen, else a fresh one.
+    pub fn take(&mut self, ids: &[u32], fresh: impl FnOnce() -> S) -> (S, Vec<u32>) {
+        let fed = std::mem::take(&mut self.fed);
+        match self.state.take() {
+            Some(s) if ids.len() > fed.len() && ids.starts_with(&fed) => (s, ids[fed.len()..].to_vec()),
+            _ => (fresh(), ids.to_vec()),
+        }
+    }
+
+    /// Keeps `state` after the conversation `ids` and a generation that fed `generated` (its
+    /// [`Generation::fed`]).
+    pub fn keep(&mut self, ids: &[u32], generated: &[u32], state: S) {
+        self.fed = ids.iter().chain(generated).copied().collect();
+        self.state = Some(state);
+    }
+
+    /// Forgets the state.
+    pub fn clear(&mut self) {
+        self.fed.clear();
+        self.state = None;
+    }
+
+    /// How many tokens the kept state has seen.
+    pub fn len(&self) -> usize {
+        if self.state.is_some() { self.fed.len() } else { 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod kept_state_tests {
+    use super::*;
+
+    /// Its state is every token it was fed; token t makes t + 1 most likely (7 → 0).
+    struct Recorder;
+
+    impl LanguageModel for Recorder {
+        type State = Vec<u32>;
+        fn new_state(&self) -> Vec<u32> {
+            Vec::new()
+        }
+        fn feed_rows(&self, state: &mut Vec<u32>, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
+            state.extend(&rows[0]);
+            let mut l = vec![0.0; 8];
+            l[(*state.last().unwrap() as usize + 1) % 8] = 10.0;
+            vec![l]
+        }
+        fn repeat_state(&self, state: &Vec<u32>, _: usize) -> Vec<u32> {
+            state.clone()
+        }
+        fn state_bytes(&self, _: &Vec<u32>) -> usize {
+            0
+        }
+        fn vocab_size(&self) -> usize {
+            8
+        }
+    }
+
+    /// Turn 1 from `turn1`, then the conversation extended by the reply, `end` (what a chat
+    /// template writes after a reply) and `turn2`: the kept state must hold exactly what a fresh
+    /// state fed the whole conversation holds.
+    fn continue_conversation(stop_ids: Vec<u32>, max_new: usize, end: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        let tok = crate::text::tokenizer::tests_support::byte_tokenizer(stop_ids);
+        let model = Recorder;
+        let limits = GenerationLimits {
+            max_new_tokens: max_new,
+            stop_strings: Vec::new(),
+        };
+        let mut sampler = Sampler::new(SamplingConfig::default());
+        let mut kept = KeptState::default();
+        let turn1 = vec![0, 1];
+        let (mut st, new) = kept.take(&turn1, || model.new_state());
+        let g = generate(&model, &tok, &mut st, &new, &mut sampler, &limits, |_| {}).unwrap();
+        kept.keep(&turn1, &g.fed, st);
+        // The next conversation: turn 1, the reply, the end-of-turn tokens, turn 2.
+        let mut all = turn1.clone();
+        all.extend(&g.ids);
+        all.extend(end);
+        all.extend([6, 7]);
+        let (mut st, new) = kept.take(&all, || model.new_state());
+        assert!(new.len() < all.len(), "the kept state was used");
+        model.feed(&mut st, &new);
+        let mut fresh = model.new_state();
+        model.feed(&mut fresh, &all);
+        (st, fresh)
+    }
+
+    #[test]
+    fn a_continued_conversation_feeds_each_token_once() {
+        // Ended by the stop token: the reply is 2, 3, then 4 stops it; the template's end of
+        // turn is that stop token followed by 5 (a newline).
+        let (kept, fresh) = continue_conversation(vec![4], 10, &[4, 5]);
+        assert_eq!(kept, fresh);
+        // Ended by the length limit: nothing of the end of turn was fed yet.
+        let (kept, fresh) = continue_conversation(vec![], 3, &[4, 5]);
+        assert_eq!(kept, fresh);
+    }
+
+    #[test]
+    fn a_conversation_that_does_not_extend_the_state_starts_fresh() {
+        let mut kept: KeptState<Vec<u32>> = KeptState::default();
+        kept.keep(&[1, 2], &[3], vec![1, 2, 3]);
+        assert_eq!(kept.len(), 3);
+        let (st, new) = kept.take(&[1, 9, 9, 9], Vec::new);
+        assert!(st.is_empty());
+        assert_eq!(new, vec![1, 9, 9, 9]);
+        assert!(kept.is_empty());
+    }
 }

@@ -1,22 +1,44 @@
 //! `runner serve`: a local HTTP server for a teacher or student directory — a browser chat page
 //! at `/` (streaming, `<think>` blocks shown as a collapsible "thinking" box) and an
 //! OpenAI-compatible `POST /v1/chat/completions` (streaming as server-sent events, or one JSON
-//! reply), plus `GET /v1/models` and `GET /health`. Requests are served one generation at a
-//! time; the state after the last reply is kept, so a conversation that continues it only
-//! feeds its new turn.
+//! reply), plus `GET /v1/models` and `GET /health`. Generations run one at a time, in arrival
+//! order (a request that waits longer than `queue_timeout` gets `503`); the state after the last
+//! reply is kept, so a conversation that continues it only feeds its new turn.
+//!
+//! Browsers: the API answers requests from its own page and from clients without an `Origin`
+//! (curl, SDKs); another web site's requests are refused unless `--cors ORIGIN` allows it.
 
 pub mod http;
 
 use crate::generate::{
-    AnyModel, AnyState, GenerationLimits, LanguageModel, Sampler, SamplingConfig, StopReason,
-    generate,
+    AnyModel, AnyState, GenerationLimits, KeptState, LanguageModel, Sampler, SamplingConfig,
+    StopReason, generate,
 };
 use crate::text::{ChatMessage, TextTokenizer};
 use anyhow::Result;
-use http::{EventStream, Request, read_request, respond, respond_error};
+use http::{Body, error, full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// Roles a chat message may have.
+const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+
+/// Limits and policies of the server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub max_connections: usize,
+    /// Time a client has to send its whole request.
+    pub request_timeout: Duration,
+    /// Longest wait for the generation slot before `503`.
+    pub queue_timeout: Duration,
+    /// A browser origin allowed to call the API from its pages (`*`: any).
+    pub cors: Option<String>,
+}
 
 const PAGE: &str = include_str!("page.html");
 
@@ -27,9 +49,8 @@ pub struct Engine {
     /// Name reported as `model` in replies.
     pub name: String,
     pub max_tokens_limit: usize,
-    /// Token ids fed into `state` so far.
-    fed: Vec<u32>,
-    state: Option<AnyState>,
+    /// The state after the last reply.
+    kept: KeptState<AnyState>,
 }
 
 impl Engine {
@@ -44,8 +65,7 @@ impl Engine {
             tokenizer,
             name,
             max_tokens_limit,
-            fed: Vec::new(),
-            state: None,
+            kept: KeptState::default(),
         }
     }
 }
@@ -96,29 +116,19 @@ fn finish_reason(stop: StopReason) -> &'static str {
     }
 }
 
-/// Answers one chat-completions request.
-fn chat_completions(
-    engine: &Mutex<Engine>,
-    req: &Request,
-    stream: &TcpStream,
-) -> std::io::Result<()> {
-    let body: ChatRequest = match serde_json::from_slice(&req.body) {
-        Ok(b) => b,
-        Err(e) => return respond_error(stream, 400, &format!("invalid request body: {e}")),
-    };
-    if body.messages.is_empty() {
-        return respond_error(stream, 400, "`messages` is empty");
-    }
-    let sampling = SamplingConfig {
-        temperature: body.temperature.unwrap_or(0.7),
-        top_p: body.top_p.unwrap_or(1.0),
-        seed: body.seed.unwrap_or_else(now),
-        ..Default::default()
-    };
-    if let Err(m) = sampling.validate() {
-        return respond_error(stream, 400, &m);
-    }
-    let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+/// A request checked and tokenised, ready to generate.
+struct Prepared {
+    ids: Vec<u32>,
+    new_ids: Vec<u32>,
+    state: AnyState,
+    limits: GenerationLimits,
+    sampling: SamplingConfig,
+    stream: bool,
+}
+
+/// Checks a request against the model and tokenises it; `Err` is the response to send.
+fn prepare(engine: &mut Engine, body: &ChatRequest) -> Result<Prepared, Response<Body>> {
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, &m);
     let limit = engine.max_tokens_limit;
     let max_new = body
         .max_completion_tokens
@@ -136,155 +146,273 @@ fn chat_completions(
         .and_then(|p| engine.tokenizer.encode(&p))
     {
         Ok(ids) if !ids.is_empty() => ids,
-        Ok(_) => return respond_error(stream, 400, "the conversation renders to no tokens"),
-        Err(e) => return respond_error(stream, 400, &format!("{e:#}")),
+        Ok(_) => return Err(bad("the conversation renders to no tokens".into())),
+        Err(e) => return Err(bad(format!("{e:#}"))),
     };
+    let context = engine.model.max_context();
+    if ids.len() >= context {
+        return Err(bad(format!(
+            "the conversation is {} tokens long; this model's context is {context} tokens (max_position_embeddings): shorten it or start a new one",
+            ids.len()
+        )));
+    }
+    let max_new = max_new.min(context - ids.len());
     // Continue the kept state when this conversation extends what it has seen.
-    let Engine {
-        model,
-        tokenizer,
-        name,
-        fed,
+    let model = &engine.model;
+    let (state, new_ids) = engine.kept.take(&ids, || model.new_state());
+    let sampling = SamplingConfig {
+        temperature: body.temperature.unwrap_or(0.7),
+        top_p: body.top_p.unwrap_or(1.0),
+        seed: body.seed.unwrap_or_else(now),
+        ..Default::default()
+    };
+    Ok(Prepared {
+        ids,
+        new_ids,
         state,
-        ..
-    } = &mut *engine;
-    let (mut st, new_ids) = match state.take() {
-        Some(s) if ids.len() > fed.len() && ids.starts_with(fed) => (s, ids[fed.len()..].to_vec()),
-        _ => (model.new_state(), ids.clone()),
-    };
-    let limits = GenerationLimits {
-        max_new_tokens: max_new,
-        stop_strings: match &body.stop {
-            Some(Stop::One(s)) => vec![s.clone()],
-            Some(Stop::Many(v)) => v.clone(),
-            None => Vec::new(),
+        limits: GenerationLimits {
+            max_new_tokens: max_new,
+            stop_strings: match &body.stop {
+                Some(Stop::One(s)) => vec![s.clone()],
+                Some(Stop::Many(v)) => v.clone(),
+                None => Vec::new(),
+            },
         },
-    };
+        sampling,
+        stream: body.stream,
+    })
+}
+
+/// Runs one generation on a blocking thread, streaming through `events` when given; returns
+/// the whole-reply JSON (for a non-streamed request) or the error message.
+fn run_generation(
+    mut engine: OwnedMutexGuard<Engine>,
+    p: Prepared,
+    mut events: Option<http::EventSender>,
+) -> Result<serde_json::Value, String> {
     static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let id = format!("chatcmpl-{:x}-{n}", now());
     let created = now();
-    let mut sampler = Sampler::new(sampling);
+    let Engine {
+        model,
+        tokenizer,
+        name,
+        kept,
+        ..
+    } = &mut *engine;
     let chunk = |delta: serde_json::Value, finish: Option<&str>| {
         serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": name,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         .to_string()
     };
-    let mut events = if body.stream {
-        let mut e = EventStream::start(stream)?;
+    if let Some(e) = events.as_mut() {
         e.send(&chunk(
             serde_json::json!({"role": "assistant", "content": ""}),
             None,
         ));
-        Some(e)
-    } else {
-        None
-    };
+    }
+    let mut st = p.state;
+    let mut sampler = Sampler::new(p.sampling);
     let result = generate(
         model,
         tokenizer,
         &mut st,
-        &new_ids,
+        &p.new_ids,
         &mut sampler,
-        &limits,
+        &p.limits,
         |t| {
             if let Some(e) = events.as_mut() {
                 e.send(&chunk(serde_json::json!({"content": t}), None));
             }
         },
     );
-    if let Ok(g) = &result {
-        if let Some(e) = events.as_mut() {
-            e.send(&chunk(serde_json::json!({}), Some(finish_reason(g.stop))));
-            e.send("[DONE]");
-        } else {
-            let reply = serde_json::json!({
-                "id": id, "object": "chat.completion", "created": created, "model": name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text}, "finish_reason": finish_reason(g.stop)}],
-                "usage": {"prompt_tokens": ids.len(), "completion_tokens": g.ids.len(), "total_tokens": ids.len() + g.ids.len()},
-            });
-            respond(
-                stream,
-                200,
-                "application/json",
-                reply.to_string().as_bytes(),
-            )?;
-        }
-    }
     match result {
         Ok(g) => {
-            // The state now covers the prompt and the reply (its final token included).
-            let mut all = ids;
-            all.extend(&g.ids);
-            *fed = all;
-            *state = Some(st);
-            Ok(())
+            // The state now covers the prompt and every token fed after it (the stop token
+            // included when the model ended its turn).
+            kept.keep(&p.ids, &g.fed, st);
+            if let Some(e) = events.as_mut() {
+                e.send(&chunk(serde_json::json!({}), Some(finish_reason(g.stop))));
+                e.send("[DONE]");
+            }
+            Ok(serde_json::json!({
+                "id": id, "object": "chat.completion", "created": created, "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text}, "finish_reason": finish_reason(g.stop)}],
+                "usage": {"prompt_tokens": p.ids.len(), "completion_tokens": g.ids.len(), "total_tokens": p.ids.len() + g.ids.len(),
+                    "prompt_tokens_details": {"cached_tokens": p.ids.len() - p.new_ids.len()}},
+            }))
         }
         Err(e) => {
-            *fed = Vec::new();
-            respond_error(stream, 500, &format!("generation failed: {e:#}"))
+            kept.clear();
+            let message = format!("generation failed: {e:#}");
+            if let Some(ev) = events.as_mut() {
+                ev.send(&serde_json::json!({"error": {"message": message, "type": "server_error", "code": 500}}).to_string());
+            }
+            Err(message)
         }
     }
 }
 
-fn handle(engine: &Mutex<Engine>, stream: TcpStream) -> std::io::Result<()> {
-    let req = match read_request(&stream) {
-        Ok(r) => r,
-        Err((status, m)) => return respond_error(&stream, status, &m),
+/// The server's shared state.
+struct App {
+    engine: Arc<Mutex<Engine>>,
+    options: ServeOptions,
+    /// Name and description for `/v1/models` (read without waiting for a generation).
+    models: String,
+}
+
+/// Answers one chat-completions request.
+async fn chat_completions(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let bytes = match http::read_body(req.into_body(), app.options.request_timeout).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    tracing::debug!("{} {}", req.method, req.path);
-    match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/") | ("GET", "/index.html") => {
-            respond(&stream, 200, "text/html; charset=utf-8", PAGE.as_bytes())
-        }
-        ("GET", "/health") => respond(&stream, 200, "application/json", b"{\"status\":\"ok\"}"),
-        ("GET", "/v1/models") => {
-            let e = engine.lock().unwrap_or_else(|p| p.into_inner());
-            let body = serde_json::json!({"object": "list", "data": [{"id": e.name, "object": "model", "created": 0, "owned_by": "local", "description": e.model.describe()}]});
-            respond(
-                &stream,
-                200,
-                "application/json",
-                body.to_string().as_bytes(),
-            )
-        }
-        ("POST", "/v1/chat/completions") => chat_completions(engine, &req, &stream),
-        ("OPTIONS", _) => {
-            let mut s = &stream;
-            use std::io::Write;
-            write!(
-                s,
-                "HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: Content-Type, Authorization\r\nConnection: close\r\n\r\n"
-            )
-        }
-        (_, "/" | "/v1/chat/completions" | "/v1/models" | "/health") => respond_error(
-            &stream,
-            405,
-            &format!("{} is not allowed on {}", req.method, req.path),
-        ),
-        _ => respond_error(&stream, 404, &format!("no route {}", req.path)),
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, &m);
+    let body: ChatRequest = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => return bad(format!("invalid request body: {e}")),
+    };
+    if body.messages.is_empty() {
+        return bad("`messages` is empty".into());
     }
+    if let Some((i, m)) = body
+        .messages
+        .iter()
+        .enumerate()
+        .find(|(_, m)| !ROLES.contains(&m.role.as_str()))
+    {
+        return bad(format!(
+            "messages[{i}].role `{}` is not one of {}",
+            m.role.escape_debug(),
+            ROLES.join(", ")
+        ));
+    }
+    let check = SamplingConfig {
+        temperature: body.temperature.unwrap_or(0.7),
+        top_p: body.top_p.unwrap_or(1.0),
+        ..Default::default()
+    };
+    if let Err(m) = check.validate() {
+        return bad(m);
+    }
+    let queue = app.options.queue_timeout;
+    let mut engine = match tokio::time::timeout(queue, app.engine.clone().lock_owned()).await {
+        Ok(g) => g,
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("busy: another generation ran for longer than {queue:?}; try again"),
+            );
+        }
+    };
+    let prepared = match prepare(&mut engine, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if prepared.stream {
+        let (events, response) = http::event_stream();
+        tokio::task::spawn_blocking(move || run_generation(engine, prepared, Some(events)));
+        response
+    } else {
+        match tokio::task::spawn_blocking(move || run_generation(engine, prepared, None)).await {
+            Ok(Ok(reply)) => full(StatusCode::OK, "application/json", reply.to_string()),
+            Ok(Err(m)) => error(StatusCode::INTERNAL_SERVER_ERROR, &m),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("generation failed: {e}"),
+            ),
+        }
+    }
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    tracing::debug!("{method} {path}");
+    let cors = app.options.cors.as_deref();
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allowed = http::origin_allowed(&req, cors);
+    let mut response = match (&method, path.as_str()) {
+        (&Method::GET, "/") | (&Method::GET, "/index.html") => {
+            let mut r = full(StatusCode::OK, "text/html; charset=utf-8", PAGE);
+            r.headers_mut().insert(
+                "content-security-policy",
+                HeaderValue::from_static("frame-ancestors 'none'"),
+            );
+            r
+        }
+        (&Method::GET, "/health") => full(StatusCode::OK, "application/json", "{\"status\":\"ok\"}"),
+        (&Method::GET, "/v1/models") => {
+            full(StatusCode::OK, "application/json", app.models.clone())
+        }
+        (&Method::POST, "/v1/chat/completions") if !allowed => error(
+            StatusCode::FORBIDDEN,
+            "requests from other web sites are refused; start the server with `--cors ORIGIN` to allow one",
+        ),
+        (&Method::POST, "/v1/chat/completions") => chat_completions(app.clone(), req).await,
+        (&Method::OPTIONS, _) if allowed && cors.is_some() => {
+            let mut r = full(StatusCode::NO_CONTENT, "text/plain", "");
+            let h = r.headers_mut();
+            h.insert(
+                "access-control-allow-methods",
+                HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
+            h.insert(
+                "access-control-allow-headers",
+                HeaderValue::from_static("Content-Type, Authorization"),
+            );
+            r
+        }
+        (&Method::OPTIONS, _) => error(
+            StatusCode::FORBIDDEN,
+            "cross-origin requests are not allowed; start the server with `--cors ORIGIN` to allow one",
+        ),
+        (_, "/" | "/v1/chat/completions" | "/v1/models" | "/health") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, &format!("no route {path}")),
+    };
+    if let (Some(origin), Some(_)) = (origin, cors)
+        && allowed
+    {
+        let h = response.headers_mut();
+        h.insert("access-control-allow-origin", origin);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
 }
 
 /// Serves until the process is stopped. Prints the address (port 0 picks a free one).
-pub fn serve(engine: Engine, host: &str, port: u16) -> Result<()> {
-    let listener = TcpListener::bind((host, port))
+pub fn serve(engine: Engine, host: &str, port: u16, options: ServeOptions) -> Result<()> {
+    let listener = std::net::TcpListener::bind((host, port))
         .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     eprintln!(
         "serving {} ({}) on http://{addr}/  — chat page at /, OpenAI API at /v1/chat/completions",
         engine.name,
         engine.model.describe()
     );
-    let engine = Arc::new(Mutex::new(engine));
-    for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
-        let engine = engine.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = handle(&engine, stream) {
-                tracing::debug!("connection ended: {e}");
-            }
-        });
-    }
+    let models = serde_json::json!({"object": "list", "data": [{"id": engine.name, "object": "model", "created": 0, "owned_by": "local", "description": engine.model.describe()}]}).to_string();
+    let limits = http::Limits {
+        max_connections: options.max_connections,
+        request_timeout: options.request_timeout,
+    };
+    let app = Arc::new(App {
+        engine: Arc::new(Mutex::new(engine)),
+        options,
+        models,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        http::serve(listener, limits, move |req| route(app.clone(), req)).await;
+        Ok::<(), std::io::Error>(())
+    })?;
     Ok(())
 }
