@@ -167,6 +167,12 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
         100.0 * fraction
     );
     let run_b = run_dir(&runs_b);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_b.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        record["status"], "running",
+        "the kill landed before the run finished"
+    );
     ok(&mut runner(
         &p,
         &["resume", run_b.to_str().unwrap(), "--quiet"],

@@ -32,6 +32,14 @@ kind = "command"
 run = "echo c >> log.txt; echo seed=$RUNNER_SEED > $RUNNER_OUT/c.txt"
 "#;
 
+/// The outcome column of `step`'s row in a run's summary table.
+fn outcome<'a>(stdout: &'a str, step: &str) -> Option<&'a str> {
+    stdout.lines().find_map(|l| {
+        let mut cols = l.split_whitespace();
+        (cols.next() == Some(step)).then(|| cols.next()).flatten()
+    })
+}
+
 fn demo() -> Project {
     let p = Project::new();
     p.write("input.txt", "hello\n");
@@ -324,11 +332,8 @@ fn until_only_and_force_select_steps() {
     assert!(r.stdout.contains("not selected"), "{}", r.stdout);
     assert_eq!(p.read("log.txt"), "a\n");
     let r = p.run(&["run", "p.toml", "--only", "b"]).ok();
-    assert!(
-        r.stdout.contains("a     cached") || r.stdout.contains("a  "),
-        "{}",
-        r.stdout
-    );
+    assert_eq!(outcome(&r.stdout, "a"), Some("cached"), "{}", r.stdout);
+    assert_eq!(outcome(&r.stdout, "b"), Some("ran"), "{}", r.stdout);
     assert_eq!(p.read("log.txt"), "a\nb\n");
     p.run(&["run", "p.toml", "--force", "a"]).ok();
     assert_eq!(
@@ -439,11 +444,7 @@ run = "cat $RUNNER_DEP_SLOW/slow.txt > $RUNNER_OUT/after.txt"
     assert!(status.stdout.contains("interrupted"), "{}", status.stdout);
 
     let r = p.run(&["resume", "-q"]).ok();
-    assert!(
-        r.stdout.contains("a     complete") || r.stdout.contains("complete"),
-        "{}",
-        r.stdout
-    );
+    assert_eq!(outcome(&r.stdout, "a"), Some("complete"), "{}", r.stdout);
     assert_eq!(p.read("log.txt"), "a\n", "a did not rerun");
     assert_eq!(std::fs::read(run.join("a/out/blob")).unwrap(), blob_before);
     assert_eq!(
@@ -484,13 +485,10 @@ fn a_second_runner_on_the_same_run_dir_is_refused() {
         "{}",
         r.stderr
     );
+    // An existing run id is never reused by `run` (only `resume` continues a run).
     let r = p.run(&["run", "p.toml", "--run-id", "r1"]);
-    assert_eq!(r.code, 1);
-    assert!(
-        r.stderr.contains("in use by another runner"),
-        "{}",
-        r.stderr
-    );
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
     assert!(first.wait().unwrap().success());
 }
 
@@ -551,4 +549,22 @@ fn extends_and_environment_layers_apply_in_order() {
         .collect();
     assert_eq!(ids, vec!["a", "b", "c"]);
     let _unused: BTreeMap<(), ()> = BTreeMap::new();
+}
+
+#[test]
+fn every_shipped_pipeline_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let p = Project::new();
+    for file in [
+        "pipelines/smollm2.toml",
+        "pipelines/qwen05b.toml",
+        "pipelines/assets.toml",
+        "pipelines/ci.toml",
+        "datasets/text.toml",
+    ] {
+        let path = root.join(file);
+        let r = p.run(&["validate", path.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{file}: {}", r.stderr);
+        assert!(r.stdout.contains(": ok ("), "{file}: {}", r.stdout);
+    }
 }

@@ -165,7 +165,9 @@ fn stage1_learns_and_writes_a_student() {
     assert!(cfg2.contains("\"tie_word_embeddings\": false"), "{cfg2}");
     let l2 = losses(&std::fs::read_to_string(s2.join("metrics.jsonl")).unwrap());
     assert_eq!(l2.len(), 20);
-    // SFT trained on the assistant turns only.
+    // SFT ran and its loss fell (that the loss covers the assistant turns only is checked by
+    // `assistant_mask_covers_exactly_the_assistant_turns` in tests/chat_template.rs and
+    // `loss_counts_only_masked_in_targets_shifted_once` in src/train/losses.rs).
     let sft = p.runs("p").pop().unwrap().join("sft/out");
     let l3 = losses(&std::fs::read_to_string(sft.join("metrics.jsonl")).unwrap());
     assert_eq!(l3.len(), 8);
@@ -210,6 +212,15 @@ fn kill_during(step: &str, after: usize) {
         "killed before {step} ended"
     );
     p.run(&["resume", run.to_str().unwrap()]).ok();
+    // The step continued from a checkpoint: it did not start over.
+    let m = common::manifest(&run.join(step));
+    let total = losses(&std::fs::read_to_string(run.join(step).join("out/metrics.jsonl")).unwrap())
+        .len() as u64;
+    let from = m["resumed_from"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{step} did not resume from a checkpoint: {m}"));
+    assert!(from >= 1 && from < total, "resumed from step {from} of {total}");
+    assert_eq!(m["attempts"], 2, "{m}");
     for s in ["stage1", "stage2", "sft"] {
         let want =
             losses(&std::fs::read_to_string(ref_run.join(s).join("out/metrics.jsonl")).unwrap());
