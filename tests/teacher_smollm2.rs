@@ -122,7 +122,7 @@ fn smollm2_matches_reference_and_knows_paris() {
     println!(
         "SmolLM2-135M vs numpy/gguf reference: max relative error {rel:.2e}, max abs error {abs:.2e}"
     );
-    assert!(rel < 1e-4, "relative error {rel} (abs {abs})");
+    assert!(rel < 2e-5, "relative error {rel} (abs {abs})");
 
     let mut state = rwkvinside::generate::LanguageModel::new_state(&model);
     let mut sampler = Sampler::new(SamplingConfig::default());
