@@ -8,7 +8,7 @@ use crate::model::hybrid::Hybrid;
 use crate::model::weights::to_vec;
 use crate::train::losses::{batch_tensors, cross_entropy};
 use anyhow::Result;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -100,6 +100,7 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
 
     fn logits(rows: &[[f64; 3]]) -> Tensor<3> {
         let data: Vec<f32> = rows.iter().flatten().map(|&p| p.ln() as f32).collect();

@@ -579,6 +579,37 @@ pub fn run(s: &GrpoSettings, ctx: &StepContext) -> Result<()> {
             };
             student = opt.step(student, &acc, lr, clip);
         }
+        // What the updates did to the policy: the mean change of the log-probability of the
+        // completions' tokens, for completions rewarded above and below their group's mean.
+        // GRPO works when the first rises and the second falls.
+        let after = student.clone().valid();
+        let (mut above, mut below) = ((0.0, 0.0), (0.0, 0.0));
+        for (gi, g) in groups.iter().enumerate() {
+            for (mi, rows) in micro_ranges(g.rows(), s.micro_batch).enumerate() {
+                let new = crate::model::weights::to_vec(g.logprobs(
+                    &after,
+                    rows.clone(),
+                    s.temperature,
+                    s.logprob_chunk,
+                    &inner,
+                ));
+                let before = crate::model::weights::to_vec(old[gi][mi].clone());
+                let len = g.mask[0].len();
+                for (k, r) in rows.enumerate() {
+                    let side = match g.advantages[r] {
+                        a if a > 0.0 => &mut above,
+                        a if a < 0.0 => &mut below,
+                        _ => continue,
+                    };
+                    for t in (0..len).filter(|&t| g.mask[r][t] > 0.0) {
+                        side.0 += (new[k * len + t] - before[k * len + t]) as f64;
+                        side.1 += 1.0;
+                    }
+                }
+            }
+        }
+        drop(after);
+        let mean = |(sum, n): (f64, f64)| (n > 0.0).then(|| sum / n);
         state.step += 1;
         state.optimizer_step = opt.step;
         let mu = s.updates_per_batch as f64;
@@ -593,6 +624,8 @@ pub fn run(s: &GrpoSettings, ctx: &StepContext) -> Result<()> {
             "completion_tokens": completion_tokens as f64 / n,
             "truncated_fraction": truncated as f64 / n,
             "grad_norm": norm_sum / mu,
+            "logp_change_above_mean": mean(above),
+            "logp_change_below_mean": mean(below),
             "rollout_seconds": rollout_secs,
             "seconds": t0.elapsed().as_secs_f64(),
             "peak_rss_mib": crate::bench::mem::peak_rss_mib(),
