@@ -6,8 +6,10 @@ at toy size, and a byte-level BPE tokenizer without merges (256 byte tokens + Ch
 tokens), so the whole Qwen code path can be tested without downloading anything.
 
     python3 scripts/make_tiny_qwen2.py OUT_DIR [--seed 0] [--dtype f32|bf16] [--layers 2]
+                                       [--gguf FILE]
 
-Needs only numpy.
+Needs only numpy; `--gguf` (the same weights and tokenizer as a llama.cpp `qwen2` GGUF file,
+f32) also needs the `gguf` package.
 """
 import argparse
 import json
@@ -72,6 +74,7 @@ def main():
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--intermediate", type=int, default=160)
+    ap.add_argument("--gguf", help="also write the model as a qwen2 GGUF file here")
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -135,6 +138,57 @@ def main():
         json.dump(tok_config, fh, indent=2)
     with open(os.path.join(args.out, "generation_config.json"), "w") as fh:
         json.dump({"bos_token_id": 256, "eos_token_id": [258, 256], "do_sample": False}, fh, indent=2)
+    if args.gguf:
+        write_gguf(args.gguf, config, t, byte_chars, vocab_padded)
+
+
+def write_gguf(path, config, t, byte_chars, vocab_padded):
+    """The checkpoint as llama.cpp writes a Qwen2 model: `blk.N.*` names, q/k rows as they are
+    (Qwen2 uses the rotate-half rotary embedding), biases, and the tokenizer as metadata."""
+    import gguf
+
+    w = gguf.GGUFWriter(path, "qwen2")
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_embedding_length(config["hidden_size"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(config["num_attention_heads"])
+    w.add_head_count_kv(config["num_key_value_heads"])
+    w.add_context_length(config["max_position_embeddings"])
+    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    w.add_rope_freq_base(config["rope_theta"])
+    # 256 byte tokens, the special tokens, one merged token (GGUF needs a non-empty merge list)
+    # and unused padding rows up to the embedding size.
+    tokens = [byte_chars[b] for b in range(256)] + SPECIAL + ["ĠĠ"]
+    types = [1] * 256 + [3] * len(SPECIAL) + [1]
+    while len(tokens) < vocab_padded:
+        tokens.append(f"<|unused_{len(tokens)}|>")
+        types.append(5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(["Ġ Ġ"])
+    w.add_bos_token_id(config["bos_token_id"])
+    w.add_eos_token_id(config["eos_token_id"])
+    w.add_chat_template(CHATML)
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+    for name in sorted(t):
+        if name == "model.embed_tokens.weight":
+            g = "token_embd.weight"
+        elif name == "model.norm.weight":
+            g = "output_norm.weight"
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            part, suffix = rest.rsplit(".", 1)
+            g = f"blk.{layer}.{names[part]}.{suffix}"
+        w.add_tensor(g, np.ascontiguousarray(t[name], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 if __name__ == "__main__":

@@ -200,3 +200,40 @@ fn checkpoint_errors_name_the_problem() {
     let err = format!("{:#}", Transformer::load(dir.path(), &device).unwrap_err());
     assert!(err.contains("truncated"), "{err}");
 }
+
+#[test]
+fn a_qwen2_gguf_imports_to_the_same_model() {
+    // The same weights as a llama.cpp `qwen2` GGUF (q/k biases, rows not permuted), imported
+    // by an `import` step: the same logits as the Hugging Face original.
+    let p = common::Project::new();
+    let gguf = p.path().join("tiny.gguf");
+    tiny_qwen2(
+        &p.path().join("hf"),
+        &["--layers", "2", "--gguf", gguf.to_str().unwrap()],
+    );
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"imp\"\n\n[[step]]\nid = \"teacher\"\nkind = \"import\"\ngguf = \"tiny.gguf\"\ndtype = \"f32\"\n",
+    );
+    p.run(&["run", "p.toml", "--run-id", "r"]).ok();
+    let imported = p.path().join("runs/imp/r/teacher/out");
+    let device = Device::flex();
+    let a = Transformer::load(&p.path().join("hf"), &device).unwrap();
+    let b = Transformer::load(&imported, &device).unwrap();
+    assert!(b.config.attention_bias, "the biases came through");
+    assert_eq!(b.config.model_type, "qwen2");
+    assert_eq!(
+        (b.config.num_key_value_heads, b.config.vocab_size),
+        (a.config.num_key_value_heads, a.config.vocab_size)
+    );
+    let ids = rwkvinside::model::transformer::ids_tensor(&seqs(), &device);
+    let (rel, abs) = relative_error(
+        &to_vec(b.forward(ids.clone(), None)),
+        &to_vec(a.forward(ids, None)),
+    );
+    assert!(rel < 1e-6, "imported vs original: relative error {rel} (abs {abs})");
+    // The rebuilt tokenizer knows the chat template and the special tokens.
+    let tok = rwkvinside::text::TextTokenizer::from_dir(&imported).unwrap();
+    assert!(tok.chat_template.is_some());
+    assert_eq!(tok.encode("<|im_start|>").unwrap(), vec![257]);
+}
