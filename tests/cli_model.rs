@@ -177,3 +177,43 @@ fn impossible_or_inconsistent_configs_are_refused_without_allocating() {
         assert!(r.stderr.contains(expect), "{key} = {value}: {}", r.stderr);
     }
 }
+
+#[test]
+fn fetch_from_npm_extracts_patterns_with_counts_and_checksums() {
+    let p = Project::new();
+    let pipe = |extract: &str| {
+        format!(
+            "[pipeline]\nname = \"npm\"\n\n[[step]]\nid = \"num\"\nkind = \"fetch\"\nregistry = \"npm\"\n\
+             package = \"is-number\"\nversion = \"7.0.0\"\n\
+             sha256 = \"7b75c1057198cf97696909a9bee176c9c5e9bcb5b03bf3ecef2f484defadd51e\"\n\
+             extract = [{extract}]\n"
+        )
+    };
+    p.write(
+        "p.toml",
+        &pipe(
+            "{ path = \"package/*.js*\", to = \"code\", count = 2 }, \
+             { path = \"package/index.js\", sha256 = \"04255e482e181687823a95b207802ddd32e746c65dce4c95a5176fc192735960\" }",
+        ),
+    );
+    p.run(&["run", "p.toml", "--run-id", "ok"]).ok();
+    let out = p.path().join("runs/npm/ok/num/out");
+    assert!(out.join("code/index.js").is_file() && out.join("code/package.json").is_file());
+    assert!(out.join("index.js").is_file());
+    // A pattern that matches another number of files than `count`.
+    p.write(
+        "p.toml",
+        &pipe("{ path = \"package/*.js*\", count = 3 }"),
+    );
+    let r = p.run(&["run", "p.toml"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("matched 2 files, expected 3"), "{}", r.stderr);
+    // An extracted file whose sha256 is not the pinned one.
+    p.write(
+        "p.toml",
+        &pipe(&format!("{{ path = \"package/index.js\", sha256 = \"{}\" }}", "0".repeat(64))),
+    );
+    let r = p.run(&["run", "p.toml"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("sha256 mismatch"), "{}", r.stderr);
+}

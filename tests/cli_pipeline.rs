@@ -568,3 +568,50 @@ fn every_shipped_pipeline_validates() {
         assert!(r.stdout.contains(": ok ("), "{file}: {}", r.stdout);
     }
 }
+
+#[test]
+fn cached_artifacts_are_hard_links_not_copies() {
+    use std::os::unix::fs::MetadataExt;
+    let p = demo();
+    p.run(&["run", "p.toml", "--run-id", "r1"]).ok();
+    let r = p.run(&["run", "p.toml", "--run-id", "r2"]).ok();
+    assert_eq!(outcome(&r.stdout, "a"), Some("cached"), "{}", r.stdout);
+    let ino = |run: &str| {
+        std::fs::metadata(p.path().join(format!("runs/demo/{run}/a/out/a.txt")))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(ino("r1"), ino("r2"), "the cached file is the same inode");
+}
+
+#[test]
+fn max_parallel_bounds_how_many_steps_run_at_once() {
+    // Two independent steps that each take 0.6 s and record when they ran (their commands differ
+    // from each other and between the two settings, so nothing comes from the cache).
+    let p = Project::new();
+    let pipe = |n: usize| {
+        format!(
+            "[pipeline]\nname = \"par{n}\"\nmax_parallel = {n}\n\n\
+             [[step]]\nid = \"x\"\nkind = \"command\"\nrun = \"date +%s.%N > $RUNNER_OUT/start; sleep 0.6; date +%s.%N > $RUNNER_OUT/end # x{n}\"\n\n\
+             [[step]]\nid = \"y\"\nkind = \"command\"\nrun = \"date +%s.%N > $RUNNER_OUT/start; sleep 0.6; date +%s.%N > $RUNNER_OUT/end # y{n}\"\n"
+        )
+    };
+    let span = |n: usize, step: &str| -> (f64, f64) {
+        let dir = p.path().join(format!("runs/par{n}/r/{step}/out"));
+        let t = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap()
+                .trim()
+                .parse::<f64>()
+                .unwrap()
+        };
+        (t("start"), t("end"))
+    };
+    for n in [1, 2] {
+        p.write("p.toml", &pipe(n));
+        p.run(&["run", "p.toml", "--run-id", "r"]).ok();
+        let (x, y) = (span(n, "x"), span(n, "y"));
+        let overlap = x.0 < y.1 && y.0 < x.1;
+        assert_eq!(overlap, n == 2, "max_parallel = {n}: x {x:?}, y {y:?}");
+    }
+}

@@ -606,3 +606,43 @@ fn a_conversation_continued_from_the_kept_state_equals_a_fresh_one() {
         format!("{r1}\n{r2_fresh}\n")
     );
 }
+
+#[test]
+fn stop_top_p_and_max_completion_tokens_are_honoured() {
+    let p = Project::new();
+    tiny_qwen2(&p.path().join("tiny"), &[]);
+    let server = start(&p, "tiny");
+    let addr = server.addr.as_str();
+    let messages = json!([{"role": "user", "content": "Tell me something"}]);
+    let ask = |extra: Value| -> Value {
+        let mut req = json!({"messages": messages});
+        for (k, v) in extra.as_object().unwrap() {
+            req[k] = v.clone();
+        }
+        let (code, body) = chat(addr, req);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let text = |v: &Value| v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+
+    // max_completion_tokens wins over max_tokens.
+    let r = ask(json!({"temperature": 0, "max_tokens": 10, "max_completion_tokens": 3}));
+    assert_eq!(r["usage"]["completion_tokens"], 3, "{r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+
+    // top_p that keeps only the most likely token is greedy decoding, whatever the temperature.
+    let greedy = text(&ask(json!({"temperature": 0, "max_tokens": 12})));
+    let nucleus = text(&ask(json!({"temperature": 1.5, "top_p": 1e-6, "seed": 3, "max_tokens": 12})));
+    assert_eq!(nucleus, greedy);
+    let sampled = text(&ask(json!({"temperature": 1.5, "seed": 3, "max_tokens": 12})));
+    assert_ne!(sampled, greedy, "without top_p the same seed samples something else");
+
+    // A stop string ends the reply before it, with finish_reason "stop".
+    let chars: Vec<char> = sampled.chars().collect();
+    assert!(chars.len() >= 6, "{sampled:?}");
+    let stop: String = chars[3..5].iter().collect();
+    let cut = sampled.find(&stop).unwrap();
+    let r = ask(json!({"temperature": 1.5, "seed": 3, "max_tokens": 12, "stop": [stop.clone()]}));
+    assert_eq!(text(&r), sampled[..cut], "stop {stop:?} in {sampled:?}");
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+}

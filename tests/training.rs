@@ -308,3 +308,123 @@ fn wandb_offline_run_and_missing_sdk() {
     );
     assert!(has("lr_init"), "the step's config in the W&B log");
 }
+
+/// `freeze_mlp`: stage 2 changes the mixers and attention but not one MLP weight.
+#[test]
+fn freeze_mlp_keeps_every_mlp_weight() {
+    use rwkvinside::model::safetensors_io::SafetensorsReader;
+    let p = project(6);
+    p.run(&[
+        "run", "p.toml", "--until", "stage2", "--run-id", "r", "--set",
+        "step.stage2.freeze_mlp=true",
+    ])
+    .ok();
+    let run = p.path().join("runs/p/r");
+    let before = SafetensorsReader::open_dir(&run.join("stage1/out")).unwrap();
+    let after = SafetensorsReader::open_dir(&run.join("stage2/out")).unwrap();
+    let (mut mlp, mut changed) = (0, 0);
+    for name in before.names() {
+        let (a, b) = (before.read_f32(name).unwrap(), after.read_f32(name).unwrap());
+        if name.contains(".mlp.") {
+            mlp += 1;
+            assert_eq!(a, b, "{name} changed although the MLPs are frozen");
+        } else if a != b {
+            changed += 1;
+        }
+    }
+    assert_eq!(mlp, 9, "three layers × gate, up, down");
+    assert!(changed > 10, "stage 2 trained the rest ({changed} tensors changed)");
+}
+
+/// A loss that becomes infinite stops the step with the last good checkpoint kept, and says so.
+#[test]
+fn a_non_finite_loss_stops_the_step_and_keeps_the_last_checkpoint() {
+    let p = project(12);
+    let r = p.run(&[
+        "run", "p.toml", "--until", "stage1", "--run-id", "r",
+        "--set", "step.stage1.train.lr_init=1e30",
+        "--set", "step.stage1.train.warmup_steps=0",
+        "--set", "step.stage1.train.grad_clip=0",
+        "--set", "step.stage1.train.checkpoint_every=1",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("training stopped; the last good checkpoint is kept"),
+        "{}",
+        r.stderr
+    );
+    let step = p.path().join("runs/p/r/stage1");
+    let m = common::manifest(&step);
+    assert_eq!(m["status"], "failed", "{m}");
+    let logged = std::fs::read_to_string(step.join("checkpoint/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(logged >= 1, "at least one good step before the loss blew up");
+    let latest = std::fs::read_to_string(step.join("checkpoint/LATEST")).unwrap();
+    assert_eq!(
+        latest.trim(),
+        format!("ckpt-{logged:010}"),
+        "the checkpoint of the last good step is the latest"
+    );
+    assert!(step.join("checkpoint").join(latest.trim()).join("COMPLETE").exists());
+}
+
+/// The W&B run of a training step keeps its id when `runner resume` continues the step.
+#[test]
+fn wandb_run_id_is_stable_across_resume() {
+    let p = project(12);
+    let py = common::python::python();
+    let has_sdk = std::process::Command::new(&py)
+        .args(["-c", "import wandb"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_sdk {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI the test venv has wandb"
+        );
+        println!("skipped: `{}` has no wandb package", py.display());
+        return;
+    }
+    let text = p.read("p.toml");
+    p.write(
+        "w.toml",
+        &text.replace(
+            "seed = 5",
+            &format!(
+                "seed = 5\n\n[pipeline.wandb]\nproject = \"rwkv-test\"\nmode = \"offline\"\npython = \"{}\"",
+                py.display()
+            ),
+        ),
+    );
+    let mut child = p
+        .cmd(&["run", "w.toml", "--until", "stage1", "--run-id", "r", "-q"])
+        .env("WANDB_SILENT", "true")
+        .spawn()
+        .unwrap();
+    let step = p.path().join("runs/w/r/stage1");
+    p.wait_for(120, "stage1 to log two steps", || {
+        std::fs::read_to_string(step.join("checkpoint/metrics.jsonl"))
+            .is_ok_and(|m| m.lines().count() >= 5)
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let r = p
+        .cmd(&["resume", "runs/w/r", "-q"])
+        .env("WANDB_SILENT", "true")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let mut runs: Vec<String> = std::fs::read_dir(step.join("wandb"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("offline-run-"))
+        .collect();
+    runs.sort();
+    assert_eq!(runs.len(), 2, "one W&B run folder per attempt: {runs:?}");
+    for r in &runs {
+        assert!(r.ends_with("-w-r-stage1"), "{r}");
+    }
+}

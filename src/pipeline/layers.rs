@@ -47,6 +47,13 @@ impl Overrides {
     }
 }
 
+/// A `--set` value read as TOML (`1e-4`, `true`, `"text"`, `[1, 3]`, `{ every = 2 }`), or
+/// `None` for anything TOML does not read (then it is a bare string such as `echo hi`).
+fn toml_value(raw: &str) -> Option<toml::Value> {
+    let doc: toml::Table = toml::from_str(&format!("v = {raw}")).ok()?;
+    doc.get("v").cloned()
+}
+
 /// Applies environment and `--set` overrides on top of the file values.
 pub fn apply(mut raw: RawPipeline, overrides: &Overrides) -> Result<RawPipeline, Diagnostics> {
     let mut figment = Figment::from(Serialized::defaults(&raw.root));
@@ -67,8 +74,13 @@ pub fn apply(mut raw: RawPipeline, overrides: &Overrides) -> Result<RawPipeline,
         figment = figment.merge(env);
     }
     for (key, value) in &overrides.sets {
-        let parsed = FigValue::from_str(value).unwrap_or_else(|never| match never {});
-        figment = figment.merge(Serialized::global(key, parsed));
+        figment = match toml_value(value) {
+            Some(v) => figment.merge(Serialized::global(key, v)),
+            None => {
+                let parsed = FigValue::from_str(value).unwrap_or_else(|never| match never {});
+                figment.merge(Serialized::global(key, parsed))
+            }
+        };
         origins.push((
             key.split('.').map(String::from).collect(),
             format!("--set {key}={value}"),
@@ -147,6 +159,33 @@ mod tests {
         assert_eq!(raw.root["step"]["a"]["run"].as_str(), Some("echo hi"));
         let loc = raw.map.locate(&["pipeline".into(), "seed".into()]);
         assert_eq!(loc, Location::Override("--set pipeline.seed=5".into()));
+    }
+
+    #[test]
+    fn set_values_are_read_as_toml() {
+        assert_eq!(toml_value("1e-4"), Some(toml::Value::Float(1e-4)));
+        assert_eq!(toml_value("1e30"), Some(toml::Value::Float(1e30)));
+        assert_eq!(toml_value("7"), Some(toml::Value::Integer(7)));
+        assert_eq!(toml_value("true"), Some(toml::Value::Boolean(true)));
+        assert_eq!(
+            toml_value("[1, 3]"),
+            Some(toml::Value::Array(vec![1.into(), 3.into()]))
+        );
+        assert_eq!(toml_value("echo hi"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(&p, "[pipeline]\nseed = 1\n[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n").unwrap();
+        let raw = source::load(&p).unwrap();
+        let o = Overrides {
+            sets: vec![
+                ("step.a.lr".into(), "1e-4".into()),
+                ("step.a.run".into(), "echo hi".into()),
+            ],
+            use_env: false,
+        };
+        let raw = apply(raw, &o).unwrap();
+        assert_eq!(raw.root["step"]["a"]["lr"].as_float(), Some(1e-4));
+        assert_eq!(raw.root["step"]["a"]["run"].as_str(), Some("echo hi"));
     }
 
     #[test]

@@ -209,6 +209,8 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
         for dep in &step.depends_on {
             match ids.iter().position(|i| i == dep) {
                 Some(j) => ds.push(j),
+                // Declared but not decoded: its own errors are reported already.
+                None if raw.step_order.contains(dep) => {}
                 None => {
                     let all_ids = raw.step_order.iter().map(String::as_str);
                     diags.push(
