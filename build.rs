@@ -36,7 +36,11 @@ fn main() {
     }
     let mut h = Sha256::new();
     for f in all {
-        let rel = f.strip_prefix(&root).unwrap_or(&f).to_string_lossy().into_owned();
+        let rel = f
+            .strip_prefix(&root)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .into_owned();
         let bytes = std::fs::read(&f).unwrap_or_default();
         h.update((rel.len() as u64).to_le_bytes());
         h.update(rel.as_bytes());

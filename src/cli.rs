@@ -585,6 +585,7 @@ fn load(file: &Path, config: &ConfigArgs) -> Result<Pipeline, Error> {
             sets,
             use_env: true,
         },
+        crate::steps::KINDS,
     )?)
 }
 
@@ -656,7 +657,7 @@ fn resume(run_dir: Option<&Path>, runs_dir: Option<&Path>) -> Result<(), Error> 
         return Ok(());
     }
     let resolved = run.path.join(rundir::RESOLVED_CONFIG);
-    let p = pipeline::load(&resolved, &Overrides::default())?;
+    let p = pipeline::load(&resolved, &Overrides::default(), crate::steps::KINDS)?;
     let graph = pipeline::graph_of(&p);
     let scope = record.selection.resolve(&p, &graph)?;
     // runs/<pipeline>/<run-id>: the cache lives two levels up.
@@ -736,9 +737,7 @@ fn plan_cmd(
         runs += entry.runs() as usize;
         let (what, why) = match entry {
             PlanEntry::Cached { from } => ("cached", format!("same key as {from}")),
-            PlanEntry::Forced => ("run", "forced (--force/--from)".to_string()),
-            PlanEntry::Changed(reasons) => ("run", format!("changed: {}", reasons.join("; "))),
-            PlanEntry::New => ("run", "new: never ran".to_string()),
+            PlanEntry::Runs(why) => ("run", why.to_string()),
             PlanEntry::AfterDeps(deps) => (
                 "run",
                 format!(
@@ -771,7 +770,11 @@ fn status(run_dir: Option<&Path>, runs_dir: Option<&Path>) -> Result<(), Error> 
         record.pipeline, record.run_id, state
     );
     println!("directory {}", path.display());
-    let p = pipeline::load(&path.join(rundir::RESOLVED_CONFIG), &Overrides::default())?;
+    let p = pipeline::load(
+        &path.join(rundir::RESOLVED_CONFIG),
+        &Overrides::default(),
+        crate::steps::KINDS,
+    )?;
     let width = p.steps.iter().map(|s| s.id.len()).max().unwrap_or(4).max(4);
     println!(
         "{:<width$}  {:<10}  {:<11}  {:>8}  {:>8}",

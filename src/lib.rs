@@ -3,6 +3,7 @@
 //! steps with caching, checkpoints and exact resume.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod data;
@@ -19,5 +20,6 @@ pub mod steps;
 pub mod text;
 pub mod train;
 pub mod util;
+pub mod wandb;
 
 pub use error::Error;

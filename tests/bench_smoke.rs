@@ -28,20 +28,47 @@ fn every_bench_command_runs_on_a_tiny_shape() {
 
     let r = p
         .run(&[
-            "bench", "generate", "--model", "tiny", "--prompt-tokens", "8", "--new-tokens", "2",
-            "--reps", "1", "--python", NO_PYTHON, "--json", "generate.json",
+            "bench",
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt-tokens",
+            "8",
+            "--new-tokens",
+            "2",
+            "--reps",
+            "1",
+            "--python",
+            NO_PYTHON,
+            "--json",
+            "generate.json",
         ])
         .ok();
     assert!(r.stdout.contains("runner"), "{}", r.stdout);
     let g = json(&p, "generate.json");
     assert!(positive(&g[0]["runner"]["decode_tok_s"]), "{g}");
     assert!(positive(&g[0]["runner"]["prefill_tok_s"]), "{g}");
-    assert!(g[0]["torch"].is_null() && g[0]["torch_error"].is_string(), "{g}");
+    assert!(
+        g[0]["torch"].is_null() && g[0]["torch_error"].is_string(),
+        "{g}"
+    );
 
     let r = p
         .run(&[
-            "bench", "hybrid", "--model", "tiny", "--layers", "0", "--contexts", "16,32",
-            "--new-tokens", "2", "--reps", "1", "--json", "hybrid.json",
+            "bench",
+            "hybrid",
+            "--model",
+            "tiny",
+            "--layers",
+            "0",
+            "--contexts",
+            "16,32",
+            "--new-tokens",
+            "2",
+            "--reps",
+            "1",
+            "--json",
+            "hybrid.json",
         ])
         .ok();
     assert!(!r.stdout.is_empty());
@@ -56,33 +83,78 @@ fn every_bench_command_runs_on_a_tiny_shape() {
 
     let r = p
         .run(&[
-            "bench", "stage2", "--model", "tiny", "--layers", "0,1", "--seq", "16", "--steps",
-            "1", "--python", NO_PYTHON, "--json", "stage2.json",
+            "bench",
+            "stage2",
+            "--model",
+            "tiny",
+            "--layers",
+            "0,1",
+            "--seq",
+            "16",
+            "--steps",
+            "1",
+            "--python",
+            NO_PYTHON,
+            "--json",
+            "stage2.json",
         ])
         .ok();
     assert!(!r.stdout.is_empty());
     let s = json(&p, "stage2.json");
-    assert!(positive(&s["ours"]["step_s"]) && positive(&s["ours"]["loss"]), "{s}");
-    assert_eq!(s["ours"]["phases_s"].as_array().map(Vec::len), Some(4), "{s}");
+    assert!(
+        positive(&s["ours"]["step_s"]) && positive(&s["ours"]["loss"]),
+        "{s}"
+    );
+    assert_eq!(
+        s["ours"]["phases_s"].as_array().map(Vec::len),
+        Some(4),
+        "{s}"
+    );
 
-    p.write("texts.jsonl", "{\"text\": \"hello world\"}\n{\"text\": \"more text here\"}\n");
+    p.write(
+        "texts.jsonl",
+        "{\"text\": \"hello world\"}\n{\"text\": \"more text here\"}\n",
+    );
     let r = p
         .run(&[
-            "bench", "tokenize", "--tokenizer", "tiny", "--input", "texts.jsonl", "--reps", "1",
-            "--python", NO_PYTHON,
+            "bench",
+            "tokenize",
+            "--tokenizer",
+            "tiny",
+            "--input",
+            "texts.jsonl",
+            "--reps",
+            "1",
+            "--python",
+            NO_PYTHON,
         ])
         .ok();
-    assert!(r.stdout.contains("2 texts") && r.stdout.contains("tok/s"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("2 texts") && r.stdout.contains("tok/s"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("not measured"), "{}", r.stdout);
 
     let r = p
         .run(&[
-            "bench", "wkv", "--quick", "--reps", "1", "--no-reference", "--python", NO_PYTHON,
-            "--json", "wkv.json",
+            "bench",
+            "wkv",
+            "--quick",
+            "--reps",
+            "1",
+            "--no-reference",
+            "--python",
+            NO_PYTHON,
+            "--json",
+            "wkv.json",
         ])
         .ok();
     assert!(!r.stdout.is_empty());
     let w = json(&p, "wkv.json");
     assert_eq!(w.as_array().map(Vec::len), Some(1), "{w}");
-    assert!(positive(&w[0]["fused"]["fwd_ms"]) && positive(&w[0]["fused"]["fwdbwd_ms"]), "{w}");
+    assert!(
+        positive(&w[0]["fused"]["fwd_ms"]) && positive(&w[0]["fused"]["fwdbwd_ms"]),
+        "{w}"
+    );
 }

@@ -138,7 +138,10 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
     }
 
     // Both exports read back within their tolerance; bf16 really is bf16 (not bit-exact).
-    for (step, dtype, limit) in [("convert", "float32", 1e-6), ("convert_bf16", "bfloat16", 0.05)] {
+    for (step, dtype, limit) in [
+        ("convert", "float32", 1e-6),
+        ("convert_bf16", "bfloat16", 0.05),
+    ] {
         let c: Value = serde_json::from_str(
             &std::fs::read_to_string(run_a.join(step).join("out/convert.json")).unwrap(),
         )
@@ -147,7 +150,10 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
         let err = c["roundtrip_logit_error"].as_f64().unwrap();
         assert!(err <= limit, "{step}: {err}");
         if dtype == "bfloat16" {
-            assert!(err > 1e-5, "a bf16 export differs from f32 in the last bits: {err}");
+            assert!(
+                err > 1e-5,
+                "a bf16 export differs from f32 in the last bits: {err}"
+            );
         }
     }
 

@@ -167,12 +167,24 @@ fn impossible_or_inconsistent_configs_are_refused_without_allocating() {
         // Plausible, but not what the weights hold: 4096 × 4096 × layers would be allocated
         // from the config before; now the headers are compared first.
         ("hidden_size", "4096", "does not match its config.json"),
-        ("intermediate_size", "1000000", "does not match its config.json"),
+        (
+            "intermediate_size",
+            "1000000",
+            "does not match its config.json",
+        ),
     ] {
         let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
         cfg[key] = serde_json::from_str(value).unwrap();
         std::fs::write(model.join("config.json"), cfg.to_string()).unwrap();
-        let r = p.run(&["generate", "--model", m, "--raw", "Hi", "--max-new-tokens", "1"]);
+        let r = p.run(&[
+            "generate",
+            "--model",
+            m,
+            "--raw",
+            "Hi",
+            "--max-new-tokens",
+            "1",
+        ]);
         assert_eq!(r.code, 2, "{key} = {value}: {}", r.stderr);
         assert!(r.stderr.contains(expect), "{key} = {value}: {}", r.stderr);
     }
@@ -201,17 +213,21 @@ fn fetch_from_npm_extracts_patterns_with_counts_and_checksums() {
     assert!(out.join("code/index.js").is_file() && out.join("code/package.json").is_file());
     assert!(out.join("index.js").is_file());
     // A pattern that matches another number of files than `count`.
-    p.write(
-        "p.toml",
-        &pipe("{ path = \"package/*.js*\", count = 3 }"),
-    );
+    p.write("p.toml", &pipe("{ path = \"package/*.js*\", count = 3 }"));
     let r = p.run(&["run", "p.toml"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("matched 2 files, expected 3"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("matched 2 files, expected 3"),
+        "{}",
+        r.stderr
+    );
     // An extracted file whose sha256 is not the pinned one.
     p.write(
         "p.toml",
-        &pipe(&format!("{{ path = \"package/index.js\", sha256 = \"{}\" }}", "0".repeat(64))),
+        &pipe(&format!(
+            "{{ path = \"package/index.js\", sha256 = \"{}\" }}",
+            "0".repeat(64)
+        )),
     );
     let r = p.run(&["run", "p.toml"]);
     assert_eq!(r.code, 1, "{}", r.stderr);

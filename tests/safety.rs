@@ -58,7 +58,11 @@ fn export_targets_outside_the_root_or_over_what_matters_are_refused() {
     );
     let r = p.run(&["validate", "pipelines/p.toml"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("contains the pipeline file"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("contains the pipeline file"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -96,7 +100,11 @@ fn names_and_run_ids_are_single_folder_names() {
     );
     let r = p.run(&["run", "p.toml"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("p.toml:2:1: `pipeline.name`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("p.toml:2:1: `pipeline.name`"),
+        "{}",
+        r.stderr
+    );
     p.write(
         "p.toml",
         "[pipeline]\nname = \"ok\"\n\n[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"true\"\n",

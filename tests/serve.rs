@@ -30,7 +30,15 @@ fn start(p: &Project, model: &str) -> Server {
 }
 
 fn start_with(p: &Project, model: &str, extra: &[&str]) -> Server {
-    let mut args = vec!["serve", "--model", model, "--port", "0", "--max-tokens", "24"];
+    let mut args = vec![
+        "serve",
+        "--model",
+        model,
+        "--port",
+        "0",
+        "--max-tokens",
+        "24",
+    ];
     args.extend_from_slice(extra);
     let mut child = p
         .cmd(&args)
@@ -65,7 +73,10 @@ fn http_with(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, String) {
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     raw(
         addr,
         format!(
@@ -87,7 +98,9 @@ fn raw(addr: &str, request: &[u8]) -> (u16, String, String) {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let out = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response: {out:?}"));
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response: {out:?}"));
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let head = head.to_ascii_lowercase();
     let body = if head.contains("transfer-encoding: chunked") {
@@ -371,7 +384,10 @@ fn chat_page_in_headless_chromium() {
             "--window-size=900,700",
             "--virtual-time-budget=5000",
         ])
-        .arg(format!("--user-data-dir={}", p.path().join("profile1").display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            p.path().join("profile1").display()
+        ))
         .arg(format!("--screenshot={}", shot.display()))
         .arg(&url)
         .output()
@@ -390,7 +406,10 @@ fn chat_page_in_headless_chromium() {
     // The page itself, driven as a person would.
     let mut b = Browser::launch(&chromium, &p.path().join("profile2"));
     b.open(&url);
-    b.wait_for(30, "document.readyState === 'complete' && !!document.getElementById('input')");
+    b.wait_for(
+        30,
+        "document.readyState === 'complete' && !!document.getElementById('input')",
+    );
     // `/?q=` fills the box but sends nothing by itself.
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(
@@ -436,7 +455,8 @@ fn limits_keep_the_server_up_against_careless_and_hostile_clients() {
     tiny_qwen2(&model, &[]);
     // A short context, so that a long prompt is easy to write.
     let cfg_path = model.join("config.json");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["max_position_embeddings"] = json!(64);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let server = start_with(
@@ -454,7 +474,10 @@ fn limits_keep_the_server_up_against_careless_and_hostile_clients() {
     assert_eq!(code, 503, "the connection limit holds");
     std::thread::sleep(std::time::Duration::from_millis(2000));
     let (code, _) = http(addr, "GET", "/health", "");
-    assert_eq!(code, 200, "idle connections were dropped after the request timeout");
+    assert_eq!(
+        code, 200,
+        "idle connections were dropped after the request timeout"
+    );
     drop(idle);
 
     // A 1 MB header line: 431, and the server lives on.
@@ -491,7 +514,9 @@ fn limits_keep_the_server_up_against_careless_and_hostile_clients() {
     }
 
     // Another web site may not drive the model, and no response invites it to.
-    let msg = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}).to_string();
+    let msg =
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0})
+            .to_string();
     let (code, head, _) = http_with(
         addr,
         "POST",
@@ -559,7 +584,11 @@ fn a_conversation_continued_from_the_kept_state_equals_a_fresh_one() {
         )
     };
     let kept = start(&p, "tiny");
-    let (r1, cached) = turn(&kept.addr, json!([{"role": "user", "content": "Hello"}]), 0.0);
+    let (r1, cached) = turn(
+        &kept.addr,
+        json!([{"role": "user", "content": "Hello"}]),
+        0.0,
+    );
     assert_eq!(cached, 0);
     let both = json!([
         {"role": "user", "content": "Hello"},
@@ -600,7 +629,11 @@ fn a_conversation_continued_from_the_kept_state_equals_a_fresh_one() {
         .write_all(b"Hello\nAnd then?\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!("{r1}\n{r2_fresh}\n")
@@ -623,7 +656,12 @@ fn stop_top_p_and_max_completion_tokens_are_honoured() {
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     };
-    let text = |v: &Value| v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let text = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
 
     // max_completion_tokens wins over max_tokens.
     let r = ask(json!({"temperature": 0, "max_tokens": 10, "max_completion_tokens": 3}));
@@ -632,10 +670,17 @@ fn stop_top_p_and_max_completion_tokens_are_honoured() {
 
     // top_p that keeps only the most likely token is greedy decoding, whatever the temperature.
     let greedy = text(&ask(json!({"temperature": 0, "max_tokens": 12})));
-    let nucleus = text(&ask(json!({"temperature": 1.5, "top_p": 1e-6, "seed": 3, "max_tokens": 12})));
+    let nucleus = text(&ask(
+        json!({"temperature": 1.5, "top_p": 1e-6, "seed": 3, "max_tokens": 12}),
+    ));
     assert_eq!(nucleus, greedy);
-    let sampled = text(&ask(json!({"temperature": 1.5, "seed": 3, "max_tokens": 12})));
-    assert_ne!(sampled, greedy, "without top_p the same seed samples something else");
+    let sampled = text(&ask(
+        json!({"temperature": 1.5, "seed": 3, "max_tokens": 12}),
+    ));
+    assert_ne!(
+        sampled, greedy,
+        "without top_p the same seed samples something else"
+    );
 
     // A stop string ends the reply before it, with finish_reason "stop".
     let chars: Vec<char> = sampled.chars().collect();

@@ -94,7 +94,10 @@ fn padding_does_not_change_real_positions() {
     let logits = model.forward(ids_tensor(&left, &device), Some(mask));
     let real = to_vec(logits.narrow(1, 3, 4));
     let (rel, _) = relative_error(&real, &alone);
-    assert!(rel < 1e-4, "left padding changed the real positions: relative error {rel}");
+    assert!(
+        rel < 1e-4,
+        "left padding changed the real positions: relative error {rel}"
+    );
 }
 
 #[test]
@@ -231,7 +234,10 @@ fn a_qwen2_gguf_imports_to_the_same_model() {
         &to_vec(b.forward(ids.clone(), None)),
         &to_vec(a.forward(ids, None)),
     );
-    assert!(rel < 1e-6, "imported vs original: relative error {rel} (abs {abs})");
+    assert!(
+        rel < 1e-6,
+        "imported vs original: relative error {rel} (abs {abs})"
+    );
     // The rebuilt tokenizer knows the chat template and the special tokens.
     let tok = rwkvinside::text::TextTokenizer::from_dir(&imported).unwrap();
     assert!(tok.chat_template.is_some());

@@ -219,7 +219,10 @@ fn kill_during(step: &str, after: usize) {
     let from = m["resumed_from"]
         .as_u64()
         .unwrap_or_else(|| panic!("{step} did not resume from a checkpoint: {m}"));
-    assert!(from >= 1 && from < total, "resumed from step {from} of {total}");
+    assert!(
+        from >= 1 && from < total,
+        "resumed from step {from} of {total}"
+    );
     assert_eq!(m["attempts"], 2, "{m}");
     for s in ["stage1", "stage2", "sft"] {
         let want =
@@ -315,7 +318,13 @@ fn freeze_mlp_keeps_every_mlp_weight() {
     use rwkvinside::model::safetensors_io::SafetensorsReader;
     let p = project(6);
     p.run(&[
-        "run", "p.toml", "--until", "stage2", "--run-id", "r", "--set",
+        "run",
+        "p.toml",
+        "--until",
+        "stage2",
+        "--run-id",
+        "r",
+        "--set",
         "step.stage2.freeze_mlp=true",
     ])
     .ok();
@@ -324,7 +333,10 @@ fn freeze_mlp_keeps_every_mlp_weight() {
     let after = SafetensorsReader::open_dir(&run.join("stage2/out")).unwrap();
     let (mut mlp, mut changed) = (0, 0);
     for name in before.names() {
-        let (a, b) = (before.read_f32(name).unwrap(), after.read_f32(name).unwrap());
+        let (a, b) = (
+            before.read_f32(name).unwrap(),
+            after.read_f32(name).unwrap(),
+        );
         if name.contains(".mlp.") {
             mlp += 1;
             assert_eq!(a, b, "{name} changed although the MLPs are frozen");
@@ -333,7 +345,10 @@ fn freeze_mlp_keeps_every_mlp_weight() {
         }
     }
     assert_eq!(mlp, 9, "three layers × gate, up, down");
-    assert!(changed > 10, "stage 2 trained the rest ({changed} tensors changed)");
+    assert!(
+        changed > 10,
+        "stage 2 trained the rest ({changed} tensors changed)"
+    );
 }
 
 /// A loss that becomes infinite stops the step with the last good checkpoint kept, and says so.
@@ -341,15 +356,25 @@ fn freeze_mlp_keeps_every_mlp_weight() {
 fn a_non_finite_loss_stops_the_step_and_keeps_the_last_checkpoint() {
     let p = project(12);
     let r = p.run(&[
-        "run", "p.toml", "--until", "stage1", "--run-id", "r",
-        "--set", "step.stage1.train.lr_init=1e30",
-        "--set", "step.stage1.train.warmup_steps=0",
-        "--set", "step.stage1.train.grad_clip=0",
-        "--set", "step.stage1.train.checkpoint_every=1",
+        "run",
+        "p.toml",
+        "--until",
+        "stage1",
+        "--run-id",
+        "r",
+        "--set",
+        "step.stage1.train.lr_init=1e30",
+        "--set",
+        "step.stage1.train.warmup_steps=0",
+        "--set",
+        "step.stage1.train.grad_clip=0",
+        "--set",
+        "step.stage1.train.checkpoint_every=1",
     ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("training stopped; the last good checkpoint is kept"),
+        r.stderr
+            .contains("training stopped; the last good checkpoint is kept"),
         "{}",
         r.stderr
     );
@@ -360,14 +385,22 @@ fn a_non_finite_loss_stops_the_step_and_keeps_the_last_checkpoint() {
         .unwrap()
         .lines()
         .count();
-    assert!(logged >= 1, "at least one good step before the loss blew up");
+    assert!(
+        logged >= 1,
+        "at least one good step before the loss blew up"
+    );
     let latest = std::fs::read_to_string(step.join("checkpoint/LATEST")).unwrap();
     assert_eq!(
         latest.trim(),
         format!("ckpt-{logged:010}"),
         "the checkpoint of the last good step is the latest"
     );
-    assert!(step.join("checkpoint").join(latest.trim()).join("COMPLETE").exists());
+    assert!(
+        step.join("checkpoint")
+            .join(latest.trim())
+            .join("COMPLETE")
+            .exists()
+    );
 }
 
 /// The W&B run of a training step keeps its id when `runner resume` continues the step.

@@ -122,9 +122,7 @@ pub fn read_file(
 ) -> Result<()> {
     let name = file.display().to_string();
     let too_large = |bytes: u64| {
-        format!(
-            "record too large: {bytes} bytes (more than max_record_bytes = {max_record_bytes})"
-        )
+        format!("record too large: {bytes} bytes (more than max_record_bytes = {max_record_bytes})")
     };
     match file.extension().and_then(|e| e.to_str()) {
         Some("txt") => {
@@ -154,8 +152,8 @@ pub fn read_file(
             let f = std::fs::File::open(file).with_context(|| format!("opening {name}"))?;
             let mut reader = std::io::BufReader::new(f);
             let mut i = 0usize;
-            while let Some(line) =
-                next_line(&mut reader, max_record_bytes).with_context(|| format!("reading {name}"))?
+            while let Some(line) = next_line(&mut reader, max_record_bytes)
+                .with_context(|| format!("reading {name}"))?
             {
                 i += 1;
                 let origin = format!("{name}:{i}");
@@ -290,11 +288,15 @@ fn cell_bytes(col: &dyn Array, i: usize) -> usize {
         DataType::Utf8View => col.as_string_view().value(i).len(),
         DataType::List(_) => {
             let items = col.as_list::<i32>().value(i);
-            (0..items.len()).map(|j| cell_bytes(items.as_ref(), j)).sum()
+            (0..items.len())
+                .map(|j| cell_bytes(items.as_ref(), j))
+                .sum()
         }
         DataType::LargeList(_) => {
             let items = col.as_list::<i64>().value(i);
-            (0..items.len()).map(|j| cell_bytes(items.as_ref(), j)).sum()
+            (0..items.len())
+                .map(|j| cell_bytes(items.as_ref(), j))
+                .sum()
         }
         DataType::Struct(_) => col
             .as_struct()
@@ -371,10 +373,20 @@ mod tests {
             .map(|r| r.value["text"].as_str().unwrap())
             .collect();
         assert_eq!(texts, ["ok one", "ok two", "no newline at the end"]);
-        assert!(records[1].origin.ends_with("d.jsonl:4"), "{}", records[1].origin);
+        assert!(
+            records[1].origin.ends_with("d.jsonl:4"),
+            "{}",
+            records[1].origin
+        );
         assert_eq!(bad.len(), 2, "{bad:?}");
-        assert!(bad[0].origin.ends_with(":2") && bad[0].reason.contains("too large"), "{bad:?}");
-        assert!(bad[1].origin.ends_with(":3") && bad[1].reason.contains("UTF-8"), "{bad:?}");
+        assert!(
+            bad[0].origin.ends_with(":2") && bad[0].reason.contains("too large"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[1].origin.ends_with(":3") && bad[1].reason.contains("UTF-8"),
+            "{bad:?}"
+        );
     }
 
     #[test]

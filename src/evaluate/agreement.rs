@@ -8,8 +8,8 @@ use crate::model::hybrid::Hybrid;
 use crate::model::weights::to_vec;
 use crate::train::losses::{batch_tensors, cross_entropy};
 use anyhow::Result;
-use burn::tensor::{Device, Tensor};
 use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -115,7 +115,10 @@ mod tests {
         // Position 2: padding, wildly different: not counted.
         let t = logits(&[[0.5, 0.25, 0.25], [0.2, 0.3, 0.5], [0.9, 0.05, 0.05]]);
         let s = logits(&[[0.25, 0.5, 0.25], [0.2, 0.3, 0.5], [0.05, 0.05, 0.9]]);
-        let att = Tensor::from_data(TensorData::new(vec![1.0f32, 1.0, 0.0], [1, 3]), &Device::flex());
+        let att = Tensor::from_data(
+            TensorData::new(vec![1.0f32, 1.0, 0.0], [1, 3]),
+            &Device::flex(),
+        );
         let (kl, same) = batch_sums(t, s, att);
         assert!((kl - 0.25 * 2f64.ln()).abs() < 1e-6, "{kl}");
         assert_eq!(same, 1.0);
@@ -135,7 +138,10 @@ mod tests {
         let t = logits(&[[0.5, 0.25, 0.25]]);
         // The student's extra token (index 3) is ignored by the KL.
         let s = Tensor::from_data(
-            TensorData::new(vec![0.5f32.ln(), 0.25f32.ln(), 0.25f32.ln(), 5.0], [1, 1, 4]),
+            TensorData::new(
+                vec![0.5f32.ln(), 0.25f32.ln(), 0.25f32.ln(), 5.0],
+                [1, 1, 4],
+            ),
             &Device::flex(),
         );
         let att = Tensor::from_data(TensorData::new(vec![1.0f32], [1, 1]), &Device::flex());

@@ -2,4 +2,5 @@
 //! report (JSON, Markdown, HTML) the `eval` step writes.
 
 pub mod agreement;
+pub mod math;
 pub mod report;

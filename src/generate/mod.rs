@@ -367,7 +367,9 @@ impl<S> KeptState<S> {
     pub fn take(&mut self, ids: &[u32], fresh: impl FnOnce() -> S) -> (S, Vec<u32>) {
         let fed = std::mem::take(&mut self.fed);
         match self.state.take() {
-            Some(s) if ids.len() > fed.len() && ids.starts_with(&fed) => (s, ids[fed.len()..].to_vec()),
+            Some(s) if ids.len() > fed.len() && ids.starts_with(&fed) => {
+                (s, ids[fed.len()..].to_vec())
+            }
             _ => (fresh(), ids.to_vec()),
         }
     }
@@ -387,7 +389,11 @@ impl<S> KeptState<S> {
 
     /// How many tokens the kept state has seen.
     pub fn len(&self) -> usize {
-        if self.state.is_some() { self.fed.len() } else { 0 }
+        if self.state.is_some() {
+            self.fed.len()
+        } else {
+            0
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -427,7 +433,11 @@ mod kept_state_tests {
     /// Turn 1 from `turn1`, then the conversation extended by the reply, `end` (what a chat
     /// template writes after a reply) and `turn2`: the kept state must hold exactly what a fresh
     /// state fed the whole conversation holds.
-    fn continue_conversation(stop_ids: Vec<u32>, max_new: usize, end: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    fn continue_conversation(
+        stop_ids: Vec<u32>,
+        max_new: usize,
+        end: &[u32],
+    ) -> (Vec<u32>, Vec<u32>) {
         let tok = crate::text::tokenizer::tests_support::byte_tokenizer(stop_ids);
         let model = Recorder;
         let limits = GenerationLimits {

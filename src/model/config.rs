@@ -93,8 +93,16 @@ impl TransformerConfig {
             ("num_key_value_heads", num_key_value_heads, 1 << 12),
             ("head_dim", head_dim, 1 << 12),
             ("vocab_size", usize_key("vocab_size")?, 1 << 24),
-            ("intermediate_size", usize_key("intermediate_size")?, 1 << 22),
-            ("num_hidden_layers", usize_key("num_hidden_layers")?, 1 << 12),
+            (
+                "intermediate_size",
+                usize_key("intermediate_size")?,
+                1 << 22,
+            ),
+            (
+                "num_hidden_layers",
+                usize_key("num_hidden_layers")?,
+                1 << 12,
+            ),
         ];
         for (key, value, max) in limits {
             if value == 0 || value > max {
@@ -110,7 +118,10 @@ impl TransformerConfig {
         if let Some(v) = raw.get("max_position_embeddings")
             && !v.as_u64().is_some_and(|n| n >= 1 && n <= 1 << 24)
         {
-            bail!("`max_position_embeddings` = {v} is out of range (1 to {})", 1u64 << 24);
+            bail!(
+                "`max_position_embeddings` = {v} is out of range (1 to {})",
+                1u64 << 24
+            );
         }
         if num_attention_heads == 0 || num_key_value_heads == 0 || hidden_size == 0 {
             bail!("hidden_size, num_attention_heads and num_key_value_heads must be positive");

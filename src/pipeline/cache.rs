@@ -67,7 +67,10 @@ impl Cache {
     pub fn verify(&self, key: &str, step_dir: &Path, manifest: &StepManifest) -> bool {
         let out = step_dir.join(rundir::OUT);
         let memo_path = self.memo_path(key);
-        let memo: Memo = fsx::read_json(&memo_path).ok().flatten().unwrap_or_default();
+        let memo: Memo = fsx::read_json(&memo_path)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let mut fresh = Memo::new();
         for f in &manifest.outputs {
             let path = out.join(&f.path);
@@ -107,7 +110,8 @@ impl Cache {
         {
             return Ok(known.clone());
         }
-        let sha = hash::sha256_file(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let sha =
+            hash::sha256_file(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
         if sha != f.sha256 {
             return Err(format!(
                 "artifact {} changed since it was written (sha256 {} ≠ {} in its manifest)",
@@ -120,7 +124,12 @@ impl Cache {
     }
 
     /// Records that `step_dir` holds the artifacts for `key` (just hashed as `outputs`).
-    pub fn record(&self, key: &str, step_dir: &Path, outputs: &[OutputFile]) -> std::io::Result<()> {
+    pub fn record(
+        &self,
+        key: &str,
+        step_dir: &Path,
+        outputs: &[OutputFile],
+    ) -> std::io::Result<()> {
         let abs = step_dir.canonicalize()?;
         let out = abs.join(rundir::OUT);
         let mut memo = Memo::new();

@@ -88,10 +88,12 @@ fn remove_at(value: &mut toml::Value, rel: &[String]) -> bool {
                 Some(next) => next,
                 None => return false,
             },
-            toml::Value::Array(items) => match seg.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                Some(next) => next,
-                None => return false,
-            },
+            toml::Value::Array(items) => {
+                match seg.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    Some(next) => next,
+                    None => return false,
+                }
+            }
             _ => return false,
         };
     }

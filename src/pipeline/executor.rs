@@ -10,7 +10,7 @@
 //! nothing new starts, and the error says how to resume.
 
 use super::cache::Cache;
-use super::checkpoint::Checkpoints;
+use super::freshness::{Dirty, Freshness, Query, freshness};
 use super::graph::StepGraph;
 use super::keys::{self, RUNNER_VERSION};
 use super::paths;
@@ -18,11 +18,11 @@ use super::rundir::{self, RunDir, RunRecord, RunStatus, StepManifest, StepStatus
 use super::scheduler::{NodeState, Scheduler};
 use super::schema::Pipeline;
 use super::select::Scope;
-use crate::steps::StepContext;
+use super::step::StepContext;
+use crate::checkpoint::Checkpoints;
 use crate::util::fsx;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Instant;
 
 /// How many complete checkpoints a step keeps.
@@ -138,7 +138,9 @@ impl<'a> Executor<'a> {
             exclusive,
             self.pipeline.header.max_parallel,
         );
-        let digests: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; n]);
+        // Outputs digest of each finished step: what its dependents' keys are made of. Known
+        // here, on the scheduling thread, before any dependent starts.
+        let mut digests: Vec<Option<String>> = vec![None; n];
         let mut reports: Vec<Option<StepReport>> = vec![None; n];
         let overall = crate::progress::bar(n as u64, "pipeline");
 
@@ -147,22 +149,19 @@ impl<'a> Executor<'a> {
             loop {
                 while let Some(i) = sched.next() {
                     let tx = tx.clone();
-                    let digests = &digests;
+                    let dep_digests: BTreeMap<String, String> = self
+                        .graph
+                        .deps(i)
+                        .into_iter()
+                        .map(|j| {
+                            (
+                                self.pipeline.steps[j].id.clone(),
+                                digests[j].clone().unwrap_or_default(),
+                            )
+                        })
+                        .collect();
                     s.spawn(move || {
                         let started = Instant::now();
-                        let dep_digests: BTreeMap<String, String> = {
-                            let d = digests.lock().expect("digests");
-                            self.graph
-                                .deps(i)
-                                .into_iter()
-                                .map(|j| {
-                                    (
-                                        self.pipeline.steps[j].id.clone(),
-                                        d[j].clone().unwrap_or_default(),
-                                    )
-                                })
-                                .collect()
-                        };
                         let (outcome, digest) = self.process(i, &dep_digests);
                         let report = StepReport {
                             id: self.pipeline.steps[i].id.clone(),
@@ -181,7 +180,7 @@ impl<'a> Executor<'a> {
                     break;
                 }
                 let (i, report, digest) = rx.recv().expect("a worker reports before exiting");
-                digests.lock().expect("digests")[i] = digest;
+                digests[i] = digest;
                 let ok = report.outcome.ok();
                 log_outcome(&report);
                 sched.finish(i, ok);
@@ -254,31 +253,31 @@ impl<'a> Executor<'a> {
         };
         let key = keys::step_key(self.pipeline, step, &inputs);
         let step_dir = self.run.step_dir(&step.id);
-        let previous = self.run.read_manifest(&step.id);
-        let forced = self.scope.forced[i];
-
-        // Complete in this run (a resumed run does not redo a forced step it already finished).
-        if let Some(m) = &previous {
-            if m.status == StepStatus::Complete
-                && m.key == key
-                && self.cache.verify(&key, &step_dir, m)
-            {
-                return (Outcome::Complete, m.outputs_digest.clone());
-            }
-        }
-        if !forced {
-            if let Some((from, manifest)) = self.cache.lookup(&key) {
-                if from != step_dir {
-                    match self.reuse(step, &from, &manifest) {
-                        Ok(()) => return (Outcome::Cached { from }, manifest.outputs_digest),
-                        Err(e) => tracing::warn!(
-                            "step `{}`: could not reuse cached artifacts ({e}); running it",
-                            step.id
-                        ),
-                    }
+        let settings = step.settings.settings_json();
+        let pipeline_runs = self.runs_root.join(&self.pipeline.name);
+        let query = Query {
+            key: &key,
+            settings: &settings,
+            inputs: &inputs,
+            forced: self.scope.forced[i],
+            step_dir: Some(&step_dir),
+            pipeline_runs: &pipeline_runs,
+            step_id: &step.id,
+        };
+        let why = match freshness(&self.cache, &query) {
+            Freshness::Complete { digest } => return (Outcome::Complete, digest),
+            Freshness::Cached { from, manifest } => match self.reuse(step, &from, &manifest) {
+                Ok(()) => return (Outcome::Cached { from }, manifest.outputs_digest),
+                Err(e) => {
+                    tracing::warn!(
+                        "step `{}`: could not reuse cached artifacts ({e}); running it",
+                        step.id
+                    );
+                    Dirty::Changed(vec!["its cached artifacts could not be reused".into()])
                 }
-            }
-        }
+            },
+            Freshness::Dirty(why) => why,
+        };
         if !self.scope.in_scope[i] {
             return (
                 Outcome::Unavailable(format!(
@@ -288,6 +287,8 @@ impl<'a> Executor<'a> {
                 None,
             );
         }
+        tracing::debug!("{} runs: {why}", step.id);
+        let previous = self.run.read_manifest(&step.id);
         match self.run_step(i, key, inputs, previous) {
             Ok((resumed_from, digest)) => (Outcome::Ran { resumed_from }, Some(digest)),
             Err(e) => (Outcome::Failed(format!("{e:#}")), None),
@@ -341,7 +342,7 @@ impl<'a> Executor<'a> {
             kind: step.kind().to_string(),
             key: key.clone(),
             status: StepStatus::Running,
-            settings: step.settings.to_json(),
+            settings: step.settings.settings_json(),
             inputs,
             outputs: vec![],
             outputs_digest: None,
@@ -389,13 +390,16 @@ impl<'a> Executor<'a> {
             deps,
             seed: self.pipeline.header.seed,
             device: self.pipeline.header.device,
-            wandb: self.pipeline.header.wandb.clone().map(|settings| {
-                crate::train::wandb::WandbRun {
+            wandb: self
+                .pipeline
+                .header
+                .wandb
+                .clone()
+                .map(|settings| crate::wandb::WandbRun {
                     settings,
                     pipeline: self.pipeline.name.clone(),
                     run_id: self.run.run_id(),
-                }
-            }),
+                }),
         };
         // A panic inside a step is that step's failure, not the runner's.
         let result =
@@ -439,14 +443,12 @@ impl<'a> Executor<'a> {
             .iter()
             .flat_map(|s| s.settings.input_paths().into_iter().map(|(_, i)| i))
             .collect();
-        if let Some(problem) = paths::export_problem(
-            export,
-            &p.root,
-            &self.runs_root,
-            &inputs,
-            &p.source.files(),
-        ) {
-            anyhow::bail!("{problem}; nothing was exported. Set `export` to a new folder inside the pipeline root");
+        if let Some(problem) =
+            paths::export_problem(export, &p.root, &self.runs_root, &inputs, &p.source.files())
+        {
+            anyhow::bail!(
+                "{problem}; nothing was exported. Set `export` to a new folder inside the pipeline root"
+            );
         }
         let dst = p.root.join(export);
         if let Some(parent) = dst.parent() {
@@ -460,7 +462,12 @@ impl<'a> Executor<'a> {
             "at": rundir::now(),
         });
         let out = self.run.step_dir(&step.id).join(rundir::OUT);
-        match fsx::replace_marked_dir(&out, &dst, paths::EXPORT_MARKER, format!("{stamp:#}\n").as_bytes()) {
+        match fsx::replace_marked_dir(
+            &out,
+            &dst,
+            paths::EXPORT_MARKER,
+            format!("{stamp:#}\n").as_bytes(),
+        ) {
             Ok(()) => {}
             Err(fsx::ReplaceError::NotOurs(path)) => anyhow::bail!(
                 "export target {} exists and was not written by the runner (it is not an empty folder and has no {} file); it was left untouched. Move it away, or set `export` of step `{}` to a new folder, then `runner resume {}`",
@@ -470,7 +477,9 @@ impl<'a> Executor<'a> {
                 self.run.path.display()
             ),
             Err(fsx::ReplaceError::Io(e)) => {
-                return Err(anyhow::Error::new(e).context(format!("exporting to {}", dst.display())));
+                return Err(
+                    anyhow::Error::new(e).context(format!("exporting to {}", dst.display()))
+                );
             }
         }
         tracing::info!("  {} exported to {}", step.id, dst.display());
@@ -486,5 +495,205 @@ fn log_outcome(r: &StepReport) {
         Outcome::Failed(e) => tracing::error!("✗ {} failed after {:.1}s: {e}", r.id, r.seconds),
         Outcome::Unavailable(e) => tracing::error!("✗ {} unavailable: {e}", r.id),
         Outcome::NotSelected | Outcome::Skipped => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::layers::Overrides;
+    use crate::pipeline::select::Selection;
+    use crate::pipeline::step::testing::KINDS;
+    use std::path::Path;
+
+    /// A pipeline of fake steps in a fresh folder.
+    fn pipeline(dir: &Path, steps: &str) -> Pipeline {
+        let file = dir.join("p.toml");
+        std::fs::write(&file, format!("[pipeline]\nname = \"t\"\n{steps}")).unwrap();
+        crate::pipeline::load(&file, &Overrides::default(), KINDS).unwrap()
+    }
+
+    /// Executes `p` in the run directory `run_id` (created if new) with `selection`.
+    fn execute(
+        p: &Pipeline,
+        run_id: &str,
+        selection: Selection,
+    ) -> (bool, BTreeMap<String, Outcome>) {
+        let runs = p.root.join("runs");
+        let path = runs.join(&p.name).join(run_id);
+        let run = if path.exists() {
+            RunDir::open(&path).unwrap()
+        } else {
+            RunDir::create(&runs, &p.name, Some(run_id)).unwrap()
+        };
+        let graph = crate::pipeline::graph_of(p);
+        let scope = selection.resolve(p, &graph).unwrap();
+        let mut record = RunRecord {
+            pipeline: p.name.clone(),
+            run_id: run_id.into(),
+            source_file: p.main_file.clone(),
+            overrides: vec![],
+            created_at: rundir::now(),
+            status: RunStatus::Running,
+            updated_at: rundir::now(),
+            message: None,
+            runner_version: RUNNER_VERSION.into(),
+            selection,
+        };
+        let result = Executor::new(p, &run, &runs, graph, scope).execute(&mut record);
+        let reports = match &result {
+            Ok(r) => r.clone(),
+            Err(_) => Vec::new(),
+        };
+        // On failure the reports are in the run record's message; re-read the manifests.
+        let outcomes = if reports.is_empty() {
+            p.steps
+                .iter()
+                .map(|s| {
+                    let m = run.read_manifest(&s.id);
+                    let o = match m.map(|m| m.status) {
+                        Some(StepStatus::Failed) => Outcome::Failed(String::new()),
+                        Some(StepStatus::Complete) => Outcome::Complete,
+                        _ => Outcome::Skipped,
+                    };
+                    (s.id.clone(), o)
+                })
+                .collect()
+        } else {
+            reports.into_iter().map(|r| (r.id, r.outcome)).collect()
+        };
+        (result.is_ok(), outcomes)
+    }
+
+    fn label(o: &BTreeMap<String, Outcome>, id: &str) -> &'static str {
+        o[id].label()
+    }
+
+    const CHAIN: &str = "[[step]]\nid = \"a\"\nkind = \"fake\"\noutput = \"A\"\n\n\
+        [[step]]\nid = \"b\"\nkind = \"fake\"\ndepends_on = [\"a\"]\noutput = \"B\"\n";
+
+    #[test]
+    fn ran_then_complete_in_the_same_run_then_cached_in_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline(dir.path(), CHAIN);
+        let (ok, o) = execute(&p, "r1", Selection::default());
+        assert!(ok);
+        assert_eq!((label(&o, "a"), label(&o, "b")), ("ran", "ran"));
+        let out = std::fs::read_to_string(dir.path().join("runs/t/r1/b/out/result.txt")).unwrap();
+        assert_eq!(out, "B <a:A>", "b saw a's output");
+        let (_, o) = execute(&p, "r1", Selection::default());
+        assert_eq!((label(&o, "a"), label(&o, "b")), ("complete", "complete"));
+        let (_, o) = execute(&p, "r2", Selection::default());
+        assert_eq!((label(&o, "a"), label(&o, "b")), ("cached", "cached"));
+        // Forced: runs again even though cached; its dependent is cached again (same output).
+        let force = Selection {
+            force: vec!["a".into()],
+            ..Default::default()
+        };
+        let (_, o) = execute(&p, "r3", force);
+        assert_eq!((label(&o, "a"), label(&o, "b")), ("ran", "cached"));
+    }
+
+    #[test]
+    fn a_failure_skips_dependents_and_starts_nothing_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "max_parallel = 2\n\n\
+            [[step]]\nid = \"slow\"\nkind = \"fake\"\nsleep_ms = 150\n\n\
+            [[step]]\nid = \"bad\"\nkind = \"fake\"\nbehaviour = \"fail\"\n\n\
+            [[step]]\nid = \"after\"\nkind = \"fake\"\ndepends_on = [\"bad\"]\n\n\
+            [[step]]\nid = \"later\"\nkind = \"fake\"\noutput = \"L\"\n";
+        let p = pipeline(dir.path(), text);
+        let graph = crate::pipeline::graph_of(&p);
+        let runs = p.root.join("runs");
+        let run = RunDir::create(&runs, &p.name, Some("r")).unwrap();
+        let scope = Selection::default().resolve(&p, &graph).unwrap();
+        let mut record = RunRecord {
+            pipeline: p.name.clone(),
+            run_id: "r".into(),
+            source_file: p.main_file.clone(),
+            overrides: vec![],
+            created_at: rundir::now(),
+            status: RunStatus::Running,
+            updated_at: rundir::now(),
+            message: None,
+            runner_version: RUNNER_VERSION.into(),
+            selection: Selection::default(),
+        };
+        let err = Executor::new(&p, &run, &runs, graph, scope)
+            .execute(&mut record)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("step `bad` failed: told to fail"), "{text}");
+        assert!(text.contains("runner resume"), "{text}");
+        assert_eq!(record.status, RunStatus::Failed);
+        // The slow step that was running finished; nothing new started after the failure.
+        assert_eq!(
+            run.read_manifest("slow").map(|m| m.status),
+            Some(StepStatus::Complete)
+        );
+        assert!(run.read_manifest("after").is_none());
+        assert!(run.read_manifest("later").is_none());
+    }
+
+    #[test]
+    fn a_panic_is_the_steps_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline(
+            dir.path(),
+            "[[step]]\nid = \"p\"\nkind = \"fake\"\nbehaviour = \"panic\"\n",
+        );
+        let (ok, _) = execute(&p, "r", Selection::default());
+        assert!(!ok);
+        let m = rundir::read_manifest(&dir.path().join("runs/t/r/p")).unwrap();
+        assert_eq!(m.status, StepStatus::Failed);
+        assert!(
+            m.error
+                .as_deref()
+                .unwrap()
+                .contains("panic): told to panic"),
+            "{:?}",
+            m.error
+        );
+    }
+
+    #[test]
+    fn an_interrupted_step_resumes_from_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline(
+            dir.path(),
+            "[[step]]\nid = \"s\"\nkind = \"fake\"\nstop_after_checkpoint = true\noutput = \"S\"\n",
+        );
+        let (ok, _) = execute(&p, "r", Selection::default());
+        assert!(!ok);
+        let (ok, o) = execute(&p, "r", Selection::default());
+        assert!(ok);
+        assert_eq!(
+            o["s"],
+            Outcome::Ran {
+                resumed_from: Some(1)
+            }
+        );
+        let m = rundir::read_manifest(&dir.path().join("runs/t/r/s")).unwrap();
+        assert_eq!((m.attempts, m.resumed_from), (2, Some(1)));
+    }
+
+    #[test]
+    fn a_dependency_outside_the_selection_without_a_result_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pipeline(dir.path(), CHAIN);
+        let only_b = Selection {
+            only: vec!["b".into()],
+            ..Default::default()
+        };
+        let (ok, o) = execute(&p, "r", only_b.clone());
+        assert!(!ok);
+        let m = rundir::read_manifest(&dir.path().join("runs/t/r/a"));
+        assert!(m.is_none(), "a did not run");
+        assert_eq!(label(&o, "b"), "skipped");
+        // Once `a` has a result, `--only b` runs b alone.
+        execute(&p, "r2", Selection::default());
+        let (ok, o) = execute(&p, "r3", only_b);
+        assert!(ok);
+        assert_eq!((label(&o, "a"), label(&o, "b")), ("cached", "cached"));
     }
 }

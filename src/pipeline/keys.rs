@@ -55,7 +55,7 @@ fn step_key_of_code(
         .part("kind", step.kind());
     h.part("seed", &pipeline.header.seed.to_string());
     h.part("device", &format!("{:?}", pipeline.header.device));
-    h.part("settings", &step.settings.to_json().to_string());
+    h.part("settings", &step.settings.settings_json().to_string());
     for (k, v) in inputs {
         h.part(k, v);
     }
@@ -90,15 +90,19 @@ mod tests {
         assert_eq!(CODE_DIGEST.len(), 64, "{CODE_DIGEST}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.toml");
-        std::fs::write(
+        std::fs::write(&file, "[[step]]\nid = \"a\"\nkind = \"fake\"\n").unwrap();
+        let p = crate::pipeline::load(
             &file,
-            "[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"true\"\n",
+            &Overrides::default(),
+            crate::pipeline::step::testing::KINDS,
         )
         .unwrap();
-        let p = crate::pipeline::load(&file, &Overrides::default()).unwrap();
         let inputs = BTreeMap::new();
         let key = step_key(&p, &p.steps[0], &inputs);
         assert_eq!(key, step_key_of_code(CODE_DIGEST, &p, &p.steps[0], &inputs));
-        assert_ne!(key, step_key_of_code("other code", &p, &p.steps[0], &inputs));
+        assert_ne!(
+            key,
+            step_key_of_code("other code", &p, &p.steps[0], &inputs)
+        );
     }
 }

@@ -174,7 +174,11 @@ mod tests {
         assert_eq!(toml_value("echo hi"), None);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("p.toml");
-        std::fs::write(&p, "[pipeline]\nseed = 1\n[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n").unwrap();
+        std::fs::write(
+            &p,
+            "[pipeline]\nseed = 1\n[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n",
+        )
+        .unwrap();
         let raw = source::load(&p).unwrap();
         let o = Overrides {
             sets: vec![
@@ -192,7 +196,11 @@ mod tests {
     fn override_of_a_whole_step_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("p.toml");
-        std::fs::write(&p, "[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n").unwrap();
+        std::fs::write(
+            &p,
+            "[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n",
+        )
+        .unwrap();
         let raw = source::load(&p).unwrap();
         let o = Overrides {
             sets: vec![("step.a".into(), "".into())],

@@ -4,15 +4,18 @@
 //! - [`layers`]: environment and `--set` overrides (figment);
 //! - [`decode`], [`validate`], [`schema`]: the typed, validated [`Pipeline`];
 //! - [`graph`], [`scheduler`], [`select`]: the DAG, the work queue, `--from/--until/--only/--force`;
-//! - [`rundir`], [`checkpoint`], [`cache`], [`keys`]: run directories, checkpoints, caching;
-//! - [`plan`], [`render`]: what would run and why; the DAG as text, DOT or Mermaid;
+//! - [`rundir`], [`cache`], [`keys`]: run directories and caching (step checkpoints are the
+//!   leaf module [`crate::checkpoint`]);
+//! - [`freshness`], [`plan`], [`render`]: whether a step must run and why (one decision for
+//!   the executor and `runner plan`); the DAG as text, DOT or Mermaid;
 //! - [`executor`]: running it.
 
+pub mod artifact;
 pub mod cache;
-pub mod checkpoint;
 pub mod decode;
 pub mod diagnostics;
 pub mod executor;
+pub mod freshness;
 pub mod graph;
 pub mod keys;
 pub mod layers;
@@ -24,19 +27,26 @@ pub mod scheduler;
 pub mod schema;
 pub mod select;
 pub mod source;
+pub mod step;
 pub mod validate;
 
+pub use artifact::ArtifactRef;
 pub use diagnostics::Diagnostics;
 pub use schema::Pipeline;
+pub use step::{Step, StepContext, StepKind};
 
 use graph::StepGraph;
 use std::path::{Path, PathBuf};
 
-/// Loads, layers and validates a pipeline file.
-pub fn load(path: &Path, overrides: &layers::Overrides) -> Result<Pipeline, Diagnostics> {
+/// Loads, layers and validates a pipeline file whose steps are of the given `kinds`.
+pub fn load(
+    path: &Path,
+    overrides: &layers::Overrides,
+    kinds: &[StepKind],
+) -> Result<Pipeline, Diagnostics> {
     let raw = source::load(path)?;
     let raw = layers::apply(raw, overrides)?;
-    validate::validate(raw)
+    validate::validate(raw, kinds)
 }
 
 /// The step graph of a validated pipeline.

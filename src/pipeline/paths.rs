@@ -184,9 +184,7 @@ mod tests {
         }
         // The runs directory inside the export target.
         let runs_inside = root.join("out/runs");
-        assert!(
-            export_problem(Path::new("out"), &root, &runs_inside, &inputs, &files).is_some()
-        );
+        assert!(export_problem(Path::new("out"), &root, &runs_inside, &inputs, &files).is_some());
         // A symbolic link that leads out of the root.
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(&outside).unwrap();

@@ -1,9 +1,10 @@
-//! `runner plan`: what a `runner run` would do for each step, and why.
+//! `runner plan`: what a `runner run` would do for each step, and why — the executor's own
+//! decision ([`freshness`]), made for a new run without running anything.
 
 use super::cache::Cache;
+use super::freshness::{Dirty, Freshness, Query, freshness};
 use super::graph::StepGraph;
 use super::keys;
-use super::rundir::{self, StepManifest, StepStatus};
 use super::schema::Pipeline;
 use super::select::Scope;
 use std::collections::BTreeMap;
@@ -15,13 +16,10 @@ pub enum PlanEntry {
     Cached {
         from: String,
     },
-    /// Will run: `--force`/`--from`.
-    Forced,
-    /// Will run: differs from the last run of this step, for these reasons.
-    Changed(Vec<String>),
-    /// Will run: never ran before.
-    New,
-    /// Runs once these dependencies have run (then may still be cached if their outputs are unchanged).
+    /// Will run, for this reason.
+    Runs(Dirty),
+    /// Runs once these dependencies have run (then may still be cached if their outputs are
+    /// unchanged).
     AfterDeps(Vec<String>),
     NotSelected,
 }
@@ -40,6 +38,7 @@ pub fn plan(
     runs_root: &Path,
 ) -> Vec<(String, PlanEntry)> {
     let cache = Cache::new(runs_root);
+    let pipeline_runs = runs_root.join(&pipeline.name);
     let n = pipeline.steps.len();
     let mut digests: Vec<Option<String>> = vec![None; n];
     let mut entries: Vec<Option<PlanEntry>> = vec![None; n];
@@ -57,7 +56,7 @@ pub fn plan(
             .collect();
         if !pending.is_empty() {
             entries[i] = Some(if scope.forced[i] {
-                PlanEntry::Forced
+                PlanEntry::Runs(Dirty::Forced)
             } else {
                 PlanEntry::AfterDeps(pending)
             });
@@ -75,22 +74,32 @@ pub fn plan(
             .collect();
         let inputs = keys::step_inputs(pipeline, step, &dep_digests).unwrap_or_default();
         let key = keys::step_key(pipeline, step, &inputs);
-        let entry = if scope.forced[i] {
-            PlanEntry::Forced
-        } else if let Some((from, m)) = cache.lookup(&key) {
-            digests[i] = m.outputs_digest.clone();
-            PlanEntry::Cached {
-                from: from.display().to_string(),
-            }
-        } else {
-            match last_manifest(runs_root, &pipeline.name, &step.id) {
-                Some(prev) => {
-                    PlanEntry::Changed(differences(&prev, &step.settings.to_json(), &inputs))
-                }
-                None => PlanEntry::New,
-            }
+        let settings = step.settings.settings_json();
+        let query = Query {
+            key: &key,
+            settings: &settings,
+            inputs: &inputs,
+            forced: scope.forced[i],
+            step_dir: None,
+            pipeline_runs: &pipeline_runs,
+            step_id: &step.id,
         };
-        entries[i] = Some(entry);
+        entries[i] = Some(match freshness(&cache, &query) {
+            Freshness::Cached { from, manifest } => {
+                digests[i] = manifest.outputs_digest;
+                PlanEntry::Cached {
+                    from: from.display().to_string(),
+                }
+            }
+            // Not asked for outside a run directory.
+            Freshness::Complete { digest } => {
+                digests[i] = digest;
+                PlanEntry::Cached {
+                    from: "this run".into(),
+                }
+            }
+            Freshness::Dirty(why) => PlanEntry::Runs(why),
+        });
     }
     pipeline
         .steps
@@ -98,98 +107,4 @@ pub fn plan(
         .zip(entries)
         .map(|(s, e)| (s.id.clone(), e.expect("every step planned")))
         .collect()
-}
-
-/// The newest complete manifest of `step` in any run of `pipeline`.
-fn last_manifest(runs_root: &Path, pipeline: &str, step: &str) -> Option<StepManifest> {
-    let mut runs: Vec<_> = std::fs::read_dir(runs_root.join(pipeline))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    runs.sort();
-    runs.iter()
-        .rev()
-        .filter_map(|r| rundir::read_manifest(&r.join(step)))
-        .find(|m| m.status == StepStatus::Complete)
-}
-
-/// Human reasons why a step's key differs from its last complete run.
-fn differences(
-    prev: &StepManifest,
-    settings: &serde_json::Value,
-    inputs: &BTreeMap<String, String>,
-) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if let (Some(a), Some(b)) = (prev.settings.as_object(), settings.as_object()) {
-        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-        for k in keys {
-            if a.get(k) != b.get(k) {
-                reasons.push(format!("setting `{k}` changed"));
-            }
-        }
-    }
-    let keys: std::collections::BTreeSet<&String> =
-        prev.inputs.keys().chain(inputs.keys()).collect();
-    for k in keys {
-        if prev.inputs.get(k) != inputs.get(k) {
-            reasons.push(match k.split_once(':') {
-                Some(("dep", id)) => format!("output of `{id}` changed"),
-                Some(("file", f)) => format!("input `{f}` changed"),
-                _ => format!("{k} changed"),
-            });
-        }
-    }
-    if prev.code != keys::CODE_DIGEST {
-        reasons.push("runner code".into());
-    }
-    if prev.runner_version != keys::RUNNER_VERSION {
-        reasons.push(format!(
-            "runner version {} → {}",
-            prev.runner_version,
-            keys::RUNNER_VERSION
-        ));
-    }
-    if reasons.is_empty() {
-        reasons.push("its cached artifacts are gone".into());
-    }
-    reasons
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_result_of_other_runner_code_is_reported_as_such() {
-        let m = |code: &str| StepManifest {
-            step: "s".into(),
-            kind: "command".into(),
-            key: "k".into(),
-            status: StepStatus::Complete,
-            settings: serde_json::json!({"run": "true"}),
-            inputs: Default::default(),
-            outputs: vec![],
-            outputs_digest: None,
-            cached_from: None,
-            started_at: String::new(),
-            finished_at: None,
-            duration_s: None,
-            attempts: 1,
-            resumed_from: None,
-            error: None,
-            runner_version: keys::RUNNER_VERSION.into(),
-            code: code.into(),
-        };
-        let settings = serde_json::json!({"run": "true"});
-        let inputs = BTreeMap::new();
-        assert_eq!(
-            differences(&m("an older build"), &settings, &inputs),
-            vec!["runner code".to_string()]
-        );
-        assert_eq!(
-            differences(&m(keys::CODE_DIGEST), &settings, &inputs),
-            vec!["its cached artifacts are gone".to_string()]
-        );
-    }
 }

@@ -1,9 +1,10 @@
 //! The typed pipeline: header, steps and their settings, after layering and validation.
 
 use super::source::SourceMap;
-use crate::steps::StepSettings;
+use super::step::Step;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where tensors live. This build has the CPU backend only; `cuda` and `wgpu` are names kept
 /// for GPU builds and are rejected by validation.
@@ -43,28 +44,7 @@ pub struct PipelineHeader {
     pub runs_dir: Option<PathBuf>,
     /// Log training metrics to Weights & Biases (`[pipeline.wandb]`); absent: off.
     #[serde(default)]
-    pub wandb: Option<WandbSettings>,
-}
-
-/// Weights & Biases logging through the official Python SDK (a sidecar process per training
-/// step). Not part of any cache key: logging does not change results.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct WandbSettings {
-    pub project: String,
-    #[serde(default)]
-    pub entity: Option<String>,
-    /// `online` or `offline` (then `wandb sync` later); default: the SDK's own (`WANDB_MODE`).
-    #[serde(default)]
-    pub mode: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// The Python interpreter that has the `wandb` package.
-    #[serde(default = "default_python")]
-    pub python: String,
-}
-
-fn default_python() -> String {
-    "python3".into()
+    pub wandb: Option<crate::wandb::WandbSettings>,
 }
 
 fn default_max_parallel() -> usize {
@@ -79,7 +59,7 @@ pub struct StepDef {
     /// Optional directory (relative to root) the step's artifacts are copied to on success.
     pub export: Option<PathBuf>,
     pub description: String,
-    pub settings: StepSettings,
+    pub settings: Arc<dyn Step>,
 }
 
 impl StepDef {

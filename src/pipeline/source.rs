@@ -485,7 +485,11 @@ mod tests {
         let started = std::time::Instant::now();
         let raw = load(&dir.path().join("f0.toml")).unwrap();
         assert_eq!(raw.step_order, vec!["a"]);
-        assert!(started.elapsed().as_secs_f64() < 2.0, "{:?}", started.elapsed());
+        assert!(
+            started.elapsed().as_secs_f64() < 2.0,
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(raw.map.files().len(), n + 1);
     }
 

@@ -9,7 +9,7 @@ use super::graph::StepGraph;
 use super::paths;
 use super::schema::{Device, Pipeline, PipelineHeader, StepDef};
 use super::source::{KeyPath, RawPipeline};
-use crate::steps::{KINDS, StepSettings};
+use super::step::StepKind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,8 @@ fn kp(parts: &[&str]) -> KeyPath {
 }
 
 /// Validates and types a pipeline.
-pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
+pub fn validate(raw: RawPipeline, kinds: &[StepKind]) -> Result<Pipeline, Diagnostics> {
+    let names: Vec<&str> = kinds.iter().map(|k| k.name).collect();
     let mut diags = raw.diags.clone();
     let map = &raw.map;
 
@@ -72,7 +73,7 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
     };
     let root = root.canonicalize().unwrap_or(root);
     if let Some(w) = header.as_ref().and_then(|h| h.wandb.as_ref()) {
-        if let Err(why) = crate::train::wandb::check_sdk(&w.python) {
+        if let Err(why) = crate::wandb::check_sdk(&w.python) {
             diags.push(
                 Diagnostic::new(map.locate(&kp(&["pipeline", "wandb"])), why)
                     .key("pipeline.wandb")
@@ -108,7 +109,10 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
                 .help("remove the key or set device = \"cpu\""),
             );
         }
-        let name = h.name.clone().unwrap_or_else(|| default_name(&raw.main_file));
+        let name = h
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(&raw.main_file));
         if let Err(why) = paths::check_component("pipeline name", &name) {
             let help = if h.name.is_some() {
                 "set `[pipeline] name` to a plain name such as \"smollm2\" (runs go to <runs_dir>/<name>/)"
@@ -167,7 +171,7 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
         if !common.contains_key("kind") {
             diags.push(
                 Diagnostic::new(map.locate(&path), format!("step `{id}` has no `kind`"))
-                    .help(format!("known kinds: {}", KINDS.join(", "))),
+                    .help(format!("known kinds: {}", names.join(", "))),
             );
             continue;
         }
@@ -175,20 +179,19 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
         else {
             continue;
         };
-        if !KINDS.contains(&common.kind.as_str()) {
+        let Some(kind) = kinds.iter().find(|k| k.name == common.kind) else {
             diags.push(
                 Diagnostic::new(
                     map.locate(&kp(&["step", id, "kind"])),
                     format!("unknown step kind `{}`", common.kind),
                 )
                 .key(format!("step.{id}.kind"))
-                .help_opt(did_you_mean(&common.kind, KINDS.iter().copied()))
-                .help(format!("known kinds: {}", KINDS.join(", "))),
+                .help_opt(did_you_mean(&common.kind, names.iter().copied()))
+                .help(format!("known kinds: {}", names.join(", "))),
             );
             continue;
-        }
-        let Some(settings) = StepSettings::decode(&common.kind, rest, &path, map, &mut diags)
-        else {
+        };
+        let Some(settings) = (kind.decode)(toml::Value::Table(rest), &path, map, &mut diags) else {
             continue;
         };
         steps.push(StepDef {
@@ -196,7 +199,7 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
             depends_on: common.depends_on,
             export: common.export,
             description: common.description,
-            settings,
+            settings: settings.into(),
         });
         step_paths.push(path);
     }
@@ -303,8 +306,7 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
             let mut path = kp(&["step", &step.id]);
             path.extend(key.split('.').map(String::from));
             diags.push(
-                Diagnostic::new(map.locate(&path), message)
-                    .key(format!("step.{}.{key}", step.id)),
+                Diagnostic::new(map.locate(&path), message).key(format!("step.{}.{key}", step.id)),
             );
         }
         for (key, dep) in step.settings.dep_refs() {
@@ -323,8 +325,9 @@ pub fn validate(raw: RawPipeline) -> Result<Pipeline, Diagnostics> {
 
     if raw.step_order.is_empty() {
         diags.push(
-            Diagnostic::new(map.locate(&kp(&["step"])), "the pipeline has no steps")
-                .help("add `[[step]]` tables (see pipelines/ci.toml), or `extends` a file that has them"),
+            Diagnostic::new(map.locate(&kp(&["step"])), "the pipeline has no steps").help(
+                "add `[[step]]` tables (see pipelines/ci.toml), or `extends` a file that has them",
+            ),
         );
     }
 

@@ -58,7 +58,8 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
     } else {
         "invalid_request_error"
     };
-    let body = serde_json::json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
+    let body =
+        serde_json::json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
     full(status, "application/json", body.to_string())
 }
 
@@ -83,15 +84,12 @@ pub fn event_stream() -> (EventSender, Response<Body>) {
     let (tx, rx) = mpsc::channel(256);
     let mut r = Response::new(BodyExt::boxed(ChannelBody(rx)));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    (
-        EventSender {
-            tx,
-            closed: false,
-        },
-        r,
-    )
+    (EventSender { tx, closed: false }, r)
 }
 
 /// Sends events from a blocking thread (the generation).
@@ -220,7 +218,9 @@ mod tests {
     use super::*;
 
     fn req(origin: Option<&str>, host: &str) -> Request<()> {
-        let mut b = Request::builder().uri("/v1/chat/completions").header("host", host);
+        let mut b = Request::builder()
+            .uri("/v1/chat/completions")
+            .header("host", host);
         if let Some(o) = origin {
             b = b.header("origin", o);
         }

@@ -342,7 +342,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             );
             r
         }
-        (&Method::GET, "/health") => full(StatusCode::OK, "application/json", "{\"status\":\"ok\"}"),
+        (&Method::GET, "/health") => {
+            full(StatusCode::OK, "application/json", "{\"status\":\"ok\"}")
+        }
         (&Method::GET, "/v1/models") => {
             full(StatusCode::OK, "application/json", app.models.clone())
         }

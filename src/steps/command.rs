@@ -8,7 +8,7 @@
 //!
 //! Its stdout and stderr go to `command.log` in the step folder; the tail is shown on failure.
 
-use super::StepContext;
+use crate::pipeline::step::{Step, StepContext, settings_json};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,6 +37,28 @@ pub struct CommandSettings {
 /// Environment variable name for a dependency's output folder.
 pub fn dep_var(id: &str) -> String {
     format!("RUNNER_DEP_{}", id.to_uppercase().replace('-', "_"))
+}
+
+impl Step for CommandSettings {
+    fn kind(&self) -> &'static str {
+        "command"
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        settings_json(self)
+    }
+
+    fn extra_inputs(&self) -> Vec<(&'static str, std::path::PathBuf)> {
+        self.inputs.iter().map(|p| ("inputs", p.clone())).collect()
+    }
+
+    fn exclusive(&self) -> bool {
+        self.exclusive
+    }
+
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        run(self, ctx)
+    }
 }
 
 pub fn run(settings: &CommandSettings, ctx: &StepContext) -> anyhow::Result<()> {

@@ -5,13 +5,13 @@
 //! The export is read back with the runner's own loader and its logits compared with the
 //! student's on a probe sequence; `convert.json` records the comparison and file checksums.
 
-use super::StepContext;
-use super::artifact::ArtifactRef;
 use super::student_out::copy_tokenizer_files;
 use crate::model::hybrid::Hybrid;
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::transformer::ids_tensor;
 use crate::model::weights::to_vec;
+use crate::pipeline::ArtifactRef;
+use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::text::TextTokenizer;
 use anyhow::{Result, bail};
 use burn::tensor::Device;
@@ -49,6 +49,24 @@ pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
         .fold(0.0, f64::max);
     let scale = b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
     diff / scale.max(1e-30)
+}
+
+impl Step for ConvertSettings {
+    fn kind(&self) -> &'static str {
+        "convert"
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        settings_json(self)
+    }
+
+    fn artifact_refs(&self) -> Vec<(&'static str, &ArtifactRef)> {
+        self.refs().collect()
+    }
+
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        run(self, ctx)
+    }
 }
 
 pub fn run(s: &ConvertSettings, ctx: &StepContext) -> Result<()> {

@@ -9,15 +9,15 @@
 //! - decode speed and cache/state memory vs context length, teacher against student;
 //! - the training curves (`loss.svg`, `reward.svg`) of every listed student's step.
 
-use super::StepContext;
-use super::artifact::ArtifactRef;
-use super::grpo::scored_accuracy;
 use crate::bench::hybrid::measure;
 use crate::evaluate::agreement::compare;
+use crate::evaluate::math::MathEval;
 use crate::generate::{GenerationLimits, LanguageModel, Sampler, SamplingConfig, generate};
 use crate::grpo::problems::{PromptFormat, load_problems};
 use crate::model::Transformer;
 use crate::model::hybrid::{Hybrid, InitMode};
+use crate::pipeline::ArtifactRef;
+use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::text::{ChatMessage, TextTokenizer};
 use anyhow::Result;
 use burn::tensor::Device;
@@ -144,6 +144,28 @@ fn complete<M: LanguageModel>(
     Ok(g.text)
 }
 
+impl Step for EvalSettings {
+    fn kind(&self) -> &'static str {
+        "eval"
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        settings_json(self)
+    }
+
+    fn artifact_refs(&self) -> Vec<(&'static str, &ArtifactRef)> {
+        self.refs().collect()
+    }
+
+    fn problems(&self) -> Vec<(String, String)> {
+        EvalSettings::problems(self)
+    }
+
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        run(self, ctx)
+    }
+}
+
 pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
     let device = Device::flex();
     let teacher_dir = s.teacher.resolve(ctx)?;
@@ -215,9 +237,14 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
     {
         let mut problems = load_problems(&p.resolve(ctx)?, &s.question_field, &s.answer_field)?;
         problems.truncate(s.math_count);
-        let (n, f, new) = (&problems, &s.prompt, s.math_max_new_tokens);
-        let teacher_acc = scored_accuracy(ctx, &teacher, &teacher_tok, n, f, new, 1e-6, "teacher")?;
-        let student_acc = scored_accuracy(ctx, &student, &student_tok, n, f, new, 1e-6, "student")?;
+        let eval = MathEval {
+            problems: &problems,
+            format: &s.prompt,
+            max_new_tokens: s.math_max_new_tokens,
+            tolerance: 1e-6,
+        };
+        let teacher_acc = eval.score(&teacher, &teacher_tok, &ctx.id, "teacher")?;
+        let student_acc = eval.score(&student, &student_tok, &ctx.id, "student")?;
         math["teacher"] = serde_json::to_value(teacher_acc)?;
         math["student"] = serde_json::to_value(student_acc)?;
     }

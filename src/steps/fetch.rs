@@ -3,7 +3,7 @@
 //! it (each with its own sha256). The runner's cache keeps the result, so a pinned download
 //! happens once.
 
-use super::StepContext;
+use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::util::fsx;
 use crate::util::hash::sha256_file;
 use anyhow::{Context, Result, bail};
@@ -170,6 +170,24 @@ fn check_sha256(path: &Path, expected: &str, what: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+impl Step for FetchSettings {
+    fn kind(&self) -> &'static str {
+        "fetch"
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        settings_json(self)
+    }
+
+    fn exclusive(&self) -> bool {
+        false
+    }
+
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        run(self, ctx)
+    }
 }
 
 pub fn run(s: &FetchSettings, ctx: &StepContext) -> Result<()> {

@@ -8,17 +8,18 @@
 //! Writes the student directory, `metrics.jsonl`, `rollouts.jsonl`, `reward.svg` and
 //! `eval.json` (held-out accuracy before and after).
 
-use super::StepContext;
-use super::artifact::ArtifactRef;
 use super::student_out::{copy_tokenizer_files, trainable_all};
-use crate::generate::{LanguageModel, Sampler, SamplingConfig};
+use crate::evaluate::math::MathEval;
+use crate::generate::{Sampler, SamplingConfig};
 use crate::grpo::objective::{Surrogate, group_advantages, surrogate_loss, token_logprobs};
-use crate::grpo::problems::{Accuracy, Problem, PromptFormat, accuracy, load_problems};
+use crate::grpo::problems::{Accuracy, PromptFormat, load_problems};
 use crate::grpo::rewards::RewardSettings;
 use crate::grpo::rollout::{Completion, sample_completions};
 use crate::model::hybrid::Hybrid;
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::transformer::ids_tensor;
+use crate::pipeline::ArtifactRef;
+use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::text::TextTokenizer;
 use crate::train::optim::{AdamW, AdamWConfig, NamedGrads, collect_grads};
 use crate::train::trainer::{restore_checkpoint, save_checkpoint, truncate_metrics};
@@ -320,38 +321,26 @@ fn rollout_seed(seed: u64, step: u64) -> u64 {
     seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// Greedy accuracy of `model` on `problems` with a progress bar and a log line; shared with
-/// the eval step.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn scored_accuracy<M: LanguageModel>(
-    ctx: &StepContext,
-    model: &M,
-    tokenizer: &TextTokenizer,
-    problems: &[Problem],
-    format: &PromptFormat,
-    max_new: usize,
-    tolerance: f64,
-    label: &str,
-) -> Result<Accuracy> {
-    let bar = ctx.progress_bar(problems.len() as u64, &format!("math accuracy, {label}"));
-    let acc = accuracy(
-        model,
-        tokenizer,
-        problems,
-        format,
-        max_new,
-        tolerance,
-        |i| bar.set_position(i as u64),
-    )?;
-    bar.finish_and_clear();
-    tracing::info!(
-        "{}: math accuracy, {label}: {}/{} ({:.1}%)",
-        ctx.id,
-        acc.correct,
-        acc.problems,
-        100.0 * acc.accuracy
-    );
-    Ok(acc)
+impl Step for GrpoSettings {
+    fn kind(&self) -> &'static str {
+        "grpo"
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        settings_json(self)
+    }
+
+    fn artifact_refs(&self) -> Vec<(&'static str, &ArtifactRef)> {
+        self.refs().collect()
+    }
+
+    fn problems(&self) -> Vec<(String, String)> {
+        self.problems_found()
+    }
+
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        run(self, ctx)
+    }
 }
 
 pub fn run(s: &GrpoSettings, ctx: &StepContext) -> Result<()> {
@@ -407,21 +396,18 @@ pub fn run(s: &GrpoSettings, ctx: &StepContext) -> Result<()> {
     truncate_metrics(&metrics_path, state.step)?;
     truncate_metrics(&rollouts_path, state.step)?;
 
+    let held_out = MathEval {
+        problems: &test,
+        format: &s.prompt,
+        max_new_tokens: s.eval_max_new_tokens,
+        tolerance: s.rewards.tolerance,
+    };
     let before: Option<Accuracy> = if test.is_empty() {
         None
     } else if let Some(b) = crate::util::fsx::read_json::<serde_json::Value>(&before_path)? {
         Some(serde_json::from_value(b).context("accuracy_before.json")?)
     } else {
-        let acc = scored_accuracy(
-            ctx,
-            &reference,
-            &tokenizer,
-            &test,
-            &s.prompt,
-            s.eval_max_new_tokens,
-            s.rewards.tolerance,
-            "before GRPO",
-        )?;
+        let acc = held_out.score(&reference, &tokenizer, &ctx.id, "before GRPO")?;
         crate::util::fsx::atomic_write_json(&before_path, &acc)?;
         Some(acc)
     };
@@ -675,16 +661,7 @@ pub fn run(s: &GrpoSettings, ctx: &StepContext) -> Result<()> {
         false,
     )?;
     if let Some(before) = before {
-        let after = scored_accuracy(
-            ctx,
-            &student,
-            &tokenizer,
-            &test,
-            &s.prompt,
-            s.eval_max_new_tokens,
-            s.rewards.tolerance,
-            "after GRPO",
-        )?;
+        let after = held_out.score(&student, &tokenizer, &ctx.id, "after GRPO")?;
         crate::util::fsx::atomic_write_json(
             &ctx.out_dir.join("eval.json"),
             &serde_json::json!({"accuracy_before": before, "accuracy_after": after}),

@@ -1,10 +1,10 @@
 //! `import` steps: turn a llama.cpp GGUF (Llama or Qwen2) into a Hugging Face model directory
 //! (see [`crate::gguf::import`]) and check that the result loads.
 
-use super::StepContext;
-use super::artifact::ArtifactRef;
 use crate::gguf::import::import_gguf;
 use crate::model::safetensors_io::SaveDtype;
+use crate::pipeline::ArtifactRef;
+use crate::pipeline::step::{Step, StepContext, settings_json};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,24 @@ pub struct ImportSettings {
     /// Element type of the written safetensors: `f32` (default) or `bf16`.
     #[serde(default)]
     pub dtype: WeightDtype,
+}
+
+impl Step for ImportSettings {
+    fn kind(&self) -> &'static str {
+        "import"
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        settings_json(self)
+    }
+
+    fn artifact_refs(&self) -> Vec<(&'static str, &ArtifactRef)> {
+        vec![("gguf", &self.gguf)]
+    }
+
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        run(self, ctx)
+    }
 }
 
 pub fn run(s: &ImportSettings, ctx: &StepContext) -> Result<()> {

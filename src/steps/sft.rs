@@ -2,11 +2,11 @@
 //! the assistant tokens only (the tokenize step's loss mask), labels shifted exactly once.
 //! Writes the student directory, `metrics.jsonl`, `loss.svg` and `eval.json`.
 
-use super::StepContext;
-use super::artifact::ArtifactRef;
 use super::student_out::{train_student, trainable_all, write_student};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
+use crate::pipeline::ArtifactRef;
+use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::train::losses::{batch_tensors, cross_entropy};
 use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
@@ -38,6 +38,28 @@ impl SftSettings {
         [("student", &self.student), ("data", &self.data)]
             .into_iter()
             .chain(self.reference.iter().map(|r| ("reference", r)))
+    }
+}
+
+impl Step for SftSettings {
+    fn kind(&self) -> &'static str {
+        "sft"
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        settings_json(self)
+    }
+
+    fn artifact_refs(&self) -> Vec<(&'static str, &ArtifactRef)> {
+        self.refs().collect()
+    }
+
+    fn problems(&self) -> Vec<(String, String)> {
+        self.train.problems()
+    }
+
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        run(self, ctx)
     }
 }
 

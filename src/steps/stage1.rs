@@ -4,12 +4,12 @@
 //! writes the student directory (`rwkv_hybrid`, with the teacher's tokenizer files) and
 //! `metrics.jsonl` (loss, per-layer losses, lr, gradient norm, tokens/s).
 
-use super::StepContext;
-use super::artifact::ArtifactRef;
 use super::student_out::{train_student, write_student};
 use crate::model::Transformer;
 use crate::model::hybrid::{GqaMode, Hybrid, InitMode, LayerSelection, Mixer, StudentConfig};
 use crate::model::time_mixer::{GateForm, LoraRanks};
+use crate::pipeline::ArtifactRef;
+use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::train::losses::stage1_loss;
 use crate::train::optim::named_params;
 use crate::train::trainer::{LossOutput, TrainSettings};
@@ -57,6 +57,28 @@ fn d_eval() -> usize {
 impl Stage1Settings {
     pub fn refs(&self) -> impl Iterator<Item = (&'static str, &ArtifactRef)> {
         [("teacher", &self.teacher), ("data", &self.data)].into_iter()
+    }
+}
+
+impl Step for Stage1Settings {
+    fn kind(&self) -> &'static str {
+        "stage1"
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        settings_json(self)
+    }
+
+    fn artifact_refs(&self) -> Vec<(&'static str, &ArtifactRef)> {
+        self.refs().collect()
+    }
+
+    fn problems(&self) -> Vec<(String, String)> {
+        self.train.problems()
+    }
+
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        run(self, ctx)
     }
 }
 

@@ -6,11 +6,11 @@
 //! vocabulary). Writes the student directory, `metrics.jsonl` and `eval.json` (held-out
 //! perplexity of teacher and student).
 
-use super::StepContext;
-use super::artifact::ArtifactRef;
 use super::student_out::{train_student, trainable_all, write_student};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
+use crate::pipeline::ArtifactRef;
+use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::train::losses::stage2_loss;
 use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
@@ -82,7 +82,10 @@ impl Stage2Settings {
         if !(self.akl_head_mass > 0.0 && self.akl_head_mass <= 1.0) {
             out.push((
                 "akl_head_mass".into(),
-                format!("akl_head_mass must be in (0, 1], got {}", self.akl_head_mass),
+                format!(
+                    "akl_head_mass must be in (0, 1], got {}",
+                    self.akl_head_mass
+                ),
             ));
         }
         for (k, v) in [("kl_weight", self.kl_weight), ("ce_weight", self.ce_weight)] {
@@ -97,6 +100,28 @@ impl Stage2Settings {
             ));
         }
         out
+    }
+}
+
+impl Step for Stage2Settings {
+    fn kind(&self) -> &'static str {
+        "stage2"
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        settings_json(self)
+    }
+
+    fn artifact_refs(&self) -> Vec<(&'static str, &ArtifactRef)> {
+        self.refs().collect()
+    }
+
+    fn problems(&self) -> Vec<(String, String)> {
+        Stage2Settings::problems(self)
+    }
+
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        run(self, ctx)
     }
 }
 

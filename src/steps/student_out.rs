@@ -3,11 +3,11 @@
 //! files of its source), `metrics.jsonl`, `loss.svg`, and `eval.json` (held-out perplexity and agreement
 //! against a reference model).
 
-use super::StepContext;
 use crate::data::loader::{Batch, BatchLength, Loader};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
 use crate::model::safetensors_io::SaveDtype;
+use crate::pipeline::StepContext;
 use crate::train::optim::named_params;
 use crate::train::trainer::{LossOutput, TrainSettings, Trainer, metrics_path};
 use anyhow::Result;

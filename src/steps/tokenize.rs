@@ -3,11 +3,11 @@
 //! records with reasons). Records are tokenised in parallel; bad records are reported with
 //! their file and line/row and skipped or fatal according to `on_error`.
 
-use super::StepContext;
-use super::artifact::ArtifactRef;
 use crate::data::document::{AssistantMarkers, Content, interpret, tokenize};
 use crate::data::shards::{DataManifest, MANIFEST, make_sequences, split_documents, write_split};
 use crate::data::sources::{BadRecord, RawRecord, read_file, source_files};
+use crate::pipeline::ArtifactRef;
+use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::text::TextTokenizer;
 use crate::util::fsx::atomic_write_json;
 use anyhow::{Context, Result, bail};
@@ -133,6 +133,28 @@ struct Stats {
     target_tokens: usize,
     seconds: f64,
     tokens_per_second: f64,
+}
+
+impl Step for TokenizeSettings {
+    fn kind(&self) -> &'static str {
+        "tokenize"
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        settings_json(self)
+    }
+
+    fn artifact_refs(&self) -> Vec<(&'static str, &ArtifactRef)> {
+        self.refs().collect()
+    }
+
+    fn problems(&self) -> Vec<(String, String)> {
+        TokenizeSettings::problems(self)
+    }
+
+    fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
+        run(self, ctx)
+    }
 }
 
 pub fn run(s: &TokenizeSettings, ctx: &StepContext) -> Result<()> {

@@ -7,4 +7,3 @@ pub mod optim;
 pub mod plot;
 pub mod schedule;
 pub mod trainer;
-pub mod wandb;

@@ -8,9 +8,9 @@ use super::optim::{
     AdamW, AdamWConfig, NamedGrads, collect_grads, load_named_params, named_params,
 };
 use super::schedule::LrSchedule;
+use crate::checkpoint::Checkpoints;
 use crate::data::loader::{Batch, Loader, LoaderCursor};
 use crate::model::safetensors_io::{SafetensorsReader, SaveDtype, write_safetensors};
-use crate::pipeline::checkpoint::Checkpoints;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -84,10 +84,16 @@ impl TrainSettings {
         let mut out = Vec::new();
         let mut bad = |k: &str, m: String| out.push((format!("train.{k}"), m));
         if !(self.lr_init > 0.0 && self.lr_init.is_finite()) {
-            bad("lr_init", format!("lr_init must be > 0, got {}", self.lr_init));
+            bad(
+                "lr_init",
+                format!("lr_init must be > 0, got {}", self.lr_init),
+            );
         }
         if !(self.lr_final >= 0.0 && self.lr_final.is_finite()) {
-            bad("lr_final", format!("lr_final must be ≥ 0, got {}", self.lr_final));
+            bad(
+                "lr_final",
+                format!("lr_final must be ≥ 0, got {}", self.lr_final),
+            );
         }
         for (k, v) in [
             ("micro_batch", self.micro_batch as u64),
@@ -168,7 +174,7 @@ impl Trainer<'_> {
         &self,
         mut model: M,
         loader: &mut Loader,
-        mut wandb: Option<super::wandb::WandbSink>,
+        mut wandb: Option<crate::wandb::WandbSink>,
         mut loss_fn: impl FnMut(&M, &Batch) -> Result<LossOutput>,
     ) -> Result<M> {
         let s = self.settings;

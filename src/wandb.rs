@@ -3,11 +3,31 @@
 //! stdin. One W&B run per pipeline run and training step, with a stable id, so `runner resume`
 //! continues it. A sidecar that dies is reported and training goes on.
 
-use crate::pipeline::schema::WandbSettings;
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+
+/// Weights & Biases logging through the official Python SDK (a sidecar process per training
+/// step). Not part of any cache key: logging does not change results.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WandbSettings {
+    pub project: String,
+    #[serde(default)]
+    pub entity: Option<String>,
+    /// `online` or `offline` (then `wandb sync` later); default: the SDK's own (`WANDB_MODE`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The Python interpreter that has the `wandb` package.
+    #[serde(default = "default_python")]
+    pub python: String,
+}
+
+fn default_python() -> String {
+    "python3".into()
+}
 
 /// What a step needs to open its W&B run.
 #[derive(Debug, Clone)]
