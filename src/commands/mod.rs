@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod generate;
+pub mod pipeline;
 pub mod serve;
 
 use crate::error::Error;
