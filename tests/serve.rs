@@ -30,15 +30,10 @@ fn start(p: &Project, model: &str) -> Server {
 }
 
 fn start_with(p: &Project, model: &str, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "serve",
-        "--model",
-        model,
-        "--port",
-        "0",
-        "--max-tokens",
-        "24",
-    ];
+    let mut args = vec!["serve", "--model", model, "--port", "0"];
+    if !extra.contains(&"--max-tokens") {
+        args.extend(["--max-tokens", "24"]);
+    }
     args.extend_from_slice(extra);
     let mut child = p
         .cmd(&args)
@@ -690,4 +685,48 @@ fn stop_top_p_and_max_completion_tokens_are_honoured() {
     let r = ask(json!({"temperature": 1.5, "seed": 3, "max_tokens": 12, "stop": [stop.clone()]}));
     assert_eq!(text(&r), sampled[..cut], "stop {stop:?} in {sampled:?}");
     assert_eq!(r["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn a_request_that_waits_too_long_for_the_generation_slot_gets_503() {
+    let p = Project::new();
+    tiny_qwen2(&p.path().join("tiny"), &[]);
+    let server = start_with(
+        &p,
+        "tiny",
+        &["--max-tokens", "4000", "--queue-timeout", "0.05"],
+    );
+    let addr = server.addr.clone();
+    // A long generation holds the slot...
+    let long = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let (code, _) = chat(
+            &addr,
+            json!({"messages": [{"role": "user", "content": "go on"}], "temperature": 0, "max_tokens": 3000}),
+        );
+        (code, started.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // ...so a second request gives up after 50 ms instead of hanging.
+    let t0 = std::time::Instant::now();
+    let (code, body) = chat(
+        &server.addr,
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+    );
+    let waited = t0.elapsed();
+    let (long_code, long_took) = long.join().unwrap();
+    assert_eq!(long_code, 200);
+    assert!(
+        long_took > std::time::Duration::from_millis(300),
+        "the long generation must outlast the wait for this test to mean anything: {long_took:?}"
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("busy"), "{body}");
+    assert!(waited < long_took, "{waited:?} vs {long_took:?}");
+    // The slot is free again.
+    let (code, _) = chat(
+        &server.addr,
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+    );
+    assert_eq!(code, 200);
 }

@@ -8,7 +8,7 @@ use super::mem;
 use crate::data::loader::Batch;
 use crate::model::Transformer;
 use crate::model::hybrid::{Hybrid, InitMode, StudentConfig};
-use crate::train::losses::{batch_tensors, distill_loss};
+use crate::train::losses::{DistillLoss, batch_tensors};
 use crate::train::optim::{AdamW, AdamWConfig, collect_grads};
 use anyhow::Result;
 use burn::module::{Module, Param};
@@ -76,22 +76,19 @@ pub fn measure_ours(
     let mut times = Vec::new();
     let mut phases: [Vec<f64>; 4] = Default::default();
     let mut first_loss = 0.0;
+    let kl_only = DistillLoss {
+        kl_weight: 1.0,
+        ce_weight: 0.0,
+        temperature: 1.0,
+        adaptive: None,
+    };
     for i in 0..steps + 1 {
         let t0 = Instant::now();
         let (ids, att, loss_mask) = batch_tensors(&b, &device);
         let t_logits = teacher.forward(ids.clone(), Some(att.clone())).detach();
         let t1 = Instant::now();
         let s_logits = student.forward(ids.clone(), Some(att.clone()));
-        let (loss, metrics) = distill_loss(
-            t_logits,
-            s_logits,
-            ids,
-            att,
-            loss_mask,
-            (1.0, 0.0),
-            1.0,
-            None,
-        );
+        let (loss, metrics) = kl_only.of_logits(t_logits, s_logits, ids, att, loss_mask);
         let t2 = Instant::now();
         let grads = loss.backward();
         let t3 = Instant::now();

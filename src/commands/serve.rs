@@ -25,12 +25,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64)]
     pub max_connections: usize,
     /// Seconds a client has to send its request (headers and body) before it is dropped.
-    #[arg(long, default_value_t = 10)]
-    pub request_timeout: u64,
+    #[arg(long, default_value_t = 10.0)]
+    pub request_timeout: f64,
     /// Seconds a request waits for the generation slot (one generation at a time, in arrival
     /// order) before it gets `503`.
-    #[arg(long, default_value_t = 120)]
-    pub queue_timeout: u64,
+    #[arg(long, default_value_t = 120.0)]
+    pub queue_timeout: f64,
     /// Let web pages of this origin (e.g. `https://app.example`, or `*` for any) call the API.
     /// By default only the server's own chat page and non-browser clients may.
     #[arg(long, value_name = "ORIGIN")]
@@ -58,16 +58,24 @@ pub fn run(args: &ServeArgs) -> Result<(), Error> {
     } else {
         name
     };
-    if args.max_connections == 0 || args.request_timeout == 0 || args.queue_timeout == 0 {
+    let seconds = |flag: &str, v: f64| {
+        if v > 0.0 && v.is_finite() && v < 1e6 {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(Error::Usage(format!(
+                "error: --{flag} must be a positive number of seconds, got {v}"
+            )))
+        }
+    };
+    if args.max_connections == 0 {
         return Err(Error::Usage(
-            "error: --max-connections, --request-timeout and --queue-timeout must be at least 1"
-                .into(),
+            "error: --max-connections must be at least 1".into(),
         ));
     }
     let options = ServeOptions {
         max_connections: args.max_connections,
-        request_timeout: std::time::Duration::from_secs(args.request_timeout),
-        queue_timeout: std::time::Duration::from_secs(args.queue_timeout),
+        request_timeout: seconds("request-timeout", args.request_timeout)?,
+        queue_timeout: seconds("queue-timeout", args.queue_timeout)?,
         cors: args.cors.clone(),
     };
     serve(

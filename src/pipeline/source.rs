@@ -101,32 +101,26 @@ pub struct RawPipeline {
 
 /// Loads `path` and the chain of files it `extends`.
 pub fn load(path: &Path) -> Result<RawPipeline, Diagnostics> {
-    let mut map = SourceMap {
-        main: Some(path.to_path_buf()),
-        ..Default::default()
+    let mut raw = RawPipeline {
+        root: toml::Table::new(),
+        step_order: Vec::new(),
+        map: SourceMap {
+            main: Some(path.to_path_buf()),
+            ..Default::default()
+        },
+        main_file: path.to_path_buf(),
+        diags: Diagnostics::default(),
     };
-    let mut diags = Diagnostics::default();
-    let mut root = toml::Table::new();
-    let mut order = Vec::new();
     let fatal = load_into(
         path,
         &mut Vec::new(),
         &mut std::collections::HashSet::new(),
-        &mut root,
-        &mut order,
-        &mut map,
-        &mut diags,
+        &mut raw,
     );
     if fatal {
-        return Err(diags);
+        return Err(raw.diags);
     }
-    Ok(RawPipeline {
-        root,
-        step_order: order,
-        map,
-        main_file: path.to_path_buf(),
-        diags,
-    })
+    Ok(raw)
 }
 
 /// Merges `path` (after the files it extends) into `root`. A file already merged through
@@ -136,16 +130,13 @@ fn load_into(
     path: &Path,
     chain: &mut Vec<PathBuf>,
     loaded: &mut std::collections::HashSet<PathBuf>,
-    root: &mut toml::Table,
-    order: &mut Vec<String>,
-    map: &mut SourceMap,
-    diags: &mut Diagnostics,
+    raw: &mut RawPipeline,
 ) -> bool {
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     if chain.contains(&canonical) {
         let mut names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
         names.push(canonical.display().to_string());
-        diags.push(Diagnostic::new(
+        raw.diags.push(Diagnostic::new(
             Location::WholeFile(path.to_path_buf()),
             format!("`extends` forms a loop: {}", names.join(" -> ")),
         ));
@@ -157,7 +148,7 @@ fn load_into(
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            diags.push(
+            raw.diags.push(
                 Diagnostic::new(
                     Location::WholeFile(path.to_path_buf()),
                     format!("cannot read pipeline file: {e}"),
@@ -179,18 +170,20 @@ fn load_into(
     let spanned = match DeTable::parse(&text) {
         Ok(t) => t,
         Err(e) => {
-            diags.push(toml_error(e.span(), "TOML syntax error", e.message()));
+            raw.diags
+                .push(toml_error(e.span(), "TOML syntax error", e.message()));
             return true;
         }
     };
     let values: toml::Table = match toml::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
-            diags.push(toml_error(e.span(), "TOML error", e.message()));
+            raw.diags
+                .push(toml_error(e.span(), "TOML error", e.message()));
             return true;
         }
     };
-    let file = map.add_file(path.to_path_buf(), text.clone());
+    let file = raw.map.add_file(path.to_path_buf(), text.clone());
 
     // Bases first, so that this file's values override theirs.
     let base_dir = path.parent().unwrap_or(Path::new("."));
@@ -203,13 +196,13 @@ fn load_into(
         for base in bases {
             match base.as_str() {
                 Some(rel) => {
-                    if load_into(&base_dir.join(rel), chain, loaded, root, order, map, diags) {
+                    if load_into(&base_dir.join(rel), chain, loaded, raw) {
                         return true;
                     }
                 }
                 None => {
-                    diags.push(at(
-                        map,
+                    raw.diags.push(at(
+                        &raw.map,
                         file,
                         &spanned,
                         &["extends"],
@@ -226,32 +219,28 @@ fn load_into(
     for (key, value) in values {
         match key.as_str() {
             "extends" => {}
-            "step" => merge_steps(value, &spans, file, &spanned, root, order, map, diags),
+            "step" => merge_steps(value, &spans, file, &spanned, raw),
             _ => {
                 for (p, s) in spans.iter().filter(|(p, _)| p.first() == Some(&key)) {
-                    map.spans.insert(p.clone(), s.clone());
+                    raw.map.spans.insert(p.clone(), s.clone());
                 }
-                merge_value(root, key, value);
+                merge_value(&mut raw.root, key, value);
             }
         }
     }
     false
 }
 
-#[allow(clippy::too_many_arguments)]
 fn merge_steps(
     value: toml::Value,
     spans: &HashMap<KeyPath, (usize, Range<usize>)>,
     file: usize,
     spanned: &toml::Spanned<DeTable>,
-    root: &mut toml::Table,
-    order: &mut Vec<String>,
-    map: &mut SourceMap,
-    diags: &mut Diagnostics,
+    raw: &mut RawPipeline,
 ) {
     let toml::Value::Array(items) = value else {
-        diags.push(at(
-            map,
+        raw.diags.push(at(
+            &raw.map,
             file,
             spanned,
             &["step"],
@@ -259,7 +248,8 @@ fn merge_steps(
         ));
         return;
     };
-    let steps = root
+    let steps = raw
+        .root
         .entry("step")
         .or_insert_with(|| toml::Value::Table(Default::default()));
     let steps = steps.as_table_mut().expect("step is kept as a table");
@@ -267,8 +257,8 @@ fn merge_steps(
     for (index, item) in items.into_iter().enumerate() {
         let elem_path = vec!["step".to_string(), format!("#{index}")];
         let toml::Value::Table(table) = item else {
-            diags.push(locate_at(
-                map,
+            raw.diags.push(locate_at(
+                &raw.map,
                 file,
                 spans,
                 &elem_path,
@@ -281,8 +271,8 @@ fn merge_steps(
             Some(_) => {
                 let mut p = elem_path.clone();
                 p.push("id".into());
-                diags.push(locate_at(
-                    map,
+                raw.diags.push(locate_at(
+                    &raw.map,
                     file,
                     spans,
                     &p,
@@ -291,8 +281,8 @@ fn merge_steps(
                 continue;
             }
             None => {
-                diags.push(
-                    locate_at(map, file, spans, &elem_path, "step has no `id`")
+                raw.diags.push(
+                    locate_at(&raw.map, file, spans, &elem_path, "step has no `id`")
                         .help("every `[[step]]` needs `id = \"...\"`, unique in the pipeline"),
                 );
                 continue;
@@ -301,9 +291,15 @@ fn merge_steps(
         if seen_here.contains(&id) {
             let mut p = elem_path.clone();
             p.push("id".into());
-            diags.push(
-                locate_at(map, file, spans, &p, format!("duplicate step id `{id}`"))
-                    .help("step ids must be unique; rename one of them"),
+            raw.diags.push(
+                locate_at(
+                    &raw.map,
+                    file,
+                    spans,
+                    &p,
+                    format!("duplicate step id `{id}`"),
+                )
+                .help("step ids must be unique; rename one of them"),
             );
             continue;
         }
@@ -315,10 +311,10 @@ fn merge_steps(
         {
             let mut keyed = p.clone();
             keyed[1] = id.clone();
-            map.spans.insert(keyed, s.clone());
+            raw.map.spans.insert(keyed, s.clone());
         }
-        if !order.contains(&id) {
-            order.push(id.clone());
+        if !raw.step_order.contains(&id) {
+            raw.step_order.push(id.clone());
         }
         merge_value(steps, id, toml::Value::Table(table));
     }

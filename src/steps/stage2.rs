@@ -11,7 +11,7 @@ use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
 use crate::pipeline::ArtifactRef;
 use crate::pipeline::step::{Step, StepContext, settings_json};
-use crate::train::losses::stage2_loss;
+use crate::train::losses::DistillLoss;
 use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
 use burn::module::{Module, Param};
@@ -143,6 +143,12 @@ pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
         student.lm_head = Some(Param::from_tensor(student.embed.val().transpose().detach()));
     }
     let (student, trainable) = trainable_all(student, s.freeze_mlp);
+    let objective = DistillLoss {
+        kl_weight: s.kl_weight,
+        ce_weight: s.ce_weight,
+        temperature: s.temperature,
+        adaptive: s.adaptive_kl.then_some(s.akl_head_mass),
+    };
     let student = train_student(
         ctx,
         &s.train,
@@ -151,16 +157,7 @@ pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
         student,
         trainable,
         |m: &Hybrid, batch| {
-            let (loss, metrics) = stage2_loss(
-                &teacher,
-                m,
-                batch,
-                &device,
-                s.kl_weight,
-                s.ce_weight,
-                s.temperature,
-                s.adaptive_kl.then_some(s.akl_head_mass),
-            );
+            let (loss, metrics) = objective.of_models(&teacher, m, batch, &device);
             Ok(LossOutput { loss, metrics })
         },
     )?;

@@ -122,66 +122,72 @@ pub fn cross_entropy(
     )
 }
 
-/// Stage 2 (distillation): `kl_weight · τ² · KL + ce_weight · CE(labels)`, the KL summed over
-/// the vocabulary and averaged over real positions — KL(p_teacher ‖ p_student), or with
-/// `adaptive` set the adaptive KL of [`distill_kl`]. Teacher logits are cut to the student's
-/// vocabulary.
-#[allow(clippy::too_many_arguments)]
-pub fn stage2_loss(
-    teacher: &Transformer,
-    student: &Hybrid,
-    batch: &Batch,
-    device: &Device,
-    kl_weight: f64,
-    ce_weight: f64,
-    temperature: f64,
-    adaptive: Option<f64>,
-) -> (Tensor<1>, BTreeMap<String, f64>) {
-    let (ids, att, loss_mask) = batch_tensors(batch, device);
-    let t_logits = teacher.forward(ids.clone(), Some(att.clone())).detach();
-    let s_logits = student.forward(ids.clone(), Some(att.clone()));
-    let weights = (kl_weight, ce_weight);
-    distill_loss(
-        t_logits,
-        s_logits,
-        ids,
-        att,
-        loss_mask,
-        weights,
-        temperature,
-        adaptive,
-    )
+/// The stage-2 (distillation) objective: `kl_weight · τ² · KL + ce_weight · CE(labels)`, the
+/// KL summed over the vocabulary and averaged over real positions — KL(p_teacher ‖ p_student),
+/// or with `adaptive` set the adaptive KL of [`distill_kl`]. Teacher logits are cut to the
+/// student's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DistillLoss {
+    pub kl_weight: f64,
+    pub ce_weight: f64,
+    /// τ: both distributions are softened by it (and the KL scaled by τ²).
+    pub temperature: f64,
+    /// AKL's head mass μ; `None`: the forward KL.
+    pub adaptive: Option<f64>,
 }
 
-/// The stage-2 loss from both models' logits: `weights = (kl, ce)`. The cross-entropy is
-/// always reported; with a zero weight it is computed on detached logits, so the backward pass
-/// does not go through a second vocabulary log-softmax.
-#[allow(clippy::too_many_arguments)]
-pub fn distill_loss(
-    t_logits: Tensor<3>,
-    s_logits: Tensor<3>,
-    ids: Tensor<2, Int>,
-    att: Tensor<2>,
-    loss_mask: Tensor<2>,
-    (kl_weight, ce_weight): (f64, f64),
-    temperature: f64,
-    adaptive: Option<f64>,
-) -> (Tensor<1>, BTreeMap<String, f64>) {
-    let ce_logits = if ce_weight == 0.0 {
-        s_logits.clone().detach()
-    } else {
-        s_logits.clone()
-    };
-    let (kl, mut metrics) = distill_kl(t_logits, s_logits, att.clone(), temperature, adaptive);
-    let (ce, _) = cross_entropy(ce_logits, ids, att, loss_mask);
-    metrics.insert(
-        "ce".into(),
-        crate::model::weights::to_vec(ce.clone().detach())[0] as f64,
-    );
-    if ce_weight == 0.0 {
-        return (kl.mul_scalar(kl_weight), metrics);
+impl DistillLoss {
+    /// The loss of `student` against `teacher` on `batch`, with its metrics (`kl`, `ce`, and for
+    /// AKL `rkl`, `akl_head_weight`).
+    pub fn of_models(
+        &self,
+        teacher: &Transformer,
+        student: &Hybrid,
+        batch: &Batch,
+        device: &Device,
+    ) -> (Tensor<1>, BTreeMap<String, f64>) {
+        let (ids, att, loss_mask) = batch_tensors(batch, device);
+        let t_logits = teacher.forward(ids.clone(), Some(att.clone())).detach();
+        let s_logits = student.forward(ids.clone(), Some(att.clone()));
+        self.of_logits(t_logits, s_logits, ids, att, loss_mask)
     }
-    (kl.mul_scalar(kl_weight) + ce.mul_scalar(ce_weight), metrics)
+
+    /// The loss from both models' logits. The cross-entropy is always reported; with a zero
+    /// weight it is computed on detached logits, so the backward pass does not go through a
+    /// second vocabulary log-softmax.
+    pub fn of_logits(
+        &self,
+        t_logits: Tensor<3>,
+        s_logits: Tensor<3>,
+        ids: Tensor<2, Int>,
+        att: Tensor<2>,
+        loss_mask: Tensor<2>,
+    ) -> (Tensor<1>, BTreeMap<String, f64>) {
+        let ce_logits = if self.ce_weight == 0.0 {
+            s_logits.clone().detach()
+        } else {
+            s_logits.clone()
+        };
+        let (kl, mut metrics) = distill_kl(
+            t_logits,
+            s_logits,
+            att.clone(),
+            self.temperature,
+            self.adaptive,
+        );
+        let (ce, _) = cross_entropy(ce_logits, ids, att, loss_mask);
+        metrics.insert(
+            "ce".into(),
+            crate::model::weights::to_vec(ce.clone().detach())[0] as f64,
+        );
+        if self.ce_weight == 0.0 {
+            return (kl.mul_scalar(self.kl_weight), metrics);
+        }
+        (
+            kl.mul_scalar(self.kl_weight) + ce.mul_scalar(self.ce_weight),
+            metrics,
+        )
+    }
 }
 
 /// The distillation term at temperature τ (τ²-scaled), averaged over positions where `att` is 1.
