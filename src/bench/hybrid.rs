@@ -10,7 +10,7 @@ use crate::generate::sampler::argmax;
 use std::fmt::Write;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct ContextSpeed {
     pub context: usize,
     pub prefill_s: f64,
@@ -18,7 +18,8 @@ pub struct ContextSpeed {
     pub state_mib: f64,
     /// The part of `state_mib` held by RWKV layers (constant in the context length).
     pub recurrent_mib: f64,
-    pub peak_rss_mib: f64,
+    /// Peak RSS of the process so far (absent where the platform does not report it).
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// Prefills `context` tokens, then decodes `new` tokens (median of `reps` decode runs).
@@ -52,7 +53,7 @@ pub fn measure<M: LanguageModel>(
         decode_tok_s: median(speeds),
         state_mib: model.state_bytes(&end_state) as f64 / (1 << 20) as f64,
         recurrent_mib: model.recurrent_bytes(&end_state) as f64 / (1 << 20) as f64,
-        peak_rss_mib: mem::peak_rss_mib().unwrap_or(f64::NAN),
+        peak_rss_mib: mem::peak_rss_mib(),
     }
 }
 
@@ -92,8 +93,8 @@ pub fn render(
             h.state_mib,
             t.prefill_s,
             h.prefill_s,
-            t.peak_rss_mib,
-            h.peak_rss_mib
+            t.peak_rss_mib.unwrap_or(f64::NAN),
+            h.peak_rss_mib.unwrap_or(f64::NAN)
         );
     }
     let _ = writeln!(

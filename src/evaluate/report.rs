@@ -1,89 +1,166 @@
 //! The human report of an `eval` step, rendered from its `report.json`: a Markdown file (curves
 //! linked as SVG files beside it) and a self-contained HTML page (curves inlined).
 
-use serde_json::Value;
+use crate::bench::hybrid::ContextSpeed;
+use crate::grpo::problems::Accuracy;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::Path;
 
-fn f(v: &Value, digits: usize) -> String {
-    v.as_f64()
-        .map_or_else(|| "–".to_string(), |x| format!("{x:.digits$}"))
+/// `report.json`: what the `eval` step measured. Written and read through this one type.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub pipeline: String,
+    /// The teacher's and the final student's settings paths (`@step` labels).
+    pub teacher: String,
+    pub student: String,
+    pub student_description: String,
+    pub heldout: Heldout,
+    pub math: Math,
+    /// Held-out accuracy before and after each GRPO stage.
+    pub grpo: Vec<GrpoAccuracy>,
+    pub generations: Vec<Generations>,
+    /// Decode speed and memory of teacher and student at each context length.
+    pub speed: Vec<SpeedRow>,
+    /// Training curves copied beside the report.
+    pub curves: Vec<Curve>,
 }
 
-fn pct(v: &Value) -> String {
-    v.as_f64()
-        .map_or_else(|| "–".to_string(), |x| format!("{:.1}%", 100.0 * x))
+/// Held-out agreement of every model with the teacher, on the same batches.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Heldout {
+    pub batches: usize,
+    pub batch_size: usize,
+    pub teacher_perplexity: f64,
+    pub models: Vec<ModelAgreement>,
+}
+
+/// One model's agreement with the teacher (see [`super::agreement::Agreement`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ModelAgreement {
+    pub name: String,
+    pub perplexity: f64,
+    pub perplexity_ratio: f64,
+    pub kl: f64,
+    pub top1: f64,
+}
+
+/// Math accuracy of teacher and student (absent when the step had no math problems).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Math {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<Accuracy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student: Option<Accuracy>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrpoAccuracy {
+    pub step: String,
+    pub accuracy_before: Accuracy,
+    pub accuracy_after: Accuracy,
+}
+
+/// Replies to one fixed prompt.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Generations {
+    pub prompt: String,
+    pub teacher_greedy: String,
+    pub student_greedy: String,
+    pub student_sampled: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SpeedRow {
+    pub context: usize,
+    pub teacher: ContextSpeed,
+    pub student: ContextSpeed,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Curve {
+    /// What it shows, e.g. `stage1 (loss)`.
+    pub step: String,
+    /// Relative to the report.
+    pub file: String,
+}
+
+fn f(x: f64, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "–".to_string()
+    }
+}
+
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.1}%", 100.0 * x)
+    } else {
+        "–".to_string()
+    }
 }
 
 /// Rows of the held-out table: (model, perplexity, ratio, KL, top-1).
-fn heldout_rows(r: &Value) -> Vec<[String; 5]> {
-    let h = &r["heldout"];
+fn heldout_rows(r: &Report) -> Vec<[String; 5]> {
+    let h = &r.heldout;
     let mut rows = vec![[
         "teacher".to_string(),
-        f(&h["teacher_perplexity"], 3),
+        f(h.teacher_perplexity, 3),
         "1.000".into(),
         "0".into(),
         "100.0%".into(),
     ]];
-    for m in h["models"].as_array().into_iter().flatten() {
+    for m in &h.models {
         rows.push([
-            m["name"].as_str().unwrap_or("?").to_string(),
-            f(&m["perplexity"], 3),
-            f(&m["perplexity_ratio"], 3),
-            f(&m["kl"], 4),
-            pct(&m["top1"]),
+            m.name.clone(),
+            f(m.perplexity, 3),
+            f(m.perplexity_ratio, 3),
+            f(m.kl, 4),
+            pct(m.top1),
         ]);
     }
     rows
 }
 
-fn math_rows(r: &Value) -> Vec<[String; 3]> {
+fn math_rows(r: &Report) -> Vec<[String; 3]> {
+    let row = |name: String, a: &Accuracy| {
+        [
+            name,
+            format!("{}/{}", a.correct, a.problems),
+            pct(a.accuracy),
+        ]
+    };
     let mut rows = Vec::new();
-    for (name, key) in [("teacher", "teacher"), ("student", "student")] {
-        let a = &r["math"][key];
-        if a.is_object() {
-            rows.push([
-                name.to_string(),
-                format!("{}/{}", a["correct"], a["problems"]),
-                pct(&a["accuracy"]),
-            ]);
+    for (name, a) in [("teacher", &r.math.teacher), ("student", &r.math.student)] {
+        if let Some(a) = a {
+            rows.push(row(name.to_string(), a));
         }
     }
-    for g in r["grpo"].as_array().into_iter().flatten() {
-        for (label, key) in [("before", "accuracy_before"), ("after", "accuracy_after")] {
-            let a = &g[key];
-            rows.push([
-                format!("{} ({label})", g["step"].as_str().unwrap_or("grpo")),
-                format!("{}/{}", a["correct"], a["problems"]),
-                pct(&a["accuracy"]),
-            ]);
-        }
+    for g in &r.grpo {
+        rows.push(row(format!("{} (before)", g.step), &g.accuracy_before));
+        rows.push(row(format!("{} (after)", g.step), &g.accuracy_after));
     }
     rows
 }
 
-fn speed_rows(r: &Value) -> Vec<[String; 6]> {
-    r["speed"]
-        .as_array()
-        .into_iter()
-        .flatten()
+fn speed_rows(r: &Report) -> Vec<[String; 6]> {
+    r.speed
+        .iter()
         .map(|s| {
-            let (t, h) = (&s["teacher"], &s["student"]);
-            let ratio = match (h["decode_tok_s"].as_f64(), t["decode_tok_s"].as_f64()) {
-                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-                _ => "–".into(),
+            let (t, h) = (&s.teacher, &s.student);
+            let ratio = if t.decode_tok_s > 0.0 {
+                format!("{:.2}×", h.decode_tok_s / t.decode_tok_s)
+            } else {
+                "–".into()
             };
             [
-                s["context"].to_string(),
-                f(&t["decode_tok_s"], 1),
-                f(&h["decode_tok_s"], 1),
+                s.context.to_string(),
+                f(t.decode_tok_s, 1),
+                f(h.decode_tok_s, 1),
                 ratio,
-                f(&t["state_mib"], 2),
-                format!(
-                    "{} (RWKV {})",
-                    f(&h["state_mib"], 2),
-                    f(&h["recurrent_mib"], 2)
-                ),
+                f(t.state_mib, 2),
+                format!("{} (RWKV {})", f(h.state_mib, 2), f(h.recurrent_mib, 2)),
             ]
         })
         .collect()
@@ -141,25 +218,26 @@ fn html_table<const N: usize>(out: &mut String, head: [&str; N], rows: &[[String
     out.push_str("</table>\n");
 }
 
-fn intro(r: &Value) -> String {
+fn intro(r: &Report) -> String {
     format!(
         "Teacher `{}`; student `{}` ({}). Held-out text: {} batches of {} sequences.",
-        r["teacher"].as_str().unwrap_or("?"),
-        r["student"].as_str().unwrap_or("?"),
-        r["student_description"].as_str().unwrap_or(""),
-        r["heldout"]["batches"],
-        r["heldout"]["batch_size"],
+        r.teacher, r.student, r.student_description, r.heldout.batches, r.heldout.batch_size,
     )
 }
 
+/// The three replies of a generation, labelled.
+fn replies(g: &Generations) -> [(&'static str, &str); 3] {
+    [
+        ("teacher, greedy", &g.teacher_greedy),
+        ("student, greedy", &g.student_greedy),
+        ("student, sampled", &g.student_sampled),
+    ]
+}
+
 /// `report.md`; curve files are referenced relative to it.
-pub fn markdown(r: &Value) -> String {
+pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# Evaluation report — {}\n",
-        r["pipeline"].as_str().unwrap_or("run")
-    );
+    let _ = writeln!(s, "# Evaluation report — {}\n", r.pipeline);
     let _ = writeln!(s, "{}\n", intro(r));
     let _ = writeln!(s, "## Held-out agreement with the teacher\n");
     md_table(&mut s, HELDOUT_HEAD, &heldout_rows(r));
@@ -176,30 +254,18 @@ pub fn markdown(r: &Value) -> String {
         );
         md_table(&mut s, SPEED_HEAD, &speed);
     }
-    if let Some(curves) = r["curves"].as_array().filter(|c| !c.is_empty()) {
+    if !r.curves.is_empty() {
         let _ = writeln!(s, "## Training curves\n");
-        for c in curves {
-            let _ = writeln!(
-                s,
-                "### {}\n\n![{}]({})\n",
-                c["step"].as_str().unwrap_or("?"),
-                c["step"].as_str().unwrap_or("?"),
-                c["file"].as_str().unwrap_or("")
-            );
+        for c in &r.curves {
+            let _ = writeln!(s, "### {}\n\n![{}]({})\n", c.step, c.step, c.file);
         }
     }
-    if let Some(gens) = r["generations"].as_array().filter(|g| !g.is_empty()) {
+    if !r.generations.is_empty() {
         let _ = writeln!(s, "## Generations\n");
-        for g in gens {
-            let _ = writeln!(s, "**Prompt:** {}\n", g["prompt"].as_str().unwrap_or(""));
-            for k in ["teacher_greedy", "student_greedy", "student_sampled"] {
-                let text = g[k].as_str().unwrap_or("").trim();
-                let _ = writeln!(
-                    s,
-                    "- *{}*: {}\n",
-                    k.replace('_', ", "),
-                    text.replace('\n', " ")
-                );
+        for g in &r.generations {
+            let _ = writeln!(s, "**Prompt:** {}\n", g.prompt);
+            for (label, text) in replies(g) {
+                let _ = writeln!(s, "- *{label}*: {}\n", text.trim().replace('\n', " "));
             }
         }
     }
@@ -207,12 +273,9 @@ pub fn markdown(r: &Value) -> String {
 }
 
 /// `report.html`, self-contained: curve SVGs are read from `dir` and inlined.
-pub fn html(r: &Value, dir: &Path) -> String {
+pub fn html(r: &Report, dir: &Path) -> String {
     let mut s = String::new();
-    let title = format!(
-        "Evaluation report — {}",
-        r["pipeline"].as_str().unwrap_or("run")
-    );
+    let title = format!("Evaluation report — {}", r.pipeline);
     let _ = write!(
         s,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
@@ -240,29 +303,23 @@ pub fn html(r: &Value, dir: &Path) -> String {
         );
         html_table(&mut s, SPEED_HEAD, &speed);
     }
-    if let Some(curves) = r["curves"].as_array().filter(|c| !c.is_empty()) {
+    if !r.curves.is_empty() {
         s.push_str("<h2>Training curves</h2>\n");
-        for c in curves {
-            let file = c["file"].as_str().unwrap_or("");
-            let svg = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-            let _ = write!(
-                s,
-                "<h3>{}</h3><div>{}</div>\n",
-                esc(c["step"].as_str().unwrap_or("?")),
-                svg
-            );
+        for c in &r.curves {
+            let svg = std::fs::read_to_string(dir.join(&c.file)).unwrap_or_default();
+            let _ = write!(s, "<h3>{}</h3><div>{}</div>\n", esc(&c.step), svg);
         }
     }
-    if let Some(gens) = r["generations"].as_array().filter(|g| !g.is_empty()) {
+    if !r.generations.is_empty() {
         s.push_str("<h2>Generations</h2>\n");
-        for g in gens {
-            let _ = write!(s, "<h3>{}</h3>", esc(g["prompt"].as_str().unwrap_or("")));
-            for k in ["teacher_greedy", "student_greedy", "student_sampled"] {
+        for g in &r.generations {
+            let _ = write!(s, "<h3>{}</h3>", esc(&g.prompt));
+            for (label, text) in replies(g) {
                 let _ = write!(
                     s,
                     "<p><b>{}</b></p><div class=\"gen\">{}</div>",
-                    esc(&k.replace('_', ", ")),
-                    esc(g[k].as_str().unwrap_or("").trim())
+                    esc(label),
+                    esc(text.trim())
                 );
             }
         }
@@ -284,18 +341,65 @@ mod tests {
             "<svg id=\"c1\"></svg>",
         )
         .unwrap();
-        let r = serde_json::json!({
-            "pipeline": "demo", "teacher": "t", "student": "s", "student_description": "2 of 4",
-            "heldout": {"batches": 2, "batch_size": 4, "teacher_perplexity": 10.0,
-                "models": [{"name": "stage1", "perplexity": 12.0, "perplexity_ratio": 1.2, "kl": 0.3, "top1": 0.8}]},
-            "math": {"teacher": {"correct": 1, "problems": 4, "accuracy": 0.25}},
-            "grpo": [{"step": "grpo", "accuracy_before": {"correct": 0, "problems": 4, "accuracy": 0.0},
-                      "accuracy_after": {"correct": 1, "problems": 4, "accuracy": 0.25}}],
-            "speed": [{"context": 128, "teacher": {"decode_tok_s": 10.0, "state_mib": 1.0},
-                       "student": {"decode_tok_s": 20.0, "state_mib": 0.5, "recurrent_mib": 0.25}}],
-            "curves": [{"step": "stage1", "file": "curves/stage1.svg"}],
-            "generations": [{"prompt": "Hi <b>", "teacher_greedy": "Hello", "student_greedy": "Hey", "student_sampled": "Yo"}],
-        });
+        let acc = |correct: usize| Accuracy {
+            problems: 4,
+            correct,
+            accuracy: correct as f64 / 4.0,
+            answered: correct,
+            samples: vec![],
+        };
+        let speed = |decode_tok_s, state_mib, recurrent_mib| ContextSpeed {
+            context: 128,
+            decode_tok_s,
+            state_mib,
+            recurrent_mib,
+            ..Default::default()
+        };
+        let r = Report {
+            pipeline: "demo".into(),
+            teacher: "t".into(),
+            student: "s".into(),
+            student_description: "2 of 4".into(),
+            heldout: Heldout {
+                batches: 2,
+                batch_size: 4,
+                teacher_perplexity: 10.0,
+                models: vec![ModelAgreement {
+                    name: "stage1".into(),
+                    perplexity: 12.0,
+                    perplexity_ratio: 1.2,
+                    kl: 0.3,
+                    top1: 0.8,
+                }],
+            },
+            math: Math {
+                teacher: Some(acc(1)),
+                student: None,
+            },
+            grpo: vec![GrpoAccuracy {
+                step: "grpo".into(),
+                accuracy_before: acc(0),
+                accuracy_after: acc(1),
+            }],
+            speed: vec![SpeedRow {
+                context: 128,
+                teacher: speed(10.0, 1.0, 0.0),
+                student: speed(20.0, 0.5, 0.25),
+            }],
+            curves: vec![Curve {
+                step: "stage1".into(),
+                file: "curves/stage1.svg".into(),
+            }],
+            generations: vec![Generations {
+                prompt: "Hi <b>".into(),
+                teacher_greedy: "Hello".into(),
+                student_greedy: "Hey".into(),
+                student_sampled: "Yo".into(),
+            }],
+        };
+        // The JSON form reads back to the same report.
+        let again: Report = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(markdown(&again), markdown(&r));
         let md = markdown(&r);
         assert!(
             md.contains("| stage1 | 12.000 | 1.200 | 0.3000 | 80.0% |"),
@@ -311,7 +415,13 @@ mod tests {
         assert!(page.contains("<svg id=\"c1\"></svg>"), "curves are inlined");
         assert!(page.contains("Hi &lt;b&gt;"), "text is escaped");
         // Without optional sections nothing is rendered for them.
-        let bare = serde_json::json!({"heldout": {"teacher_perplexity": 3.0, "models": []}});
+        let bare = Report {
+            heldout: Heldout {
+                teacher_perplexity: 3.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let md = markdown(&bare);
         assert!(!md.contains("Math accuracy") && !md.contains("Training curves"));
     }

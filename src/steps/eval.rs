@@ -12,6 +12,9 @@
 use crate::bench::hybrid::measure;
 use crate::evaluate::agreement::compare;
 use crate::evaluate::math::MathEval;
+use crate::evaluate::report::{
+    Curve, Generations, GrpoAccuracy, Heldout, Math, ModelAgreement, Report, SpeedRow,
+};
 use crate::generate::{GenerationLimits, LanguageModel, Sampler, SamplingConfig, generate};
 use crate::grpo::problems::{PromptFormat, load_problems};
 use crate::model::Transformer;
@@ -22,7 +25,6 @@ use crate::text::{ChatMessage, TextTokenizer};
 use anyhow::Result;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 fn d_batches() -> usize {
     4
@@ -211,7 +213,7 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
     bar.finish_and_clear();
     drop(refs);
     drop(models);
-    let heldout_models: Vec<serde_json::Value> = names
+    let heldout_models: Vec<ModelAgreement> = names
         .iter()
         .zip(&agreements)
         .map(|(n, a)| {
@@ -223,7 +225,13 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
                 a.kl,
                 100.0 * a.top1
             );
-            json!({"name": n, "perplexity": a.perplexity, "perplexity_ratio": a.perplexity_ratio, "kl": a.kl, "top1": a.top1})
+            ModelAgreement {
+                name: n.clone(),
+                perplexity: a.perplexity,
+                perplexity_ratio: a.perplexity_ratio,
+                kl: a.kl,
+                top1: a.top1,
+            }
         })
         .collect();
 
@@ -231,7 +239,7 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
     let student_tok = TextTokenizer::from_dir(&student_dir)?;
 
     // Math accuracy.
-    let mut math = json!({});
+    let mut math = Math::default();
     if let Some(p) = &s.math_problems
         && s.math_count > 0
     {
@@ -245,15 +253,20 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
         };
         let teacher_acc = eval.score(&teacher, &teacher_tok, &ctx.id, "teacher")?;
         let student_acc = eval.score(&student, &student_tok, &ctx.id, "student")?;
-        math["teacher"] = serde_json::to_value(teacher_acc)?;
-        math["student"] = serde_json::to_value(student_acc)?;
+        math.teacher = Some(teacher_acc);
+        math.student = Some(student_acc);
     }
-    let grpo: Vec<serde_json::Value> = stage_dirs
+    // Held-out accuracy before and after each GRPO stage (its eval.json).
+    let grpo: Vec<GrpoAccuracy> = stage_dirs
         .iter()
         .filter_map(|(name, dir)| {
-            let v: serde_json::Value = crate::util::fsx::read_json(&dir.join("eval.json")).ok()??;
-            v.get("accuracy_after")?;
-            Some(json!({"step": name, "accuracy_before": v["accuracy_before"], "accuracy_after": v["accuracy_after"]}))
+            let v: serde_json::Value =
+                crate::util::fsx::read_json(&dir.join("eval.json")).ok()??;
+            Some(GrpoAccuracy {
+                step: name.clone(),
+                accuracy_before: serde_json::from_value(v.get("accuracy_before")?.clone()).ok()?,
+                accuracy_after: serde_json::from_value(v.get("accuracy_after")?.clone()).ok()?,
+            })
         })
         .collect();
 
@@ -268,12 +281,12 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
             ..Default::default()
         };
         let n = s.generate_max_new_tokens;
-        generations.push(json!({
-            "prompt": p,
-            "teacher_greedy": complete(&teacher, &teacher_tok, p, greedy.clone(), n)?,
-            "student_greedy": complete(&student, &student_tok, p, greedy, n)?,
-            "student_sampled": complete(&student, &student_tok, p, sampled, n)?,
-        }));
+        generations.push(Generations {
+            prompt: p.clone(),
+            teacher_greedy: complete(&teacher, &teacher_tok, p, greedy.clone(), n)?,
+            student_greedy: complete(&student, &student_tok, p, greedy, n)?,
+            student_sampled: complete(&student, &student_tok, p, sampled, n)?,
+        });
     }
 
     // Speed and memory vs context.
@@ -290,7 +303,11 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
             t.state_mib,
             h.state_mib
         );
-        speed.push(json!({"context": c, "teacher": t, "student": h}));
+        speed.push(SpeedRow {
+            context: c,
+            teacher: t,
+            student: h,
+        });
         bar.set_position(i as u64 + 1);
     }
     bar.finish_and_clear();
@@ -303,23 +320,34 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
             if dir.join(f).is_file() {
                 let file = format!("curves/{}-{f}", name.replace(['/', ' '], "_"));
                 std::fs::copy(dir.join(f), out.join(&file))?;
-                curves.push(json!({"step": format!("{name} ({})", f.trim_end_matches(".svg")), "file": file}));
+                curves.push(Curve {
+                    step: format!("{name} ({})", f.trim_end_matches(".svg")),
+                    file,
+                });
             }
         }
     }
 
-    let report = json!({
-        "pipeline": ctx.pipeline,
-        "teacher": s.teacher.label(),
-        "student": s.student.label(),
-        "student_description": format!("RWKV-7 in layers {:?} of {}", student.student.wkv_layers, student.config.num_hidden_layers),
-        "heldout": {"batches": batches, "batch_size": s.batch_size, "teacher_perplexity": teacher_ppl, "models": heldout_models},
-        "math": math,
-        "grpo": grpo,
-        "generations": generations,
-        "speed": speed,
-        "curves": curves,
-    });
+    let report = Report {
+        pipeline: ctx.pipeline.clone(),
+        teacher: s.teacher.label(),
+        student: s.student.label(),
+        student_description: format!(
+            "RWKV-7 in layers {:?} of {}",
+            student.student.wkv_layers, student.config.num_hidden_layers
+        ),
+        heldout: Heldout {
+            batches,
+            batch_size: s.batch_size,
+            teacher_perplexity: teacher_ppl,
+            models: heldout_models,
+        },
+        math,
+        grpo,
+        generations,
+        speed,
+        curves,
+    };
     crate::util::fsx::atomic_write_json(&out.join("report.json"), &report)?;
     crate::util::fsx::atomic_write(
         &out.join("report.md"),
