@@ -79,34 +79,63 @@ impl MixerState {
     }
 }
 
+/// The mixer's parameters. `C` is the hidden size, `H` the heads, `N` the head size (`C = H·N`),
+/// `D`, `A`, `V`, `G` the LoRA ranks of decay, in-context rate, value residual and gate. Vectors
+/// are `[C]` here (stored `[1, 1, C]` in checkpoints, as in RWKV-LM); linear weights are stored
+/// `[in, out]` (see [`Linear`]).
 #[derive(Module, Debug)]
 pub struct TimeMixer {
+    /// Token-shift mix of the receptance input `[C]`: `x_r = x + (x_{t−1} − x)·x_r`.
     pub x_r: Param<Tensor<1>>,
+    /// Token-shift mix of the decay input `[C]`.
     pub x_w: Param<Tensor<1>>,
+    /// Token-shift mix of the key input `[C]`.
     pub x_k: Param<Tensor<1>>,
+    /// Token-shift mix of the value input `[C]`.
     pub x_v: Param<Tensor<1>>,
+    /// Token-shift mix of the in-context-rate input `[C]`.
     pub x_a: Param<Tensor<1>>,
+    /// Token-shift mix of the gate input `[C]`.
     pub x_g: Param<Tensor<1>>,
+    /// Decay bias `[C]`.
     pub w0: Param<Tensor<1>>,
+    /// Decay LoRA down `[C, D]`.
     pub w1: Param<Tensor<2>>,
+    /// Decay LoRA up `[D, C]`.
     pub w2: Param<Tensor<2>>,
+    /// In-context learning rate bias `[C]`.
     pub a0: Param<Tensor<1>>,
+    /// In-context learning rate LoRA down `[C, A]`.
     pub a1: Param<Tensor<2>>,
+    /// In-context learning rate LoRA up `[A, C]`.
     pub a2: Param<Tensor<2>>,
+    /// Value-residual mix bias `[C]` (layers after the first converted one).
     pub v0: Param<Tensor<1>>,
+    /// Value-residual LoRA down `[C, V]`.
     pub v1: Param<Tensor<2>>,
+    /// Value-residual LoRA up `[V, C]`.
     pub v2: Param<Tensor<2>>,
+    /// Gate LoRA down `[C, G]` (absent without a gate).
     pub g1: Option<Param<Tensor<2>>>,
+    /// Gate LoRA up `[G, C]`.
     pub g2: Option<Param<Tensor<2>>>,
+    /// Scale of the key before it is L2-normalised into the removal key `κ̂` `[C]`.
     pub k_k: Param<Tensor<1>>,
+    /// How much the in-context rate scales the key `[C]`: `k·(1 + (a − 1)·k_a)`.
     pub k_a: Param<Tensor<1>>,
-    /// `[H, N]`.
+    /// Per-head weight of the `r·k` bonus `[H, N]`.
     pub r_k: Param<Tensor<2>>,
+    /// `W_r`: `[C, C]`.
     pub receptance: Linear,
+    /// `W_k`: `[C, KV·N]` (`KV` key/value heads, `H` unless grouped heads are repeated).
     pub key: Linear,
+    /// `W_v`: `[C, KV·N]`.
     pub value: Linear,
+    /// `W_o`: `[C, C]`.
     pub output: Linear,
+    /// Per-head GroupNorm weight `[C]` (absent without GroupNorm).
     pub ln_x_weight: Option<Param<Tensor<1>>>,
+    /// Per-head GroupNorm bias `[C]`.
     pub ln_x_bias: Option<Param<Tensor<1>>>,
     #[module(skip)]
     pub shape: MixerShape,
@@ -149,6 +178,21 @@ impl TimeMixer {
     /// - `start`: position of the first token (for rotary embeddings on r/k).
     ///
     /// Returns `(output [B, T, C], v_first, new state)`.
+    ///
+    /// The stages (SPEC §2; `σ` the logistic function):
+    /// 1. token shift: `x_* = x + (x_{t−1} − x)·μ_*` for r, w, k, v, a, g;
+    /// 2. projections: `r = x_r W_r`, `k = x_k W_k`, `v = x_v W_v` (grouped k/v heads repeated);
+    /// 3. decay: `w = exp(−exp(ω))` with `ω = −softplus(−(w0 + tanh(x_w W1) W2)) − 0.5 < −0.5`,
+    ///    so `w ∈ (e^{−e^{−0.5}}, 1) ≈ (0.545, 1)`: the `− 0.5` keeps any one step from erasing
+    ///    more than ~45 % of the state (RWKV-LM's bound; it keeps the recurrence and its
+    ///    backward numerically tame);
+    /// 4. value residual: `v ← v + (v_first − v)·σ(v0 + (x_v V1) V2)` (not in the first layer);
+    /// 5. in-context rate `a = σ(a0 + (x_a A1) A2)`, removal key `κ̂ = L2norm(k·k_k)` per head,
+    ///    and `k ← k·(1 + (a − 1)·k_a)`;
+    /// 6. gate `g = σ(x_g G1) G2` (or `1 + …`, or none); optional rotary embedding of r and k;
+    /// 7. WKV-7: `S_t = S_{t−1}(diag(w_t) − κ̂_tᵀ(a_t·κ̂_t)) + v_tᵀ k_t`, `y_t = S_t r_t`;
+    /// 8. per-head GroupNorm with ε = 64e-5 (RWKV-LM's `1e-5 · head_size_divisor²`, with the
+    ///    divisor 8), then the bonus `y += (Σ_N r·k·r_k)·v` and `out = (y·g) W_o`.
     pub fn forward(
         &self,
         x: Tensor<3>,
@@ -175,6 +219,7 @@ impl TimeMixer {
             shift.unsqueeze_dim(1)
         };
         let new_shift = x.clone().narrow(1, t - 1, 1).reshape([b, c]);
+        // 1. Token shift.
         let xx = prev - x.clone();
         let mix = |p: &Param<Tensor<1>>| x.clone() + xx.clone() * bcast(p);
         let (xr, xw, xk, xv, xa, xg) = (
@@ -186,6 +231,7 @@ impl TimeMixer {
             mix(&self.x_g),
         );
 
+        // 2. Projections; 3. decay (log-decay below −0.5).
         let mut r = self.receptance.forward(xr);
         let decay_lora = xw
             .matmul(self.w1.val().unsqueeze())
@@ -194,6 +240,7 @@ impl TimeMixer {
         let w_raw = softplus((bcast(&self.w0) + decay_lora).neg(), 1.0).neg() - 0.5;
         let mut k = repeat_heads(self.key.forward(xk), s.kv_heads, h, n);
         let mut v = repeat_heads(self.value.forward(xv.clone()), s.kv_heads, h, n);
+        // 4. Value residual towards the first converted layer's values.
         let v_first = match v_first {
             None => v.clone(),
             Some(vf) => {
@@ -202,6 +249,7 @@ impl TimeMixer {
                 vf
             }
         };
+        // 5. In-context learning rate; 6. gate.
         let a = sigmoid(bcast(&self.a0) + lora(xa, &self.a1, &self.a2));
         let g = match (&self.g1, &self.g2, s.gate) {
             (Some(g1), Some(g2), GateForm::Sigmoid) => {
@@ -233,8 +281,10 @@ impl TimeMixer {
             a: kk.clone().neg(),
             b: kk * heads(a),
         };
+        // 7. The WKV-7 recurrence (fused kernel).
         let (y, wkv_state) = wkv7(input, mask, wkv_state, imp);
         let mut y = y; // [B, T, H, N]
+        // 8. GroupNorm per head (ε = 64e-5), the r·k bonus, the gate and the output projection.
         if let (Some(wt), Some(bias)) = (&self.ln_x_weight, &self.ln_x_bias) {
             let mean = y.clone().mean_dim(3);
             let centered = y - mean;
