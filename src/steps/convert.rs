@@ -5,7 +5,6 @@
 //! The export is read back with the runner's own loader and its logits compared with the
 //! student's on a probe sequence; `convert.json` records the comparison and file checksums.
 
-use super::student_out::copy_tokenizer_files;
 use crate::model::hybrid::Hybrid;
 use crate::model::safetensors_io::SaveDtype;
 use crate::model::transformer::ids_tensor;
@@ -13,6 +12,7 @@ use crate::model::weights::to_vec;
 use crate::pipeline::ArtifactRef;
 use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::text::TextTokenizer;
+use crate::text::tokenizer::copy_tokenizer_files;
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};

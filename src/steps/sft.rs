@@ -2,12 +2,13 @@
 //! the assistant tokens only (the tokenize step's loss mask), labels shifted exactly once.
 //! Writes the student directory, `metrics.jsonl`, `loss.svg` and `eval.json`.
 
-use super::student_out::{train_student, trainable_all, write_student};
+use super::student_out::{train_student, write_student};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
 use crate::pipeline::ArtifactRef;
 use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::train::losses::{batch_tensors, cross_entropy};
+use crate::train::optim::trainable;
 use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
 use burn::tensor::Device;
@@ -67,7 +68,7 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
     let device = Device::flex().autodiff();
     let student_dir = s.student.resolve(ctx)?;
     let data_dir = s.data.resolve(ctx)?;
-    let (student, trainable) = trainable_all(Hybrid::load(&student_dir, &device)?, s.freeze_mlp);
+    let (student, trainable) = trainable(Hybrid::load(&student_dir, &device)?, s.freeze_mlp);
     let student = train_student(
         ctx,
         &s.train,

@@ -6,12 +6,13 @@
 //! vocabulary). Writes the student directory, `metrics.jsonl` and `eval.json` (held-out
 //! perplexity of teacher and student).
 
-use super::student_out::{train_student, trainable_all, write_student};
+use super::student_out::{train_student, write_student};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
 use crate::pipeline::ArtifactRef;
 use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::train::losses::DistillLoss;
+use crate::train::optim::trainable;
 use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
 use burn::module::{Module, Param};
@@ -142,7 +143,7 @@ pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
         // Untie: the head becomes its own copy of the embeddings, stored [C, vocab].
         student.lm_head = Some(Param::from_tensor(student.embed.val().transpose().detach()));
     }
-    let (student, trainable) = trainable_all(student, s.freeze_mlp);
+    let (student, trainable) = trainable(student, s.freeze_mlp);
     let objective = DistillLoss {
         kl_weight: s.kl_weight,
         ce_weight: s.ce_weight,

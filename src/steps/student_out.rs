@@ -8,29 +8,13 @@ use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
 use crate::model::safetensors_io::SaveDtype;
 use crate::pipeline::StepContext;
-use crate::train::optim::named_params;
+use crate::text::tokenizer::copy_tokenizer_files;
 use crate::train::trainer::{LossOutput, TrainSettings, Trainer, metrics_path};
 use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::Device;
 use std::collections::BTreeSet;
 use std::path::Path;
-
-/// Makes every parameter trainable except, with `freeze_mlp`, the MLPs; returns the student and
-/// the paths of its trainable parameters.
-pub fn trainable_all(student: Hybrid, freeze_mlp: bool) -> (Hybrid, BTreeSet<String>) {
-    let mut student = student.set_require_grad(true);
-    if freeze_mlp {
-        for layer in &mut student.layers {
-            layer.mlp = layer.mlp.clone().set_require_grad(false);
-        }
-    }
-    let names = named_params(&student, None)
-        .into_keys()
-        .filter(|k| !(freeze_mlp && k.contains(".mlp.")))
-        .collect();
-    (student, names)
-}
 
 /// Trains `student` on the `train` split of `data` with the shared loop (checkpoints, resume,
 /// metrics, W&B with `settings` as the run's config).
@@ -79,20 +63,6 @@ pub fn write_student(
     )?;
     if let Some((reference, data, batches)) = eval {
         write_eval(&ctx.out_dir, reference, student, data, batches)?;
-    }
-    Ok(())
-}
-
-/// Copies the tokenizer and generation files of a model directory.
-pub fn copy_tokenizer_files(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
-        if from.join(f).exists() {
-            std::fs::copy(from.join(f), to.join(f))?;
-        }
     }
     Ok(())
 }

@@ -133,6 +133,20 @@ impl TextTokenizer {
     }
 }
 
+/// Copies the tokenizer and generation files of a model directory.
+pub fn copy_tokenizer_files(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        if from.join(f).exists() {
+            std::fs::copy(from.join(f), to.join(f))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub mod tests_support {
     use super::TextTokenizer;

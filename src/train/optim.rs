@@ -333,3 +333,25 @@ pub fn load_named_params<M: Module>(
     let n = w.written;
     (m, n)
 }
+
+/// Makes every parameter trainable except, with `freeze_mlp`, the MLPs; returns the student and
+/// the paths of its trainable parameters.
+pub fn trainable(
+    student: crate::model::hybrid::Hybrid,
+    freeze_mlp: bool,
+) -> (
+    crate::model::hybrid::Hybrid,
+    std::collections::BTreeSet<String>,
+) {
+    let mut student = student.set_require_grad(true);
+    if freeze_mlp {
+        for layer in &mut student.layers {
+            layer.mlp = layer.mlp.clone().set_require_grad(false);
+        }
+    }
+    let names = named_params(&student, None)
+        .into_keys()
+        .filter(|k| !(freeze_mlp && k.contains(".mlp.")))
+        .collect();
+    (student, names)
+}
