@@ -20,7 +20,10 @@ use crate::model::transformer::ids_tensor;
 use crate::text::TextTokenizer;
 use crate::text::tokenizer::copy_tokenizer_files;
 use crate::train::optim::{AdamW, AdamWConfig, NamedGrads, collect_grads, trainable};
-use crate::train::trainer::{restore_checkpoint, save_checkpoint, truncate_metrics};
+use crate::train::trainer::{
+    MetricsLog, Update, apply_gradients, checkpoint_due, restore_checkpoint, save_checkpoint,
+    truncate_metrics,
+};
 use crate::wandb::WandbSink;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
@@ -160,7 +163,7 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         seed,
         checkpoints,
         out_dir,
-        mut wandb,
+        wandb,
     } = io;
     if let Some((k, m)) = s.problems_found().into_iter().next() {
         bail!("{k}: {m}");
@@ -225,14 +228,11 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         Some(acc)
     };
 
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-    };
-    let mut metrics = open(&metrics_path)?;
-    let mut rollouts_log = open(&rollouts_path)?;
+    let mut metrics = MetricsLog::open(&metrics_path, wandb)?;
+    let mut rollouts_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&rollouts_path)?;
     let surrogate = Surrogate {
         epsilon: s.epsilon,
         beta: s.beta,
@@ -363,19 +363,13 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
                 }
             }
             let norm = acc.global_norm();
-            if !norm.is_finite() || !acc.all_finite() {
-                bail!(
-                    "the gradient norm is {norm} at step {}: training stopped; the last good checkpoint is kept",
-                    state.step + 1
-                );
-            }
             norm_sum += norm;
-            let clip = if s.grad_clip > 0.0 && norm > s.grad_clip {
-                s.grad_clip / norm
-            } else {
-                1.0
+            let update = Update {
+                lr,
+                grad_clip: s.grad_clip,
+                divisor: 1.0,
             };
-            student = opt.step(student, &acc, lr, clip);
+            student = apply_gradients(&mut opt, student, &acc, norm, update, state.step + 1)?;
         }
         // What the updates did to the policy: the mean change of the log-probability of the
         // completions' tokens, for completions rewarded above and below their group's mean.
@@ -431,25 +425,19 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         for (k, v) in components {
             line[format!("reward_{k}")] = serde_json::json!(v / n);
         }
-        writeln!(metrics, "{line}")?;
-        metrics.flush()?;
         rollouts_log.flush()?;
-        if let Some(w) = wandb.as_mut() {
-            w.log(&line);
-        }
+        metrics.log(&line)?;
         bar.set_position(state.step);
         bar.set_message(format!(
             "reward {:.3}",
             line["reward"].as_f64().unwrap_or_default()
         ));
-        if state.step == s.steps || state.step % s.checkpoint_every.max(1) == 0 {
+        if checkpoint_due(state.step, state.step == s.steps, s.checkpoint_every) {
             save_checkpoint(&checkpoints, state.step, &trainable, &student, &opt, &state)?;
         }
     }
     bar.finish_and_clear();
-    if let Some(w) = wandb {
-        w.finish()?;
-    }
+    metrics.finish()?;
 
     // Artifacts.
     let student = student.valid();

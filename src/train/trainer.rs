@@ -167,6 +167,80 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     Ok(())
 }
 
+/// How one optimizer step updates: its learning rate, the clipping threshold of the global
+/// gradient norm (0: off), and what the summed gradients are divided by (accumulation).
+#[derive(Debug, Clone, Copy)]
+pub struct Update {
+    pub lr: f64,
+    pub grad_clip: f64,
+    pub divisor: f64,
+}
+
+/// Applies one optimizer step — the end every training loop shares: the gradients (`norm` is
+/// their global norm as the loop measures it) must be finite, else training stops with the
+/// last good checkpoint kept (`step` names the step in the message); they are clipped and
+/// divided as `update` says, and AdamW updates the model.
+pub fn apply_gradients<M: Module>(
+    opt: &mut AdamW,
+    model: M,
+    grads: &NamedGrads,
+    norm: f64,
+    update: Update,
+    step: u64,
+) -> Result<M> {
+    if !norm.is_finite() || !grads.all_finite() {
+        bail!(
+            "the gradient norm is {norm} at step {step}: training stopped; the last good checkpoint is kept"
+        );
+    }
+    let clip = if update.grad_clip > 0.0 && norm > update.grad_clip {
+        update.grad_clip / norm
+    } else {
+        1.0
+    };
+    Ok(opt.step(model, grads, update.lr, clip / update.divisor))
+}
+
+/// Where a training loop's per-step records go: `metrics.jsonl` (flushed after every line, so a
+/// crash loses nothing written) and, when enabled, the step's W&B run.
+pub struct MetricsLog {
+    file: std::fs::File,
+    wandb: Option<crate::wandb::WandbSink>,
+}
+
+impl MetricsLog {
+    /// Appends to `path` (created if missing).
+    pub fn open(path: &Path, wandb: Option<crate::wandb::WandbSink>) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self { file, wandb })
+    }
+
+    pub fn log(&mut self, line: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{line}")?;
+        self.file.flush()?;
+        if let Some(w) = self.wandb.as_mut() {
+            w.log(line);
+        }
+        Ok(())
+    }
+
+    /// Closes the W&B run.
+    pub fn finish(self) -> Result<()> {
+        if let Some(w) = self.wandb {
+            w.finish()?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether optimizer step `step` saves a checkpoint: every `every` steps and at the end.
+pub fn checkpoint_due(step: u64, last: bool, every: u64) -> bool {
+    last || step % every.max(1) == 0
+}
+
 impl Trainer<'_> {
     /// Runs the loop from the latest checkpoint (or the start) to the budget, returning the
     /// trained model. `loss_fn` computes one micro-batch's loss on the autodiff device.
@@ -174,7 +248,7 @@ impl Trainer<'_> {
         &self,
         mut model: M,
         loader: &mut Loader,
-        mut wandb: Option<crate::wandb::WandbSink>,
+        wandb: Option<crate::wandb::WandbSink>,
         mut loss_fn: impl FnMut(&M, &Batch) -> Result<LossOutput>,
     ) -> Result<M> {
         let s = self.settings;
@@ -215,10 +289,7 @@ impl Trainer<'_> {
         };
         let bar = crate::progress::bar(s.max_tokens, &format!("{} (tokens)", self.step_id));
         bar.set_position(state.tokens.min(s.max_tokens));
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_file)?;
+        let mut metrics = MetricsLog::open(&metrics_file, wandb)?;
         while state.step < budget_steps && state.tokens < s.max_tokens {
             let t0 = Instant::now();
             let lr = schedule.lr(state.step, state.tokens);
@@ -250,18 +321,12 @@ impl Trainer<'_> {
             }
             let accum = s.grad_accum.max(1) as f64;
             let norm = acc.global_norm() / accum;
-            if !norm.is_finite() || !acc.all_finite() {
-                bail!(
-                    "the gradient norm is {norm} at step {}: training stopped; the last good checkpoint is kept",
-                    state.step + 1
-                );
-            }
-            let clip = if s.grad_clip > 0.0 && norm > s.grad_clip {
-                s.grad_clip / norm
-            } else {
-                1.0
+            let update = Update {
+                lr,
+                grad_clip: s.grad_clip,
+                divisor: accum,
             };
-            model = opt.step(model, &acc, lr, clip / accum);
+            model = apply_gradients(&mut opt, model, &acc, norm, update, state.step + 1)?;
             state.step += 1;
             state.tokens += step_tokens;
             state.cursor = loader.cursor();
@@ -275,22 +340,16 @@ impl Trainer<'_> {
             for (k, v) in extra {
                 line[k] = serde_json::json!(v);
             }
-            writeln!(metrics, "{line}")?;
-            metrics.flush()?;
-            if let Some(w) = wandb.as_mut() {
-                w.log(&line);
-            }
+            metrics.log(&line)?;
             bar.set_position(state.tokens.min(s.max_tokens));
             bar.set_message(format!("loss {:.4}", loss_sum / accum));
             let last = state.step >= budget_steps || state.tokens >= s.max_tokens;
-            if last || state.step % s.checkpoint_every.max(1) == 0 {
+            if checkpoint_due(state.step, last, s.checkpoint_every) {
                 self.save(&model, &opt, &state)?;
             }
         }
         bar.finish_and_clear();
-        if let Some(w) = wandb {
-            w.finish()?;
-        }
+        metrics.finish()?;
         Ok(model)
     }
 
