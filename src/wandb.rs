@@ -21,11 +21,11 @@ pub struct WandbSettings {
     #[serde(default)]
     pub tags: Vec<String>,
     /// The Python interpreter that has the `wandb` package.
-    #[serde(default = "default_python")]
+    #[serde(default = "d_python")]
     pub python: String,
 }
 
-fn default_python() -> String {
+fn d_python() -> String {
     "python3".into()
 }
 

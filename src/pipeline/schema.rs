@@ -33,7 +33,7 @@ pub struct PipelineHeader {
     #[serde(default)]
     pub device: Device,
     /// How many non-exclusive steps may run at the same time. Training steps are exclusive.
-    #[serde(default = "default_max_parallel")]
+    #[serde(default = "d_max_parallel")]
     pub max_parallel: usize,
     /// Directory that relative paths in this pipeline are resolved against, relative to the
     /// pipeline file's own directory. Default: the pipeline file's directory.
@@ -47,7 +47,7 @@ pub struct PipelineHeader {
     pub wandb: Option<crate::wandb::WandbSettings>,
 }
 
-fn default_max_parallel() -> usize {
+fn d_max_parallel() -> usize {
     2
 }
 

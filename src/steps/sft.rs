@@ -14,10 +14,6 @@ use anyhow::Result;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-fn d_eval() -> usize {
-    8
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SftSettings {
     /// The student directory to fine-tune (e.g. `@stage2`).
@@ -29,7 +25,7 @@ pub struct SftSettings {
     pub reference: Option<ArtifactRef>,
     #[serde(default)]
     pub freeze_mlp: bool,
-    #[serde(default = "d_eval")]
+    #[serde(default = "crate::train::trainer::d_eval_batches")]
     pub eval_batches: usize,
     pub train: TrainSettings,
 }

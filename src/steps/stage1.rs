@@ -18,7 +18,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-fn yes() -> bool {
+fn d_yes() -> bool {
     true
 }
 
@@ -35,7 +35,7 @@ pub struct Stage1Settings {
     pub init: InitMode,
     #[serde(default)]
     pub gate: GateForm,
-    #[serde(default = "yes")]
+    #[serde(default = "d_yes")]
     pub group_norm: bool,
     #[serde(default)]
     pub rope: bool,
@@ -45,13 +45,9 @@ pub struct Stage1Settings {
     #[serde(default)]
     pub lora: Option<LoraRanks>,
     /// Held-out batches for the perplexity in eval.json (0: skip).
-    #[serde(default = "d_eval")]
+    #[serde(default = "crate::train::trainer::d_eval_batches")]
     pub eval_batches: usize,
     pub train: TrainSettings,
-}
-
-fn d_eval() -> usize {
-    8
 }
 
 impl Stage1Settings {

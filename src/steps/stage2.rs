@@ -19,14 +19,11 @@ use burn::module::{Module, Param};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-fn one() -> f64 {
+fn d_one() -> f64 {
     1.0
 }
-fn half() -> f64 {
+fn d_half() -> f64 {
     0.5
-}
-fn d_eval() -> usize {
-    8
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,24 +34,24 @@ pub struct Stage2Settings {
     pub teacher: ArtifactRef,
     /// A tokenized dataset.
     pub data: ArtifactRef,
-    #[serde(default = "one")]
+    #[serde(default = "d_one")]
     pub kl_weight: f64,
     #[serde(default)]
     pub ce_weight: f64,
-    #[serde(default = "one")]
+    #[serde(default = "d_one")]
     pub temperature: f64,
     /// Adaptive KL (the original's AKL): mix forward and reverse KL per position by how far the
     /// student is from the teacher on the teacher's head (tokens reaching probability
     /// `akl_head_mass`) versus its tail.
     #[serde(default)]
     pub adaptive_kl: bool,
-    #[serde(default = "half")]
+    #[serde(default = "d_half")]
     pub akl_head_mass: f64,
     /// Keep the MLPs frozen.
     #[serde(default)]
     pub freeze_mlp: bool,
     /// Held-out batches for the perplexity in eval.json (0: skip).
-    #[serde(default = "d_eval")]
+    #[serde(default = "crate::train::trainer::d_eval_batches")]
     pub eval_batches: usize,
     pub train: TrainSettings,
 }

@@ -25,22 +25,22 @@ pub enum OnError {
     Fail,
 }
 
-fn default_text_fields() -> Vec<String> {
+fn d_text_fields() -> Vec<String> {
     vec!["text".into()]
 }
-fn default_max_seq_len() -> usize {
+fn d_max_seq_len() -> usize {
     512
 }
-fn default_heldout() -> f64 {
+fn d_heldout() -> f64 {
     0.05
 }
-fn default_max_record_bytes() -> usize {
+fn d_max_record_bytes() -> usize {
     crate::data::sources::DEFAULT_MAX_RECORD_BYTES
 }
-fn default_per_shard() -> usize {
+fn d_per_shard() -> usize {
     8192
 }
-fn yes() -> bool {
+fn d_yes() -> bool {
     true
 }
 
@@ -51,19 +51,19 @@ pub struct TokenizeSettings {
     /// Data files or folders (`*.jsonl`, `*.parquet`, `*.txt`, a `datasets` save folder).
     pub inputs: Vec<ArtifactRef>,
     /// Fields that hold plain text, tried in order (`.txt` files are read as `text`).
-    #[serde(default = "default_text_fields")]
+    #[serde(default = "d_text_fields")]
     pub text_fields: Vec<String>,
     /// Longest sequence; longer documents are cut.
-    #[serde(default = "default_max_seq_len")]
+    #[serde(default = "d_max_seq_len")]
     pub max_seq_len: usize,
     /// Pack documents end to end into sequences of exactly `max_seq_len`.
     #[serde(default)]
     pub pack: bool,
     /// Fraction of documents held out for evaluation.
-    #[serde(default = "default_heldout")]
+    #[serde(default = "d_heldout")]
     pub heldout: f64,
     /// Append the end-of-text token to text documents.
-    #[serde(default = "yes")]
+    #[serde(default = "d_yes")]
     pub append_eos: bool,
     /// Use at most this many records (0: all), in source order.
     #[serde(default)]
@@ -73,10 +73,10 @@ pub struct TokenizeSettings {
     /// Records larger than this many bytes (a JSON line, a text file, a Parquet row) are bad
     /// records: skipped with their file and line under `on_error = "skip"`. Memory stays
     /// bounded by this, whatever the input holds.
-    #[serde(default = "default_max_record_bytes")]
+    #[serde(default = "d_max_record_bytes")]
     pub max_record_bytes: usize,
     /// Sequences per Parquet shard.
-    #[serde(default = "default_per_shard")]
+    #[serde(default = "d_per_shard")]
     pub sequences_per_shard: usize,
     /// Where assistant turns start and end in rendered chats (ChatML by default).
     #[serde(default)]

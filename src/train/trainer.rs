@@ -41,6 +41,10 @@ fn d_wd() -> f64 {
 fn d_ckpt() -> u64 {
     50
 }
+/// Held-out batches of a training step's `eval.json` (stage 1, stage 2, SFT).
+pub fn d_eval_batches() -> usize {
+    8
+}
 fn d_bucket() -> usize {
     64
 }
