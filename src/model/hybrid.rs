@@ -5,20 +5,17 @@
 //! `model_type = "rwkv_hybrid"` (SPEC §7 key names).
 
 use super::config::TransformerConfig;
-use super::layers::{Attention, KvCache, Linear, Mlp, RmsNorm, Rotary};
+use super::layers::{Attention, KvCache, Mlp, RmsNorm, Rotary};
 use super::safetensors_io::{OwnedTensor, SafetensorsReader};
-use super::time_mixer::{GateForm, LoraRanks, MixerShape, MixerState, TimeMixer, orthogonal};
+use super::time_mixer::{GateForm, LoraRanks, MixerShape, MixerState, TimeMixer};
 use super::transformer::{
-    DecoderLayer, LayerCapture, Transformer, layer_prefix, lm_head_logits, load_attention,
-    load_head, load_linear, load_norm, load_norms_and_mlp, put, put_attention,
-    put_final_norm_and_head, put_linear, put_norms_and_mlp,
+    DecoderLayer, LayerCapture, Transformer, lm_head_logits, load_head, put_head,
 };
-use super::weights::WeightLoader;
+use super::weights::{TensorsOut, WeightLoader};
 use anyhow::{Context, Result, bail};
 use burn::module::{Module, Param};
 use burn::tensor::module::embedding;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::SeedableRng;
+use burn::tensor::{Device, Int, Tensor};
 use rwkv_kernels::Wkv7Impl;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -196,11 +193,6 @@ impl HybridState {
     }
 }
 
-fn vec_param(data: Vec<f32>, device: &Device) -> Param<Tensor<1>> {
-    let n = data.len();
-    Param::from_tensor(Tensor::from_data(TensorData::new(data, [n]), device))
-}
-
 /// Builds the shape description of a mixer.
 fn mixer_shape(cfg: &TransformerConfig, st: &StudentConfig) -> MixerShape {
     let c = cfg.hidden_size;
@@ -217,103 +209,6 @@ fn mixer_shape(cfg: &TransformerConfig, st: &StudentConfig) -> MixerShape {
         group_norm: st.group_norm,
         rope: st.rope,
         rope_theta: cfg.rope_theta,
-    }
-}
-
-/// RWKV-LM's initial values of the non-projection parameters of layer `l` of `n_layers`.
-fn rwkv_init(
-    shape: &MixerShape,
-    l: usize,
-    n_layers: usize,
-    seed: u64,
-    device: &Device,
-) -> TimeMixer {
-    let c = shape.hidden;
-    let r01 = if n_layers > 1 {
-        l as f64 / (n_layers - 1) as f64
-    } else {
-        0.0
-    };
-    let r10 = 1.0 - l as f64 / n_layers as f64;
-    let ddd: Vec<f64> = (0..c).map(|i| i as f64 / c as f64).collect();
-    let mk = |f: &dyn Fn(f64) -> f64| vec_param(ddd.iter().map(|&d| f(d) as f32).collect(), device);
-    let mut rng =
-        rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (l as u64).wrapping_mul(0x9E37_79B9));
-    let zeros = |r: usize, k: usize| Param::from_tensor(Tensor::<2>::zeros([r, k], device));
-    let lr = shape.lora;
-    let mut ortho =
-        |r: usize, k: usize| Param::from_tensor(orthogonal(r, k, 0.1, &mut rng, device));
-    let (w2, a2, v2) = (ortho(lr.decay, c), ortho(lr.a, c), ortho(lr.v, c));
-    let g2 = (shape.gate != GateForm::None).then(|| ortho(lr.gate, c));
-    let kv_width = shape.kv_heads * shape.head_size;
-    let lin = |out: usize, inp: usize| Linear {
-        weight: Param::from_tensor(Tensor::zeros([inp, out], device)),
-        bias: None,
-    };
-    TimeMixer {
-        x_r: mk(&|d| 1.0 - d.powf(0.2 * r10)),
-        x_w: mk(&|d| 1.0 - d.powf(0.9 * r10)),
-        x_k: mk(&|d| 1.0 - (d.powf(0.9 * r10) + 0.4 * r01)),
-        x_v: mk(&|d| 1.0 - (d.powf(0.4 * r10) + 0.6 * r01)),
-        x_a: mk(&|d| 1.0 - d.powf(0.9 * r10)),
-        x_g: mk(&|d| 1.0 - d.powf(0.2 * r10)),
-        w0: vec_param(
-            (0..c)
-                .map(|n| {
-                    (-7.0 + 5.0 * (n as f64 / (c - 1) as f64).powf(0.85 + r01.sqrt()) + 0.5) as f32
-                })
-                .collect(),
-            device,
-        ),
-        w1: zeros(c, lr.decay),
-        w2,
-        a0: vec_param(vec![0.0; c], device),
-        a1: zeros(c, lr.a),
-        a2,
-        v0: vec_param(vec![1.0; c], device),
-        v1: zeros(c, lr.v),
-        v2,
-        g1: (shape.gate != GateForm::None).then(|| zeros(c, lr.gate)),
-        g2,
-        k_k: vec_param(vec![0.85; c], device),
-        k_a: vec_param(vec![1.0; c], device),
-        r_k: Param::from_tensor(Tensor::zeros([shape.heads, shape.head_size], device)),
-        receptance: lin(c, c),
-        key: lin(kv_width, c),
-        value: lin(kv_width, c),
-        output: lin(c, c),
-        ln_x_weight: shape.group_norm.then(|| vec_param(vec![1.0; c], device)),
-        ln_x_bias: shape.group_norm.then(|| vec_param(vec![0.0; c], device)),
-        shape: shape.clone(),
-    }
-}
-
-/// Expands a grouped `[in, KV·N]` projection to `[in, H·N]` by repeating each head.
-fn expand_linear(l: &Linear, kv: usize, heads: usize, n: usize) -> Linear {
-    let rep = |t: Tensor<3>| {
-        let [b, _, _] = t.dims();
-        let g = heads / kv;
-        t.reshape([b, kv, 1, n])
-            .expand([b, kv, g, n])
-            .reshape([b, 1, heads * n])
-    };
-    let w = l.weight.val();
-    let [inp, _] = w.dims();
-    let w = rep(w.reshape([inp, 1, kv * n])).reshape([inp, heads * n]);
-    let bias = l
-        .bias
-        .as_ref()
-        .map(|b| Param::from_tensor(rep(b.val().reshape([1, 1, kv * n])).reshape([heads * n])));
-    Linear {
-        weight: Param::from_tensor(w),
-        bias,
-    }
-}
-
-fn copy_linear(l: &Linear) -> Linear {
-    Linear {
-        weight: Param::from_tensor(l.weight.val()),
-        bias: l.bias.as_ref().map(|b| Param::from_tensor(b.val())),
     }
 }
 
@@ -347,44 +242,15 @@ impl Hybrid {
                         mlp,
                     },
                 )| {
-                    let mixer = if student.wkv_layers.contains(&i) {
-                        let mut m = rwkv_init(&shape, i, n_layers, seed, &device);
-                        if init == InitMode::Teacher {
-                            let (kv, h, n) = (
-                                cfg.num_key_value_heads,
-                                cfg.num_attention_heads,
-                                cfg.head_dim,
-                            );
-                            m.receptance = copy_linear(&attn.q);
-                            m.output = copy_linear(&attn.o);
-                            (m.key, m.value) = match student.gqa {
-                                GqaMode::Repeat => (copy_linear(&attn.k), copy_linear(&attn.v)),
-                                GqaMode::Expand => (
-                                    expand_linear(&attn.k, kv, h, n),
-                                    expand_linear(&attn.v, kv, h, n),
-                                ),
-                            };
-                        } else {
-                            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-                                seed.wrapping_add(1000 + i as u64),
-                            );
-                            let c = cfg.hidden_size;
-                            let kvw = shape.kv_heads * shape.head_size;
-                            let mut o = |r, k, g| Linear {
-                                weight: Param::from_tensor(orthogonal(r, k, g, &mut rng, &device)),
-                                bias: None,
-                            };
-                            m.receptance = o(c, c, 1.0);
-                            m.key = o(c, kvw, 0.1);
-                            m.value = o(c, kvw, 1.0);
-                            m.output = Linear {
-                                weight: Param::from_tensor(Tensor::zeros([c, c], &device)),
-                                bias: None,
-                            };
-                        }
-                        Mixer::Rwkv(m)
-                    } else {
+                    let mixer = if !student.wkv_layers.contains(&i) {
                         Mixer::Attention(attn)
+                    } else if init == InitMode::Teacher {
+                        let expand = student.gqa == GqaMode::Expand;
+                        Mixer::Rwkv(TimeMixer::from_attention(
+                            &attn, expand, &shape, i, n_layers, seed, &device,
+                        ))
+                    } else {
+                        Mixer::Rwkv(TimeMixer::init_rwkv(&shape, i, n_layers, seed, &device))
                     };
                     HybridLayer {
                         input_norm,
@@ -526,16 +392,22 @@ impl Hybrid {
     /// Weights under SPEC §7 names.
     pub fn hf_tensors(&self) -> BTreeMap<String, OwnedTensor> {
         let mut out = BTreeMap::new();
-        put(&mut out, "model.embed_tokens.weight", self.embed.val());
+        let mut t = TensorsOut::new(&mut out);
+        let mut model = t.pp("model");
+        model.pp("embed_tokens").put("weight", self.embed.val());
         for (i, layer) in self.layers.iter().enumerate() {
-            put_norms_and_mlp(&mut out, i, &layer.input_norm, &layer.post_norm, &layer.mlp);
-            let p = layer_prefix(i);
+            let mut l = model.pp("layers");
+            let mut l = l.pp(i);
+            layer.input_norm.put(&mut l.pp("input_layernorm"));
             match &layer.mixer {
-                Mixer::Attention(a) => put_attention(&mut out, &format!("{p}.self_attn"), a),
-                Mixer::Rwkv(m) => put_time_mixer(&mut out, &format!("{p}.self_attn.time_mixer"), m),
+                Mixer::Attention(a) => a.put(&mut l.pp("self_attn")),
+                Mixer::Rwkv(m) => m.put(&mut l.pp("self_attn").pp("time_mixer")),
             }
+            layer.post_norm.put(&mut l.pp("post_attention_layernorm"));
+            layer.mlp.put(&mut l.pp("mlp"));
         }
-        put_final_norm_and_head(&mut out, &self.norm, self.lm_head.as_ref());
+        self.norm.put(&mut model.pp("norm"));
+        put_head(&mut t, self.lm_head.as_ref());
         out
     }
 
@@ -588,35 +460,35 @@ impl Hybrid {
             );
         }
         let reader = SafetensorsReader::open_dir(dir)?;
-        let mut w = WeightLoader::new(&reader, device);
+        let loader = WeightLoader::new(&reader, device);
+        let root = loader.root();
+        let model = root.pp("model");
         let shape = mixer_shape(&config, &student);
         let c = config.hidden_size;
-        let embed = w.param("model.embed_tokens.weight", [config.vocab_size, c]);
+        let eps = config.rms_norm_eps;
+        let embed = model
+            .pp("embed_tokens")
+            .param("weight", [config.vocab_size, c]);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                let p = layer_prefix(i);
+                let w = model.pp("layers").pp(i);
                 let mixer = if student.wkv_layers.contains(&i) {
-                    Mixer::Rwkv(load_time_mixer(
-                        &mut w,
-                        &format!("{p}.self_attn.time_mixer"),
-                        &shape,
-                        config.attention_bias,
-                    ))
+                    let m = w.pp("self_attn").pp("time_mixer");
+                    Mixer::Rwkv(TimeMixer::load(&m, &shape, config.attention_bias))
                 } else {
-                    Mixer::Attention(load_attention(&mut w, &format!("{p}.self_attn"), &config))
+                    Mixer::Attention(Attention::load(&w.pp("self_attn"), &config))
                 };
-                let (input_norm, post_norm, mlp) = load_norms_and_mlp(&mut w, i, &config);
                 HybridLayer {
-                    input_norm,
+                    input_norm: RmsNorm::load(&w.pp("input_layernorm"), c, eps),
                     mixer,
-                    post_norm,
-                    mlp,
+                    post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), c, eps),
+                    mlp: Mlp::load(&w.pp("mlp"), &config),
                 }
             })
             .collect();
-        let norm = load_norm(&mut w, "model.norm", &config);
-        let lm_head = load_head(&mut w, &config);
-        w.finish(dir)?;
+        let norm = RmsNorm::load(&model.pp("norm"), c, eps);
+        let lm_head = load_head(&root, &config);
+        loader.finish(dir)?;
         Ok(Self {
             embed,
             layers,
@@ -665,122 +537,6 @@ fn student_config_from(raw: &serde_json::Map<String, Value>) -> Result<StudentCo
             .transpose()?
             .unwrap_or_default(),
     })
-}
-
-/// `[C]` vectors are stored `[1, 1, C]` as in RWKV-LM.
-const VECTORS: [&str; 11] = [
-    "x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a",
-];
-
-fn vectors(m: &TimeMixer) -> [&Param<Tensor<1>>; 11] {
-    [
-        &m.x_r, &m.x_w, &m.x_k, &m.x_v, &m.x_a, &m.x_g, &m.w0, &m.a0, &m.v0, &m.k_k, &m.k_a,
-    ]
-}
-
-pub fn put_time_mixer(out: &mut BTreeMap<String, OwnedTensor>, prefix: &str, m: &TimeMixer) {
-    let c = m.shape.hidden;
-    for (name, p) in VECTORS.iter().zip(vectors(m)) {
-        put(out, &format!("{prefix}.{name}"), p.val().reshape([1, 1, c]));
-    }
-    let mut mats = vec![
-        ("w1", &m.w1),
-        ("w2", &m.w2),
-        ("a1", &m.a1),
-        ("a2", &m.a2),
-        ("v1", &m.v1),
-        ("v2", &m.v2),
-        ("r_k", &m.r_k),
-    ];
-    if let (Some(g1), Some(g2)) = (&m.g1, &m.g2) {
-        mats.push(("g1", g1));
-        mats.push(("g2", g2));
-    }
-    for (name, p) in mats {
-        put(out, &format!("{prefix}.{name}"), p.val());
-    }
-    for (name, l) in [
-        ("receptance", &m.receptance),
-        ("key", &m.key),
-        ("value", &m.value),
-        ("output", &m.output),
-    ] {
-        put_linear(out, &format!("{prefix}.{name}"), l);
-    }
-    if let (Some(w), Some(b)) = (&m.ln_x_weight, &m.ln_x_bias) {
-        put(out, &format!("{prefix}.ln_x.weight"), w.val());
-        put(out, &format!("{prefix}.ln_x.bias"), b.val());
-    }
-}
-
-fn load_time_mixer(
-    w: &mut WeightLoader,
-    prefix: &str,
-    shape: &MixerShape,
-    bias: bool,
-) -> TimeMixer {
-    let c = shape.hidden;
-    let lr = shape.lora;
-    let kvw = shape.kv_heads * shape.head_size;
-    let device = w.device().clone();
-    let mut vec = |name: &str| -> Param<Tensor<1>> {
-        vec_param(w.take(&format!("{prefix}.{name}"), &[1, 1, c]), &device)
-    };
-    let (x_r, x_w, x_k, x_v, x_a, x_g) = (
-        vec("x_r"),
-        vec("x_w"),
-        vec("x_k"),
-        vec("x_v"),
-        vec("x_a"),
-        vec("x_g"),
-    );
-    let (w0, a0, v0, k_k, k_a) = (vec("w0"), vec("a0"), vec("v0"), vec("k_k"), vec("k_a"));
-    let gated = shape.gate != GateForm::None;
-    TimeMixer {
-        x_r,
-        x_w,
-        x_k,
-        x_v,
-        x_a,
-        x_g,
-        w0,
-        a0,
-        v0,
-        k_k,
-        k_a,
-        w1: w.param(&format!("{prefix}.w1"), [c, lr.decay]),
-        w2: w.param(&format!("{prefix}.w2"), [lr.decay, c]),
-        a1: w.param(&format!("{prefix}.a1"), [c, lr.a]),
-        a2: w.param(&format!("{prefix}.a2"), [lr.a, c]),
-        v1: w.param(&format!("{prefix}.v1"), [c, lr.v]),
-        v2: w.param(&format!("{prefix}.v2"), [lr.v, c]),
-        g1: gated.then(|| w.param(&format!("{prefix}.g1"), [c, lr.gate])),
-        g2: gated.then(|| w.param(&format!("{prefix}.g2"), [lr.gate, c])),
-        r_k: w.param(&format!("{prefix}.r_k"), [shape.heads, shape.head_size]),
-        receptance: load_linear_opt_bias(w, &format!("{prefix}.receptance"), c, c, bias),
-        key: load_linear_opt_bias(w, &format!("{prefix}.key"), kvw, c, bias),
-        value: load_linear_opt_bias(w, &format!("{prefix}.value"), kvw, c, bias),
-        output: load_linear(w, &format!("{prefix}.output"), c, c, false),
-        ln_x_weight: shape
-            .group_norm
-            .then(|| w.param(&format!("{prefix}.ln_x.weight"), [c])),
-        ln_x_bias: shape
-            .group_norm
-            .then(|| w.param(&format!("{prefix}.ln_x.bias"), [c])),
-        shape: shape.clone(),
-    }
-}
-
-/// A projection whose bias is present only when the checkpoint has it (copied teacher biases).
-fn load_linear_opt_bias(
-    w: &mut WeightLoader,
-    prefix: &str,
-    out: usize,
-    inp: usize,
-    bias: bool,
-) -> Linear {
-    let has = bias && w.contains(&format!("{prefix}.bias"));
-    load_linear(w, prefix, out, inp, has)
 }
 
 #[cfg(test)]
@@ -845,7 +601,7 @@ mod tests {
             ..Default::default()
         };
         let shape = mixer_shape(&cfg, &st);
-        let m = rwkv_init(&shape, 0, 2, 0, &device);
+        let m = TimeMixer::init_rwkv(&shape, 0, 2, 0, &device);
         let w0 = crate::model::weights::to_vec(m.w0.val());
         // Layer 0: w0_n = -7 + 5 (n/(C-1))^0.85 + 0.5.
         assert!(

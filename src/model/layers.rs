@@ -2,12 +2,36 @@
 //! stored `[in, out]`), RMSNorm, rotary embeddings (rotate-half, as Hugging Face), grouped-query
 //! attention with an optional KV cache, and the SwiGLU MLP.
 
+use super::config::TransformerConfig;
+use super::weights::{TensorsOut, Weights};
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rwkv_kernels::{causal_attention, fused_available};
+
+/// Seeded random parameters for tests and benchmarks (each layer's `init`).
+pub struct TensorRng {
+    device: Device,
+}
+
+impl TensorRng {
+    pub fn new(seed: u64, device: &Device) -> Self {
+        device.seed(seed);
+        Self {
+            device: device.clone(),
+        }
+    }
+
+    pub fn param<const D: usize>(&mut self, shape: [usize; D], scale: f64) -> Param<Tensor<D>> {
+        Param::from_tensor(Tensor::random(
+            shape,
+            Distribution::Uniform(-scale, scale),
+            &self.device,
+        ))
+    }
+}
 
 /// `y = x W + b` with `W` stored `[in, out]` (the transpose of Hugging Face's `[out, in]`).
 #[derive(Module, Debug)]
@@ -17,6 +41,31 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `weight` (Hugging Face `[out, in]`) and, with `bias`, `bias` `[out]` under `w`.
+    pub fn load(w: &Weights, out: usize, inp: usize, bias: bool) -> Self {
+        Self {
+            weight: w.param_transposed("weight", out, inp),
+            bias: bias.then(|| w.param("bias", [out])),
+        }
+    }
+
+    /// Writes what [`Linear::load`] reads.
+    pub fn put(&self, t: &mut TensorsOut) {
+        t.put_transposed("weight", self.weight.val());
+        if let Some(b) = &self.bias {
+            t.put("bias", b.val());
+        }
+    }
+
+    /// Uniform in ±1/√in (bias ±0.1): tests and benchmarks.
+    pub fn init(rng: &mut TensorRng, out: usize, inp: usize, bias: bool) -> Self {
+        let scale = 1.0 / (inp as f64).sqrt();
+        Self {
+            weight: rng.param([inp, out], scale),
+            bias: bias.then(|| rng.param([out], 0.1)),
+        }
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }
@@ -39,6 +88,27 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// `weight` `[c]` under `w`.
+    pub fn load(w: &Weights, c: usize, eps: f64) -> Self {
+        Self {
+            weight: w.param("weight", [c]),
+            eps,
+        }
+    }
+
+    pub fn put(&self, t: &mut TensorsOut) {
+        t.put("weight", self.weight.val());
+    }
+
+    /// Scales uniform in [0.8, 1.2]: tests and benchmarks.
+    pub fn init(rng: &mut TensorRng, c: usize, eps: f64) -> Self {
+        let w = Tensor::random([c], Distribution::Uniform(0.8, 1.2), &rng.device);
+        Self {
+            weight: Param::from_tensor(w),
+            eps,
+        }
+    }
+
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let inv = x
             .clone()
@@ -60,6 +130,35 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// `gate_proj`, `up_proj`, `down_proj` under `w`.
+    pub fn load(w: &Weights, cfg: &TransformerConfig) -> Self {
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Self {
+            gate: Linear::load(&w.pp("gate_proj"), f, c, false),
+            up: Linear::load(&w.pp("up_proj"), f, c, false),
+            down: Linear::load(&w.pp("down_proj"), c, f, false),
+        }
+    }
+
+    pub fn put(&self, t: &mut TensorsOut) {
+        for (name, l) in [
+            ("gate_proj", &self.gate),
+            ("up_proj", &self.up),
+            ("down_proj", &self.down),
+        ] {
+            l.put(&mut t.pp(name));
+        }
+    }
+
+    pub fn init(rng: &mut TensorRng, cfg: &TransformerConfig) -> Self {
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Self {
+            gate: Linear::init(rng, f, c, false),
+            up: Linear::init(rng, f, c, false),
+            down: Linear::init(rng, c, f, false),
+        }
+    }
+
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         self.down
             .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
@@ -194,6 +293,47 @@ pub fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
 }
 
 impl Attention {
+    /// `q_proj`, `k_proj`, `v_proj` (biases when the config has them) and `o_proj` under `w`.
+    pub fn load(w: &Weights, cfg: &TransformerConfig) -> Self {
+        let (c, d) = (cfg.hidden_size, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+        let bias = cfg.attention_bias;
+        Self {
+            q: Linear::load(&w.pp("q_proj"), q_out, c, bias),
+            k: Linear::load(&w.pp("k_proj"), kv_out, c, bias),
+            v: Linear::load(&w.pp("v_proj"), kv_out, c, bias),
+            o: Linear::load(&w.pp("o_proj"), c, q_out, false),
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: d,
+        }
+    }
+
+    pub fn put(&self, t: &mut TensorsOut) {
+        for (name, l) in [
+            ("q_proj", &self.q),
+            ("k_proj", &self.k),
+            ("v_proj", &self.v),
+            ("o_proj", &self.o),
+        ] {
+            l.put(&mut t.pp(name));
+        }
+    }
+
+    pub fn init(rng: &mut TensorRng, cfg: &TransformerConfig) -> Self {
+        let (c, d) = (cfg.hidden_size, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+        Self {
+            q: Linear::init(rng, q_out, c, cfg.attention_bias),
+            k: Linear::init(rng, kv_out, c, cfg.attention_bias),
+            v: Linear::init(rng, kv_out, c, cfg.attention_bias),
+            o: Linear::init(rng, c, q_out, false),
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: d,
+        }
+    }
+
     /// Attends `x` `[B, T, C]` (already normalised) to itself and to the cached tokens.
     ///
     /// `mask` is `[B, T]` (1 real, 0 padding) for the new tokens. A padded key is hidden from
@@ -300,4 +440,50 @@ pub fn attention_reference(
         .collect();
     let bias = Tensor::<2>::from_data(TensorData::new(bias, [tq, tk]), &device).unsqueeze::<4>();
     softmax(scores + bias, 3).matmul(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::weights::testing::assert_round_trip;
+
+    fn config(bias: bool) -> TransformerConfig {
+        TransformerConfig::from_json(serde_json::json!({
+            "model_type": if bias { "qwen2" } else { "llama" }, "vocab_size": 16,
+            "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_layer_loads_what_it_puts() {
+        let mut rng = TensorRng::new(3, &Device::flex());
+        for bias in [false, true] {
+            let l = Linear::init(&mut rng, 5, 3, bias);
+            assert_round_trip(Linear::put, &l, |w| Linear::load(w, 5, 3, bias));
+        }
+        let n = RmsNorm::init(&mut rng, 8, 1e-6);
+        assert_round_trip(RmsNorm::put, &n, |w| RmsNorm::load(w, 8, 1e-6));
+        for bias in [false, true] {
+            let cfg = config(bias);
+            let a = Attention::init(&mut rng, &cfg);
+            assert_round_trip(Attention::put, &a, |w| Attention::load(w, &cfg));
+            let m = Mlp::init(&mut rng, &cfg);
+            assert_round_trip(Mlp::put, &m, |w| Mlp::load(w, &cfg));
+        }
+    }
+
+    #[test]
+    fn hugging_face_names_and_layouts() {
+        let mut rng = TensorRng::new(4, &Device::flex());
+        let a = Attention::init(&mut rng, &config(true));
+        let (_dir, reader, out) =
+            crate::model::weights::testing::written(|t| a.put(&mut t.pp("self_attn")));
+        // `[out, in]` as Hugging Face stores them; biases only on q/k/v.
+        assert_eq!(reader.shape("m.self_attn.q_proj.weight"), Some(&[8, 8][..]));
+        assert_eq!(reader.shape("m.self_attn.k_proj.weight"), Some(&[4, 8][..]));
+        assert!(out.contains_key("m.self_attn.v_proj.bias"));
+        assert!(!out.contains_key("m.self_attn.o_proj.bias"));
+    }
 }

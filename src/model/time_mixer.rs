@@ -3,10 +3,12 @@
 //! learning rate, value residual (`v_first`) and gate, the WKV-7 recurrence (the fused kernel),
 //! optional per-head GroupNorm, the `r·k` bonus and the output projection.
 
-use super::layers::{Linear, Rotary};
+use super::layers::{Attention, Linear, Rotary};
+use super::weights::{TensorsOut, Weights};
 use burn::module::{Module, Param};
 use burn::tensor::activation::{sigmoid, softplus};
 use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
 use rwkv_kernels::{Wkv7Impl, Wkv7Input, wkv7};
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +141,275 @@ pub struct TimeMixer {
     pub ln_x_bias: Option<Param<Tensor<1>>>,
     #[module(skip)]
     pub shape: MixerShape,
+}
+
+impl TimeMixer {
+    /// Loads the mixer under `w` (`model.layers.{i}.self_attn.time_mixer`, SPEC §7): `[C]`
+    /// vectors stored `[1, 1, C]`, LoRA matrices as they are, projections in Hugging Face's
+    /// `[out, in]` layout; r/k/v biases when `bias` and the checkpoint has them.
+    pub fn load(w: &Weights, shape: &MixerShape, bias: bool) -> Self {
+        load_mixer(w, shape, bias)
+    }
+
+    /// Writes what [`TimeMixer::load`] reads.
+    pub fn put(&self, t: &mut TensorsOut) {
+        put_mixer(t, self)
+    }
+
+    /// RWKV-LM's initialisation for layer `l` of `n_layers` (`init = "rwkv"`): its decay,
+    /// mixes and LoRAs, and orthogonal r/k/v projections (the output projection zero).
+    pub fn init_rwkv(
+        shape: &MixerShape,
+        l: usize,
+        n_layers: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Self {
+        let mut m = rwkv_base(shape, l, n_layers, seed, device);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(1000 + l as u64));
+        let c = shape.hidden;
+        let kvw = shape.kv_heads * shape.head_size;
+        let mut o = |r, k, g| Linear {
+            weight: Param::from_tensor(orthogonal(r, k, g, &mut rng, device)),
+            bias: None,
+        };
+        m.receptance = o(c, c, 1.0);
+        m.key = o(c, kvw, 0.1);
+        m.value = o(c, kvw, 1.0);
+        m.output = Linear {
+            weight: Param::from_tensor(Tensor::zeros([c, c], device)),
+            bias: None,
+        };
+        m
+    }
+
+    /// Initialised from the teacher's attention of that layer (`init = "teacher"`): r, k, v
+    /// and o are its q, k, v and o projections (grouped k/v heads repeated when `expand`), the
+    /// rest as [`TimeMixer::init_rwkv`].
+    pub fn from_attention(
+        attn: &Attention,
+        expand: bool,
+        shape: &MixerShape,
+        l: usize,
+        n_layers: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Self {
+        let mut m = rwkv_base(shape, l, n_layers, seed, device);
+        let (kv, h, n) = (attn.kv_heads, attn.heads, attn.head_dim);
+        m.receptance = copy_linear(&attn.q);
+        m.output = copy_linear(&attn.o);
+        (m.key, m.value) = if expand {
+            (
+                expand_linear(&attn.k, kv, h, n),
+                expand_linear(&attn.v, kv, h, n),
+            )
+        } else {
+            (copy_linear(&attn.k), copy_linear(&attn.v))
+        };
+        m
+    }
+}
+
+fn vec_param(data: Vec<f32>, device: &Device) -> Param<Tensor<1>> {
+    let n = data.len();
+    Param::from_tensor(Tensor::from_data(TensorData::new(data, [n]), device))
+}
+
+/// RWKV-LM's initial values of the non-projection parameters of layer `l` of `n_layers`
+/// (projections zero).
+fn rwkv_base(
+    shape: &MixerShape,
+    l: usize,
+    n_layers: usize,
+    seed: u64,
+    device: &Device,
+) -> TimeMixer {
+    let c = shape.hidden;
+    let r01 = if n_layers > 1 {
+        l as f64 / (n_layers - 1) as f64
+    } else {
+        0.0
+    };
+    let r10 = 1.0 - l as f64 / n_layers as f64;
+    let ddd: Vec<f64> = (0..c).map(|i| i as f64 / c as f64).collect();
+    let mk = |f: &dyn Fn(f64) -> f64| vec_param(ddd.iter().map(|&d| f(d) as f32).collect(), device);
+    let mut rng =
+        rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (l as u64).wrapping_mul(0x9E37_79B9));
+    let zeros = |r: usize, k: usize| Param::from_tensor(Tensor::<2>::zeros([r, k], device));
+    let lr = shape.lora;
+    let mut ortho =
+        |r: usize, k: usize| Param::from_tensor(orthogonal(r, k, 0.1, &mut rng, device));
+    let (w2, a2, v2) = (ortho(lr.decay, c), ortho(lr.a, c), ortho(lr.v, c));
+    let g2 = (shape.gate != GateForm::None).then(|| ortho(lr.gate, c));
+    let kv_width = shape.kv_heads * shape.head_size;
+    let lin = |out: usize, inp: usize| Linear {
+        weight: Param::from_tensor(Tensor::zeros([inp, out], device)),
+        bias: None,
+    };
+    TimeMixer {
+        x_r: mk(&|d| 1.0 - d.powf(0.2 * r10)),
+        x_w: mk(&|d| 1.0 - d.powf(0.9 * r10)),
+        x_k: mk(&|d| 1.0 - (d.powf(0.9 * r10) + 0.4 * r01)),
+        x_v: mk(&|d| 1.0 - (d.powf(0.4 * r10) + 0.6 * r01)),
+        x_a: mk(&|d| 1.0 - d.powf(0.9 * r10)),
+        x_g: mk(&|d| 1.0 - d.powf(0.2 * r10)),
+        w0: vec_param(
+            (0..c)
+                .map(|n| {
+                    (-7.0 + 5.0 * (n as f64 / (c - 1) as f64).powf(0.85 + r01.sqrt()) + 0.5) as f32
+                })
+                .collect(),
+            device,
+        ),
+        w1: zeros(c, lr.decay),
+        w2,
+        a0: vec_param(vec![0.0; c], device),
+        a1: zeros(c, lr.a),
+        a2,
+        v0: vec_param(vec![1.0; c], device),
+        v1: zeros(c, lr.v),
+        v2,
+        g1: (shape.gate != GateForm::None).then(|| zeros(c, lr.gate)),
+        g2,
+        k_k: vec_param(vec![0.85; c], device),
+        k_a: vec_param(vec![1.0; c], device),
+        r_k: Param::from_tensor(Tensor::zeros([shape.heads, shape.head_size], device)),
+        receptance: lin(c, c),
+        key: lin(kv_width, c),
+        value: lin(kv_width, c),
+        output: lin(c, c),
+        ln_x_weight: shape.group_norm.then(|| vec_param(vec![1.0; c], device)),
+        ln_x_bias: shape.group_norm.then(|| vec_param(vec![0.0; c], device)),
+        shape: shape.clone(),
+    }
+}
+
+/// Expands a grouped `[in, KV·N]` projection to `[in, H·N]` by repeating each head.
+fn expand_linear(l: &Linear, kv: usize, heads: usize, n: usize) -> Linear {
+    let rep = |t: Tensor<3>| {
+        let [b, _, _] = t.dims();
+        let g = heads / kv;
+        t.reshape([b, kv, 1, n])
+            .expand([b, kv, g, n])
+            .reshape([b, 1, heads * n])
+    };
+    let w = l.weight.val();
+    let [inp, _] = w.dims();
+    let w = rep(w.reshape([inp, 1, kv * n])).reshape([inp, heads * n]);
+    let bias = l
+        .bias
+        .as_ref()
+        .map(|b| Param::from_tensor(rep(b.val().reshape([1, 1, kv * n])).reshape([heads * n])));
+    Linear {
+        weight: Param::from_tensor(w),
+        bias,
+    }
+}
+
+fn copy_linear(l: &Linear) -> Linear {
+    Linear {
+        weight: Param::from_tensor(l.weight.val()),
+        bias: l.bias.as_ref().map(|b| Param::from_tensor(b.val())),
+    }
+}
+
+/// `[C]` vectors are stored `[1, 1, C]` as in RWKV-LM.
+const VECTORS: [&str; 11] = [
+    "x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a",
+];
+
+fn vectors(m: &TimeMixer) -> [&Param<Tensor<1>>; 11] {
+    [
+        &m.x_r, &m.x_w, &m.x_k, &m.x_v, &m.x_a, &m.x_g, &m.w0, &m.a0, &m.v0, &m.k_k, &m.k_a,
+    ]
+}
+
+fn put_mixer(t: &mut TensorsOut, m: &TimeMixer) {
+    let c = m.shape.hidden;
+    for (name, p) in VECTORS.iter().zip(vectors(m)) {
+        t.put(name, p.val().reshape([1, 1, c]));
+    }
+    let mut mats = vec![
+        ("w1", &m.w1),
+        ("w2", &m.w2),
+        ("a1", &m.a1),
+        ("a2", &m.a2),
+        ("v1", &m.v1),
+        ("v2", &m.v2),
+        ("r_k", &m.r_k),
+    ];
+    if let (Some(g1), Some(g2)) = (&m.g1, &m.g2) {
+        mats.push(("g1", g1));
+        mats.push(("g2", g2));
+    }
+    for (name, p) in mats {
+        t.put(name, p.val());
+    }
+    for (name, l) in [
+        ("receptance", &m.receptance),
+        ("key", &m.key),
+        ("value", &m.value),
+        ("output", &m.output),
+    ] {
+        l.put(&mut t.pp(name));
+    }
+    if let (Some(w), Some(b)) = (&m.ln_x_weight, &m.ln_x_bias) {
+        t.put("ln_x.weight", w.val());
+        t.put("ln_x.bias", b.val());
+    }
+}
+
+fn load_mixer(w: &Weights, shape: &MixerShape, bias: bool) -> TimeMixer {
+    let c = shape.hidden;
+    let lr = shape.lora;
+    let kvw = shape.kv_heads * shape.head_size;
+    let device = w.device().clone();
+    let vec = |name: &str| -> Param<Tensor<1>> { vec_param(w.take(name, &[1, 1, c]), &device) };
+    let (x_r, x_w, x_k, x_v, x_a, x_g) = (
+        vec("x_r"),
+        vec("x_w"),
+        vec("x_k"),
+        vec("x_v"),
+        vec("x_a"),
+        vec("x_g"),
+    );
+    let (w0, a0, v0, k_k, k_a) = (vec("w0"), vec("a0"), vec("v0"), vec("k_k"), vec("k_a"));
+    let gated = shape.gate != GateForm::None;
+    TimeMixer {
+        x_r,
+        x_w,
+        x_k,
+        x_v,
+        x_a,
+        x_g,
+        w0,
+        a0,
+        v0,
+        k_k,
+        k_a,
+        w1: w.param("w1", [c, lr.decay]),
+        w2: w.param("w2", [lr.decay, c]),
+        a1: w.param("a1", [c, lr.a]),
+        a2: w.param("a2", [lr.a, c]),
+        v1: w.param("v1", [c, lr.v]),
+        v2: w.param("v2", [lr.v, c]),
+        g1: gated.then(|| w.param("g1", [c, lr.gate])),
+        g2: gated.then(|| w.param("g2", [lr.gate, c])),
+        r_k: w.param("r_k", [shape.heads, shape.head_size]),
+        receptance: load_linear_opt_bias(&w.pp("receptance"), c, c, bias),
+        key: load_linear_opt_bias(&w.pp("key"), kvw, c, bias),
+        value: load_linear_opt_bias(&w.pp("value"), kvw, c, bias),
+        output: Linear::load(&w.pp("output"), c, c, false),
+        ln_x_weight: shape.group_norm.then(|| w.param("ln_x.weight", [c])),
+        ln_x_bias: shape.group_norm.then(|| w.param("ln_x.bias", [c])),
+        shape: shape.clone(),
+    }
+}
+
+/// A projection whose bias is present only when the checkpoint has it (copied teacher biases).
+fn load_linear_opt_bias(w: &Weights, out: usize, inp: usize, bias: bool) -> Linear {
+    Linear::load(w, out, inp, bias && w.contains("bias"))
 }
 
 /// Per-head L2 normalisation of `[B, T, H, N]` over N.
@@ -362,4 +633,39 @@ pub fn orthogonal(
         }
     }
     Tensor::from_data(TensorData::new(data, [rows, cols]), device)
+}
+
+#[cfg(test)]
+mod round_trip_tests {
+    use super::*;
+    use crate::model::weights::testing::{assert_round_trip, written};
+
+    fn shape(gate: GateForm, group_norm: bool) -> MixerShape {
+        MixerShape {
+            hidden: 64,
+            heads: 2,
+            head_size: 32,
+            kv_heads: 1,
+            lora: LoraRanks::for_hidden(64),
+            gate,
+            group_norm,
+            rope: false,
+            rope_theta: 10_000.0,
+        }
+    }
+
+    #[test]
+    fn the_mixer_loads_what_it_puts() {
+        let device = Device::flex();
+        for (gate, gn) in [(GateForm::Sigmoid, true), (GateForm::None, false)] {
+            let s = shape(gate, gn);
+            let m = TimeMixer::init_rwkv(&s, 1, 3, 5, &device);
+            assert_round_trip(TimeMixer::put, &m, |w| TimeMixer::load(w, &s, false));
+        }
+        // Vectors are stored `[1, 1, C]` (SPEC §7), the gate only when there is one.
+        let m = TimeMixer::init_rwkv(&shape(GateForm::None, true), 0, 1, 0, &device);
+        let (_dir, reader, out) = written(|t| m.put(t));
+        assert_eq!(reader.shape("m.x_r"), Some(&[1, 1, 64][..]));
+        assert!(!out.contains_key("m.g1") && out.contains_key("m.ln_x.bias"));
+    }
 }

@@ -4,13 +4,13 @@
 //! (stage 1 needs them) and a KV cache for generation.
 
 use super::config::TransformerConfig;
-use super::layers::{Attention, KvCache, Linear, Mlp, RmsNorm, Rotary};
+use super::layers::{Attention, KvCache, Mlp, RmsNorm, Rotary, TensorRng};
 use super::safetensors_io::{OwnedTensor, SafetensorsReader};
-use super::weights::{WeightLoader, to_vec, transpose};
+use super::weights::{TensorsOut, WeightLoader, Weights};
 use anyhow::Result;
 use burn::module::{Module, Param};
 use burn::tensor::module::embedding;
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -21,6 +21,38 @@ pub struct DecoderLayer {
     pub attn: Attention,
     pub post_norm: RmsNorm,
     pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// `input_layernorm`, `self_attn`, `post_attention_layernorm` and `mlp` under `w` (a
+    /// `model.layers.{i}` prefix).
+    pub fn load(w: &Weights, cfg: &TransformerConfig) -> Self {
+        let c = cfg.hidden_size;
+        Self {
+            input_norm: RmsNorm::load(&w.pp("input_layernorm"), c, cfg.rms_norm_eps),
+            attn: Attention::load(&w.pp("self_attn"), cfg),
+            post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), c, cfg.rms_norm_eps),
+            mlp: Mlp::load(&w.pp("mlp"), cfg),
+        }
+    }
+
+    /// Writes what [`DecoderLayer::load`] reads.
+    pub fn put(&self, t: &mut TensorsOut) {
+        self.input_norm.put(&mut t.pp("input_layernorm"));
+        self.attn.put(&mut t.pp("self_attn"));
+        self.post_norm.put(&mut t.pp("post_attention_layernorm"));
+        self.mlp.put(&mut t.pp("mlp"));
+    }
+
+    pub fn init(rng: &mut TensorRng, cfg: &TransformerConfig) -> Self {
+        let c = cfg.hidden_size;
+        Self {
+            input_norm: RmsNorm::init(rng, c, cfg.rms_norm_eps),
+            attn: Attention::init(rng, cfg),
+            post_norm: RmsNorm::init(rng, c, cfg.rms_norm_eps),
+            mlp: Mlp::init(rng, cfg),
+        }
+    }
 }
 
 /// A whole decoder-only model.
@@ -71,39 +103,29 @@ impl TransformerCache {
 }
 
 /// Hugging Face tensor names of layer `i`.
-pub fn layer_prefix(i: usize) -> String {
-    format!("model.layers.{i}")
-}
-
 impl Transformer {
     /// Loads `DIR` (config.json + safetensors) onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config = TransformerConfig::from_dir(dir)?;
         let reader = SafetensorsReader::open_dir(dir)?;
-        let mut loader = WeightLoader::new(&reader, device);
-        let model = Self::from_loader(config, &mut loader);
+        let loader = WeightLoader::new(&reader, device);
+        let model = Self::from_weights(config, &loader.root());
         loader.finish(dir)?;
         Ok(model)
     }
 
-    /// Builds the model from a loader (problems are collected in the loader).
-    pub fn from_loader(config: TransformerConfig, w: &mut WeightLoader) -> Self {
+    /// Builds the model from a checkpoint's weights (problems are collected in their loader).
+    pub fn from_weights(config: TransformerConfig, root: &Weights) -> Self {
         let c = config.hidden_size;
-        let embed = w.param("model.embed_tokens.weight", [config.vocab_size, c]);
+        let model = root.pp("model");
+        let embed = model
+            .pp("embed_tokens")
+            .param("weight", [config.vocab_size, c]);
         let layers = (0..config.num_hidden_layers)
-            .map(|i| {
-                let (input_norm, post_norm, mlp) = load_norms_and_mlp(w, i, &config);
-                let attn = load_attention(w, &format!("{}.self_attn", layer_prefix(i)), &config);
-                DecoderLayer {
-                    input_norm,
-                    attn,
-                    post_norm,
-                    mlp,
-                }
-            })
+            .map(|i| DecoderLayer::load(&model.pp("layers").pp(i), &config))
             .collect();
-        let norm = load_norm(w, "model.norm", &config);
-        let lm_head = load_head(w, &config);
+        let norm = RmsNorm::load(&model.pp("norm"), c, config.rms_norm_eps);
+        let lm_head = load_head(root, &config);
         Self {
             embed,
             layers,
@@ -118,17 +140,12 @@ impl Transformer {
         let mut rng = TensorRng::new(seed, device);
         let c = config.hidden_size;
         let layers = (0..config.num_hidden_layers)
-            .map(|_| DecoderLayer {
-                input_norm: rng.norm(c, config.rms_norm_eps),
-                attn: rng.attention(&config),
-                post_norm: rng.norm(c, config.rms_norm_eps),
-                mlp: rng.mlp(&config),
-            })
+            .map(|_| DecoderLayer::init(&mut rng, &config))
             .collect();
         Self {
             embed: rng.param([config.vocab_size, c], 0.5),
             layers,
-            norm: rng.norm(c, config.rms_norm_eps),
+            norm: RmsNorm::init(&mut rng, c, config.rms_norm_eps),
             lm_head: (!config.tie_word_embeddings).then(|| rng.param([c, config.vocab_size], 0.1)),
             config,
         }
@@ -217,16 +234,14 @@ impl Transformer {
     /// The weights under their Hugging Face names and layouts.
     pub fn hf_tensors(&self) -> BTreeMap<String, OwnedTensor> {
         let mut out = BTreeMap::new();
-        put(&mut out, "model.embed_tokens.weight", self.embed.val());
+        let mut t = TensorsOut::new(&mut out);
+        let mut model = t.pp("model");
+        model.pp("embed_tokens").put("weight", self.embed.val());
         for (i, layer) in self.layers.iter().enumerate() {
-            put_norms_and_mlp(&mut out, i, &layer.input_norm, &layer.post_norm, &layer.mlp);
-            put_attention(
-                &mut out,
-                &format!("{}.self_attn", layer_prefix(i)),
-                &layer.attn,
-            );
+            layer.put(&mut model.pp("layers").pp(i));
         }
-        put_final_norm_and_head(&mut out, &self.norm, self.lm_head.as_ref());
+        self.norm.put(&mut model.pp("norm"));
+        put_head(&mut t, self.lm_head.as_ref());
         out
     }
 }
@@ -247,220 +262,21 @@ pub fn lm_head_logits(
     logits.reshape([b, t, v])
 }
 
-/// Layer `i`'s input norm, post-attention norm and MLP (every decoder layer has them,
-/// whatever mixes its tokens).
-pub fn load_norms_and_mlp(
-    w: &mut WeightLoader,
-    i: usize,
-    cfg: &TransformerConfig,
-) -> (RmsNorm, RmsNorm, Mlp) {
-    let p = layer_prefix(i);
-    (
-        load_norm(w, &format!("{p}.input_layernorm"), cfg),
-        load_norm(w, &format!("{p}.post_attention_layernorm"), cfg),
-        load_mlp(w, &format!("{p}.mlp"), cfg),
-    )
-}
-
 /// The separate LM head, or `None` when tied to the embeddings (a stray `lm_head.weight` in a
 /// tied checkpoint is then ignored).
-pub fn load_head(w: &mut WeightLoader, cfg: &TransformerConfig) -> Option<Param<Tensor<2>>> {
+pub fn load_head(root: &Weights, cfg: &TransformerConfig) -> Option<Param<Tensor<2>>> {
     if cfg.tie_word_embeddings {
-        w.ignore("lm_head.weight");
+        root.ignore("lm_head.weight");
         None
     } else {
-        Some(w.param_transposed("lm_head.weight", cfg.vocab_size, cfg.hidden_size))
+        Some(root.param_transposed("lm_head.weight", cfg.vocab_size, cfg.hidden_size))
     }
 }
 
-/// Writes what [`load_norms_and_mlp`] reads.
-pub fn put_norms_and_mlp(
-    out: &mut BTreeMap<String, OwnedTensor>,
-    i: usize,
-    input_norm: &RmsNorm,
-    post_norm: &RmsNorm,
-    mlp: &Mlp,
-) {
-    let p = layer_prefix(i);
-    put(
-        out,
-        &format!("{p}.input_layernorm.weight"),
-        input_norm.weight.val(),
-    );
-    put(
-        out,
-        &format!("{p}.post_attention_layernorm.weight"),
-        post_norm.weight.val(),
-    );
-    put_mlp(out, &format!("{p}.mlp"), mlp);
-}
-
-/// Writes the final norm and, when not tied, the LM head.
-pub fn put_final_norm_and_head(
-    out: &mut BTreeMap<String, OwnedTensor>,
-    norm: &RmsNorm,
-    head: Option<&Param<Tensor<2>>>,
-) {
-    put(out, "model.norm.weight", norm.weight.val());
+/// Writes what [`load_head`] reads.
+pub fn put_head(t: &mut TensorsOut, head: Option<&Param<Tensor<2>>>) {
     if let Some(head) = head {
-        put_linear_weight(out, "lm_head.weight", head.val());
-    }
-}
-
-pub fn load_norm(w: &mut WeightLoader, prefix: &str, cfg: &TransformerConfig) -> RmsNorm {
-    RmsNorm {
-        weight: w.param(&format!("{prefix}.weight"), [cfg.hidden_size]),
-        eps: cfg.rms_norm_eps,
-    }
-}
-
-pub fn load_linear(
-    w: &mut WeightLoader,
-    prefix: &str,
-    out: usize,
-    inp: usize,
-    bias: bool,
-) -> Linear {
-    Linear {
-        weight: w.param_transposed(&format!("{prefix}.weight"), out, inp),
-        bias: bias.then(|| w.param(&format!("{prefix}.bias"), [out])),
-    }
-}
-
-pub fn load_attention(w: &mut WeightLoader, prefix: &str, cfg: &TransformerConfig) -> Attention {
-    let (c, d) = (cfg.hidden_size, cfg.head_dim);
-    let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-    let bias = cfg.attention_bias;
-    Attention {
-        q: load_linear(w, &format!("{prefix}.q_proj"), q_out, c, bias),
-        k: load_linear(w, &format!("{prefix}.k_proj"), kv_out, c, bias),
-        v: load_linear(w, &format!("{prefix}.v_proj"), kv_out, c, bias),
-        o: load_linear(w, &format!("{prefix}.o_proj"), c, q_out, false),
-        heads: cfg.num_attention_heads,
-        kv_heads: cfg.num_key_value_heads,
-        head_dim: d,
-    }
-}
-
-pub fn load_mlp(w: &mut WeightLoader, prefix: &str, cfg: &TransformerConfig) -> Mlp {
-    let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
-    Mlp {
-        gate: load_linear(w, &format!("{prefix}.gate_proj"), f, c, false),
-        up: load_linear(w, &format!("{prefix}.up_proj"), f, c, false),
-        down: load_linear(w, &format!("{prefix}.down_proj"), c, f, false),
-    }
-}
-
-/// Adds a tensor under `name` as is.
-pub fn put<const D: usize>(out: &mut BTreeMap<String, OwnedTensor>, name: &str, t: Tensor<D>) {
-    let shape = t.dims().to_vec();
-    out.insert(
-        name.to_string(),
-        OwnedTensor {
-            shape,
-            data: to_vec(t),
-        },
-    );
-}
-
-/// Adds an `[in, out]` weight in Hugging Face's `[out, in]` layout.
-pub fn put_linear_weight(out: &mut BTreeMap<String, OwnedTensor>, name: &str, w: Tensor<2>) {
-    let [inp, o] = w.dims();
-    out.insert(
-        name.to_string(),
-        OwnedTensor {
-            shape: vec![o, inp],
-            data: transpose(&to_vec(w), inp, o),
-        },
-    );
-}
-
-pub fn put_linear(out: &mut BTreeMap<String, OwnedTensor>, prefix: &str, l: &Linear) {
-    put_linear_weight(out, &format!("{prefix}.weight"), l.weight.val());
-    if let Some(b) = &l.bias {
-        put(out, &format!("{prefix}.bias"), b.val());
-    }
-}
-
-pub fn put_attention(out: &mut BTreeMap<String, OwnedTensor>, prefix: &str, a: &Attention) {
-    for (name, l) in [
-        ("q_proj", &a.q),
-        ("k_proj", &a.k),
-        ("v_proj", &a.v),
-        ("o_proj", &a.o),
-    ] {
-        put_linear(out, &format!("{prefix}.{name}"), l);
-    }
-}
-
-pub fn put_mlp(out: &mut BTreeMap<String, OwnedTensor>, prefix: &str, m: &Mlp) {
-    for (name, l) in [
-        ("gate_proj", &m.gate),
-        ("up_proj", &m.up),
-        ("down_proj", &m.down),
-    ] {
-        put_linear(out, &format!("{prefix}.{name}"), l);
-    }
-}
-
-/// Seeded random parameters for tests and benchmarks.
-pub struct TensorRng {
-    device: Device,
-}
-
-impl TensorRng {
-    pub fn new(seed: u64, device: &Device) -> Self {
-        device.seed(seed);
-        Self {
-            device: device.clone(),
-        }
-    }
-
-    pub fn param<const D: usize>(&mut self, shape: [usize; D], scale: f64) -> Param<Tensor<D>> {
-        Param::from_tensor(Tensor::random(
-            shape,
-            Distribution::Uniform(-scale, scale),
-            &self.device,
-        ))
-    }
-
-    pub fn linear(&mut self, out: usize, inp: usize, bias: bool) -> Linear {
-        let scale = 1.0 / (inp as f64).sqrt();
-        Linear {
-            weight: self.param([inp, out], scale),
-            bias: bias.then(|| self.param([out], 0.1)),
-        }
-    }
-
-    pub fn norm(&mut self, c: usize, eps: f64) -> RmsNorm {
-        let w = Tensor::random([c], Distribution::Uniform(0.8, 1.2), &self.device);
-        RmsNorm {
-            weight: Param::from_tensor(w),
-            eps,
-        }
-    }
-
-    pub fn attention(&mut self, cfg: &TransformerConfig) -> Attention {
-        let (c, d) = (cfg.hidden_size, cfg.head_dim);
-        let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-        Attention {
-            q: self.linear(q_out, c, cfg.attention_bias),
-            k: self.linear(kv_out, c, cfg.attention_bias),
-            v: self.linear(kv_out, c, cfg.attention_bias),
-            o: self.linear(c, q_out, false),
-            heads: cfg.num_attention_heads,
-            kv_heads: cfg.num_key_value_heads,
-            head_dim: d,
-        }
-    }
-
-    pub fn mlp(&mut self, cfg: &TransformerConfig) -> Mlp {
-        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
-        Mlp {
-            gate: self.linear(f, c, false),
-            up: self.linear(f, c, false),
-            down: self.linear(c, f, false),
-        }
+        t.put_transposed("lm_head.weight", head.val());
     }
 }
 
