@@ -406,7 +406,8 @@ fn a_non_finite_loss_stops_the_step_and_keeps_the_last_checkpoint() {
 /// The W&B run of a training step keeps its id when `runner resume` continues the step.
 #[test]
 fn wandb_run_id_is_stable_across_resume() {
-    let p = project(12);
+    // Long enough that the sidecar starts well before the step ends.
+    let p = project(300);
     let py = common::python::python();
     let has_sdk = std::process::Command::new(&py)
         .args(["-c", "import wandb"])
@@ -437,12 +438,24 @@ fn wandb_run_id_is_stable_across_resume() {
         .spawn()
         .unwrap();
     let step = p.path().join("runs/w/r/stage1");
-    p.wait_for(120, "stage1 to log two steps", || {
+    // Killed once the step has trained a few steps and its W&B run has started (the sidecar
+    // starts beside the training, which does not wait for it).
+    let started = |dir: &std::path::Path| {
+        std::fs::read_dir(dir).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("offline-run-"))
+        })
+    };
+    p.wait_for(120, "stage1 to log steps and start its W&B run", || {
         std::fs::read_to_string(step.join("checkpoint/metrics.jsonl"))
             .is_ok_and(|m| m.lines().count() >= 5)
+            && started(&step.join("wandb"))
     });
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
+    // W&B names offline run folders by the second they start in: let the next attempt start
+    // in another second, so each attempt has its own folder to look at.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let r = p
         .cmd(&["resume", "runs/w/r", "-q"])
         .env("WANDB_SILENT", "true")

@@ -9,7 +9,7 @@ use super::layers::{Attention, KvCache, Mlp, RmsNorm, Rotary};
 use super::safetensors_io::{OwnedTensor, SafetensorsReader};
 use super::time_mixer::{GateForm, LoraRanks, MixerShape, MixerState, TimeMixer};
 use super::transformer::{
-    DecoderLayer, LayerCapture, Transformer, lm_head_logits, load_head, put_head,
+    DecoderLayer, LayerCapture, Transformer, decoder_stack, lm_head_logits, load_head, put_head,
 };
 use super::weights::{TensorsOut, WeightLoader};
 use anyhow::{Context, Result, bail};
@@ -304,46 +304,41 @@ impl Hybrid {
         }
         let cfg = &self.config;
         let rotary = Rotary::new(cfg.rope_theta, cfg.head_dim, start, t, &device);
-        let mut x = embedding(self.embed.val(), ids);
         let mut v_first: Option<Tensor<3>> = None;
-        let mut captures = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_norm.forward(x.clone());
-            let a = match (&layer.mixer, state.as_mut().map(|s| &mut s.layers[i])) {
-                (Mixer::Attention(attn), Some(LayerState::Attention(cache))) => {
-                    attn.forward(h.clone(), &rotary, mask.clone(), Some(cache))
-                }
-                (Mixer::Attention(attn), _) => attn.forward(h.clone(), &rotary, mask.clone(), None),
-                (Mixer::Rwkv(m), slot) => {
-                    let carried = match &slot {
-                        Some(LayerState::Rwkv(s)) => s.clone(),
-                        _ => None,
-                    };
-                    let (out, vf, new_state) = m.forward(
-                        h.clone(),
-                        v_first.take(),
-                        carried,
-                        mask.clone(),
-                        start,
-                        Wkv7Impl::Fused,
-                    );
-                    v_first = Some(vf);
-                    if let Some(slot) = slot {
-                        *slot = LayerState::Rwkv(Some(new_state));
-                    }
-                    out
-                }
-            };
-            if capture.contains(&i) {
-                captures.push(LayerCapture {
-                    layer: i,
-                    attn_in: h,
-                    attn_out: a.clone(),
-                });
+        let blocks = self
+            .layers
+            .iter()
+            .map(|l| (&l.input_norm, &l.post_norm, &l.mlp));
+        let mix = |i: usize, h: Tensor<3>| match (
+            &self.layers[i].mixer,
+            state.as_mut().map(|s| &mut s.layers[i]),
+        ) {
+            (Mixer::Attention(attn), Some(LayerState::Attention(cache))) => {
+                attn.forward(h, &rotary, mask.clone(), Some(cache))
             }
-            x = x + a;
-            x = x.clone() + layer.mlp.forward(layer.post_norm.forward(x));
-        }
+            (Mixer::Attention(attn), _) => attn.forward(h, &rotary, mask.clone(), None),
+            (Mixer::Rwkv(m), slot) => {
+                let carried = match &slot {
+                    Some(LayerState::Rwkv(s)) => s.clone(),
+                    _ => None,
+                };
+                let (out, vf, new_state) = m.forward(
+                    h,
+                    v_first.take(),
+                    carried,
+                    mask.clone(),
+                    start,
+                    Wkv7Impl::Fused,
+                );
+                v_first = Some(vf);
+                if let Some(slot) = slot {
+                    *slot = LayerState::Rwkv(Some(new_state));
+                }
+                out
+            }
+        };
+        let (x, captures) =
+            decoder_stack(embedding(self.embed.val(), ids), blocks, mix, capture, None);
         if let Some(s) = state {
             s.pos += t;
         }

@@ -199,26 +199,20 @@ impl Transformer {
         }
         let cfg = &self.config;
         let rotary = Rotary::new(cfg.rope_theta, cfg.head_dim, start, t, &device);
-        let mut x = embedding(self.embed.val(), ids);
-        let mut captures = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_norm.forward(x.clone());
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            let a = layer.attn.forward(h.clone(), &rotary, mask.clone(), slot);
-            if capture.contains(&i) {
-                captures.push(LayerCapture {
-                    layer: i,
-                    attn_in: h,
-                    attn_out: a.clone(),
-                });
-            }
-            x = x + a;
-            if stop_after == Some(i) {
-                break;
-            }
-            x = x.clone() + layer.mlp.forward(layer.post_norm.forward(x));
-        }
-        (x, captures)
+        let blocks = self
+            .layers
+            .iter()
+            .map(|l| (&l.input_norm, &l.post_norm, &l.mlp));
+        decoder_stack(
+            embedding(self.embed.val(), ids),
+            blocks,
+            |i, h| {
+                let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+                self.layers[i].attn.forward(h, &rotary, mask.clone(), slot)
+            },
+            capture,
+            stop_after,
+        )
     }
 
     /// Logits `[B, T, vocab]` of hidden states from [`Self::forward_hidden`].
@@ -244,6 +238,38 @@ impl Transformer {
         put_head(&mut t, self.lm_head.as_ref());
         out
     }
+}
+
+/// The decoder stack every model here shares (teacher and hybrid student): for each layer,
+/// `x + mix_i(norm₁(x))` then `x + mlp(norm₂(x))`, where `mix(i, h)` is layer `i`'s token mixer
+/// (attention or RWKV-7). Returns the residual stream (before the final norm) and, for the
+/// layers in `capture`, the mixer's input and output; with `stop_after = Some(l)` it stops
+/// right after layer `l`'s mixer.
+pub fn decoder_stack<'a>(
+    mut x: Tensor<3>,
+    blocks: impl Iterator<Item = (&'a RmsNorm, &'a RmsNorm, &'a Mlp)>,
+    mut mix: impl FnMut(usize, Tensor<3>) -> Tensor<3>,
+    capture: &[usize],
+    stop_after: Option<usize>,
+) -> (Tensor<3>, Vec<LayerCapture>) {
+    let mut captures = Vec::new();
+    for (i, (input_norm, post_norm, mlp)) in blocks.enumerate() {
+        let h = input_norm.forward(x.clone());
+        let a = mix(i, h.clone());
+        if capture.contains(&i) {
+            captures.push(LayerCapture {
+                layer: i,
+                attn_in: h,
+                attn_out: a.clone(),
+            });
+        }
+        x = x + a;
+        if stop_after == Some(i) {
+            break;
+        }
+        x = x.clone() + mlp.forward(post_norm.forward(x));
+    }
+    (x, captures)
 }
 
 /// `hidden · Eᵀ` (tied) or `hidden · W_head`.

@@ -255,13 +255,17 @@ pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 /// Writes tensors to a checkpoint file and reads them back (the layers' round-trip tests).
 #[cfg(test)]
 pub mod testing {
-    use super::super::safetensors_io::{SaveDtype, SafetensorsReader, write_safetensors};
+    use super::super::safetensors_io::{SafetensorsReader, SaveDtype, write_safetensors};
     use super::*;
 
     /// `put` a module into a fresh map, write it (f32), and open it for loading.
     pub fn written(
         put: impl FnOnce(&mut TensorsOut),
-    ) -> (tempfile::TempDir, SafetensorsReader, BTreeMap<String, OwnedTensor>) {
+    ) -> (
+        tempfile::TempDir,
+        SafetensorsReader,
+        BTreeMap<String, OwnedTensor>,
+    ) {
         let mut out = BTreeMap::new();
         put(&mut TensorsOut::new(&mut out).pp("m"));
         let dir = tempfile::tempdir().unwrap();
