@@ -36,6 +36,36 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+/// One line of the GRPO step's `metrics.jsonl` (and of its W&B run): means over the step's
+/// completions (or tokens, or updates).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrpoMetrics {
+    pub step: u64,
+    pub lr: f64,
+    pub reward: f64,
+    /// Fraction of completions with the right answer.
+    pub accuracy: f64,
+    pub loss: f64,
+    /// k3 KL to the reference, per completion.
+    pub kl: f64,
+    /// Fraction of tokens whose probability ratio was clipped.
+    pub clip_fraction: f64,
+    pub completion_tokens: f64,
+    /// Fraction of completions cut at the token limit.
+    pub truncated_fraction: f64,
+    pub grad_norm: f64,
+    /// How the step's updates moved the mean log-probability of the tokens of completions
+    /// rewarded above (below) their group's mean; absent when no group had different rewards.
+    pub logp_change_above_mean: Option<f64>,
+    pub logp_change_below_mean: Option<f64>,
+    pub rollout_seconds: f64,
+    pub seconds: f64,
+    pub peak_rss_mib: Option<f64>,
+    /// Each reward component's mean, as `reward_<component>`.
+    #[serde(flatten)]
+    pub rewards: BTreeMap<String, f64>,
+}
+
 /// Where a GRPO run keeps its state and writes its results.
 pub struct RunIo<'a> {
     /// The step's name, for progress and logs.
@@ -406,32 +436,31 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         state.optimizer_step = opt.step;
         let mu = s.updates_per_batch as f64;
         let n = n_completions as f64;
-        let mut line = serde_json::json!({
-            "step": state.step, "lr": lr,
-            "reward": rewards_all.iter().sum::<f64>() / n,
-            "accuracy": correct as f64 / n,
-            "loss": loss_sum / mu,
-            "kl": kl_sum / (mu * n),
-            "clip_fraction": clipped / tokens.max(1.0),
-            "completion_tokens": completion_tokens as f64 / n,
-            "truncated_fraction": truncated as f64 / n,
-            "grad_norm": norm_sum / mu,
-            "logp_change_above_mean": mean(above),
-            "logp_change_below_mean": mean(below),
-            "rollout_seconds": rollout_secs,
-            "seconds": t0.elapsed().as_secs_f64(),
-            "peak_rss_mib": crate::bench::mem::peak_rss_mib(),
-        });
-        for (k, v) in components {
-            line[format!("reward_{k}")] = serde_json::json!(v / n);
-        }
+        let line = GrpoMetrics {
+            step: state.step,
+            lr,
+            reward: rewards_all.iter().sum::<f64>() / n,
+            accuracy: correct as f64 / n,
+            loss: loss_sum / mu,
+            kl: kl_sum / (mu * n),
+            clip_fraction: clipped / tokens.max(1.0),
+            completion_tokens: completion_tokens as f64 / n,
+            truncated_fraction: truncated as f64 / n,
+            grad_norm: norm_sum / mu,
+            logp_change_above_mean: mean(above),
+            logp_change_below_mean: mean(below),
+            rollout_seconds: rollout_secs,
+            seconds: t0.elapsed().as_secs_f64(),
+            peak_rss_mib: crate::bench::mem::peak_rss_mib(),
+            rewards: components
+                .into_iter()
+                .map(|(k, v)| (format!("reward_{k}"), v / n))
+                .collect(),
+        };
         rollouts_log.flush()?;
         metrics.log(&line)?;
         bar.set_position(state.step);
-        bar.set_message(format!(
-            "reward {:.3}",
-            line["reward"].as_f64().unwrap_or_default()
-        ));
+        bar.set_message(format!("reward {:.3}", line.reward));
         if checkpoint_due(state.step, state.step == s.steps, s.checkpoint_every) {
             save_checkpoint(&checkpoints, state.step, &trainable, &student, &opt, &state)?;
         }

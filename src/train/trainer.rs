@@ -222,11 +222,13 @@ impl MetricsLog {
         Ok(Self { file, wandb })
     }
 
-    pub fn log(&mut self, line: &serde_json::Value) -> Result<()> {
+    /// Appends one record (a typed line such as [`StepMetrics`]; keys are written sorted).
+    pub fn log(&mut self, record: &impl Serialize) -> Result<()> {
+        let line = serde_json::to_value(record)?;
         writeln!(self.file, "{line}")?;
         self.file.flush()?;
         if let Some(w) = self.wandb.as_mut() {
-            w.log(line);
+            w.log(&line);
         }
         Ok(())
     }
@@ -238,6 +240,26 @@ impl MetricsLog {
         }
         Ok(())
     }
+}
+
+/// One line of a training step's `metrics.jsonl` (and of its W&B run).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    /// Tokens trained on so far.
+    pub tokens: u64,
+    pub lr: f64,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+    pub peak_rss_mib: Option<f64>,
+    /// What the loss reports besides (per-layer losses, `kl`, `ce`, …), averaged over the
+    /// micro-batches.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, f64>,
 }
 
 /// Whether optimizer step `step` saves a checkpoint: every `every` steps and at the end.
@@ -336,15 +358,17 @@ impl Trainer<'_> {
             state.cursor = loader.cursor();
             state.optimizer_step = opt.step;
             let secs = t0.elapsed().as_secs_f64();
-            let mut line = serde_json::json!({
-                "step": state.step, "tokens": state.tokens, "lr": lr, "loss": loss_sum / accum,
-                "grad_norm": norm, "tokens_per_s": step_tokens as f64 / secs, "seconds": secs,
-                "peak_rss_mib": crate::bench::mem::peak_rss_mib(),
-            });
-            for (k, v) in extra {
-                line[k] = serde_json::json!(v);
-            }
-            metrics.log(&line)?;
+            metrics.log(&StepMetrics {
+                step: state.step,
+                tokens: state.tokens,
+                lr,
+                loss: loss_sum / accum,
+                grad_norm: norm,
+                tokens_per_s: step_tokens as f64 / secs,
+                seconds: secs,
+                peak_rss_mib: crate::bench::mem::peak_rss_mib(),
+                extra,
+            })?;
             bar.set_position(state.tokens.min(s.max_tokens));
             bar.set_message(format!("loss {:.4}", loss_sum / accum));
             let last = state.step >= budget_steps || state.tokens >= s.max_tokens;
