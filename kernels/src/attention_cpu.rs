@@ -81,18 +81,40 @@ impl<'a> View<'a> {
     }
 }
 
-/// `dst[m×n]` (row stride `ld`) `= (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]`.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
+/// Where a product goes: `data` with row stride `ld`, overwritten or added to.
+struct Out<'a> {
+    data: &'a mut [f32],
     ld: usize,
     accumulate: bool,
-    lhs: View,
-    rhs: View,
-) {
+}
+
+impl<'a> Out<'a> {
+    /// `dst = product`.
+    fn set(data: &'a mut [f32], ld: usize) -> Self {
+        Self {
+            data,
+            ld,
+            accumulate: false,
+        }
+    }
+
+    /// `dst += product`.
+    fn add(data: &'a mut [f32], ld: usize) -> Self {
+        Self {
+            data,
+            ld,
+            accumulate: true,
+        }
+    }
+}
+
+/// `dst[m×n] = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]`.
+fn matmul(m: usize, n: usize, k: usize, out: Out, lhs: View, rhs: View) {
+    let Out {
+        data: dst,
+        ld,
+        accumulate,
+    } = out;
     lhs.check(m, k, "lhs");
     rhs.check(k, n, "rhs");
     if m > 0 && n > 0 {
@@ -194,7 +216,7 @@ pub fn forward(
             for (i0, rows, cols) in blocks(&d) {
                 let q_blk = View::new(&x.q[i0 * dh..], dh, 1);
                 let k_t = View::new(x.k, 1, dh);
-                matmul(rows, cols, dh, &mut s, cols, false, q_blk, k_t);
+                matmul(rows, cols, dh, Out::set(&mut s, cols), q_blk, k_t);
                 for r in 0..rows {
                     let i = i0 + r;
                     let row = &mut s[r * cols..(r + 1) * cols];
@@ -218,26 +240,35 @@ pub fn forward(
                 }
                 let p = View::new(&s, cols, 1);
                 let v_blk = View::new(x.v, dh, 1);
-                matmul(rows, dh, cols, &mut o[i0 * dh..], dh, false, p, v_blk);
+                matmul(rows, dh, cols, Out::set(&mut o[i0 * dh..], dh), p, v_blk);
             }
         });
     (o, lse)
 }
 
-/// Gradients `(dq, dk, dv)` of the forward pass given `d_o` `[B, H, Tq, D]`, the forward's
-/// output `o` and `lse`.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    d: AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    mask: &[f32],
-    o: &[f32],
-    lse: &[f32],
-    d_o: &[f32],
-    scale: f32,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+/// What the backward pass reads: the forward's inputs, its output `o` and log-sum-exp `lse`,
+/// and the output gradient `d_o` `[B, H, Tq, D]`.
+pub struct BackwardInputs<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub mask: &'a [f32],
+    pub o: &'a [f32],
+    pub lse: &'a [f32],
+    pub d_o: &'a [f32],
+}
+
+/// Gradients `(dq, dk, dv)` of the forward pass.
+pub fn backward(d: AttnDims, x: BackwardInputs, scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let BackwardInputs {
+        q,
+        k,
+        v,
+        mask,
+        o,
+        lse,
+        d_o,
+    } = x;
     d.check();
     let dh = d.head_dim;
     let (qs, ks) = (d.q_len * dh, d.k_len * dh);
@@ -263,9 +294,7 @@ pub fn backward(
                     rows,
                     cols,
                     dh,
-                    &mut p,
-                    cols,
-                    false,
+                    Out::set(&mut p, cols),
                     q_blk,
                     View::new(x.k, 1, dh),
                 );
@@ -281,14 +310,12 @@ pub fn backward(
                 }
                 // dV += Pᵀ·dO;  dP = dO·Vᵀ
                 let p_t = View::new(&p, 1, cols);
-                matmul(cols, dh, rows, dv, dh, true, p_t, do_blk);
+                matmul(cols, dh, rows, Out::add(dv, dh), p_t, do_blk);
                 matmul(
                     rows,
                     cols,
                     dh,
-                    &mut ds,
-                    cols,
-                    false,
+                    Out::set(&mut ds, cols),
                     do_blk,
                     View::new(x.v, 1, dh),
                 );
@@ -307,14 +334,12 @@ pub fn backward(
                     rows,
                     dh,
                     cols,
-                    &mut dq[i0 * dh..],
-                    dh,
-                    false,
+                    Out::set(&mut dq[i0 * dh..], dh),
                     ds_v,
                     View::new(x.k, dh, 1),
                 );
                 let ds_t = View::new(&ds, 1, cols);
-                matmul(cols, dh, rows, dk, dh, true, ds_t, q_blk);
+                matmul(cols, dh, rows, Out::add(dk, dh), ds_t, q_blk);
             }
         });
     if d.group() == 1 {

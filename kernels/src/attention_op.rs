@@ -119,17 +119,16 @@ impl AttentionOps for Flex {
             contiguous_f32(lse, OP, "lse"),
             contiguous_f32(d_o, OP, "grad"),
         ];
-        let (dq, dk, dv) = attention_cpu::backward(
-            d,
-            q.storage(),
-            k.storage(),
-            v.storage(),
-            mask.storage(),
-            o.storage(),
-            lse.storage(),
-            d_o.storage(),
-            scale,
-        );
+        let inputs = attention_cpu::BackwardInputs {
+            q: q.storage(),
+            k: k.storage(),
+            v: v.storage(),
+            mask: mask.storage(),
+            o: o.storage(),
+            lse: lse.storage(),
+            d_o: d_o.storage(),
+        };
+        let (dq, dk, dv) = attention_cpu::backward(d, inputs, scale);
         let kv = [d.batch, d.kv_heads, d.k_len, d.head_dim];
         (
             flex(dq, [d.batch, d.heads, d.q_len, d.head_dim]),

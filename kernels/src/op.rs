@@ -19,7 +19,9 @@ use burn_flex::FlexTensor;
 /// The op's name in error messages.
 const OP: &str = "wkv7";
 
-/// Fused WKV-7 recurrence (see the crate docs for the math and layouts).
+/// Fused WKV-7 recurrence (see the crate docs for the math and layouts). The ops take one
+/// parameter per tensor (hence the `too_many_arguments` allows): `backend_extension` generates
+/// the backend dispatch from the tensor parameters of these signatures.
 #[backend_extension(Flex, Autodiff)]
 pub trait Wkv7Ops: Backend {
     /// Returns `(y [B,T,H,N], final state [B,H,N,N], saved states)`; `saved` is empty unless
@@ -85,16 +87,8 @@ struct Loaded {
 }
 
 impl Loaded {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        r: FlexTensor,
-        w: FlexTensor,
-        k: FlexTensor,
-        v: FlexTensor,
-        a: FlexTensor,
-        b: FlexTensor,
-        mask: FlexTensor,
-    ) -> Self {
+    /// `[r, w, k, v, a, b, mask]`.
+    fn new([r, w, k, v, a, b, mask]: [FlexTensor; 7]) -> Self {
         let d = dims_of(&r);
         let t = [
             contiguous_f32(r, OP, "r"),
@@ -134,7 +128,7 @@ impl Wkv7Ops for Flex {
         s0: FlexTensor,
         save: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let x = Loaded::new(r, w, k, v, a, b, mask);
+        let x = Loaded::new([r, w, k, v, a, b, mask]);
         let s0 = contiguous_f32(s0, OP, "state");
         let d = x.d;
         let (y, s, saved) = cpu::forward(d, x.inputs(), s0.storage(), save);
@@ -167,7 +161,7 @@ impl Wkv7Ops for Flex {
         FlexTensor,
         FlexTensor,
     ) {
-        let x = Loaded::new(r, w, k, v, a, b, mask);
+        let x = Loaded::new([r, w, k, v, a, b, mask]);
         let (saved, dy, ds) = (
             contiguous_f32(saved, OP, "saved"),
             contiguous_f32(dy, OP, "dy"),
