@@ -91,23 +91,14 @@ impl<'a> WeightLoader<'a> {
 impl<'w> Weights<'w> {
     /// The view under `prefix.name` (names joined with `.`).
     pub fn pp(&self, name: impl std::fmt::Display) -> Weights<'w> {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
         Weights {
             loader: self.loader,
-            prefix,
+            prefix: join(&self.prefix, name),
         }
     }
 
     fn name(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        }
+        join(&self.prefix, name)
     }
 
     pub fn device(&self) -> &Device {
@@ -173,6 +164,15 @@ impl<'w> Weights<'w> {
     }
 }
 
+/// `prefix.name`, or `name` at the root.
+fn join(prefix: &str, name: impl std::fmt::Display) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
 /// Tensors being written under Hugging Face names and layouts, scoped like [`Weights`].
 pub struct TensorsOut<'o> {
     out: &'o mut BTreeMap<String, OwnedTensor>,
@@ -189,11 +189,7 @@ impl<'o> TensorsOut<'o> {
 
     /// The view under `prefix.name`.
     pub fn pp(&mut self, name: impl std::fmt::Display) -> TensorsOut<'_> {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
+        let prefix = join(&self.prefix, name);
         TensorsOut {
             out: self.out,
             prefix,
@@ -201,11 +197,7 @@ impl<'o> TensorsOut<'o> {
     }
 
     fn name(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        }
+        join(&self.prefix, name)
     }
 
     /// Adds a tensor under `name` as is.

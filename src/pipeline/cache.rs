@@ -156,25 +156,8 @@ mod tests {
             std::fs::write(out.join(name), bytes).unwrap();
         }
         let (outputs, digest) = keys::outputs_of(&out).unwrap();
-        let m = StepManifest {
-            step: "s".into(),
-            kind: "command".into(),
-            key: key.into(),
-            status: StepStatus::Complete,
-            settings: serde_json::json!({}),
-            inputs: Default::default(),
-            outputs,
-            outputs_digest: Some(digest),
-            cached_from: None,
-            started_at: rundir::now(),
-            finished_at: None,
-            duration_s: None,
-            attempts: 1,
-            resumed_from: None,
-            error: None,
-            runner_version: keys::RUNNER_VERSION.into(),
-            code: keys::CODE_DIGEST.into(),
-        };
+        let mut m = StepManifest::complete_for_tests("s", key, outputs);
+        m.outputs_digest = Some(digest);
         fsx::atomic_write_json(&dir.join(rundir::MANIFEST), &m).unwrap();
         m
     }

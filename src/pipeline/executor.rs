@@ -513,12 +513,14 @@ mod tests {
         crate::pipeline::load(&file, &Overrides::default(), KINDS).unwrap()
     }
 
-    /// Executes `p` in the run directory `run_id` (created if new) with `selection`.
+    /// Executes `p` in the run directory `run_id` (created if new) with `selection`; returns
+    /// the error text (if it failed), each step's outcome (read back from the manifests when
+    /// the run failed) and the run record.
     fn execute(
         p: &Pipeline,
         run_id: &str,
         selection: Selection,
-    ) -> (bool, BTreeMap<String, Outcome>) {
+    ) -> (Option<String>, BTreeMap<String, Outcome>, RunRecord) {
         let runs = p.root.join("runs");
         let path = runs.join(&p.name).join(run_id);
         let run = if path.exists() {
@@ -541,28 +543,25 @@ mod tests {
             selection,
         };
         let result = Executor::new(p, &run, &runs, graph, scope).execute(&mut record);
-        let reports = match &result {
-            Ok(r) => r.clone(),
-            Err(_) => Vec::new(),
-        };
-        // On failure the reports are in the run record's message; re-read the manifests.
-        let outcomes = if reports.is_empty() {
-            p.steps
+        let outcomes = match &result {
+            Ok(reports) => reports
+                .iter()
+                .map(|r| (r.id.clone(), r.outcome.clone()))
+                .collect(),
+            Err(_) => p
+                .steps
                 .iter()
                 .map(|s| {
-                    let m = run.read_manifest(&s.id);
-                    let o = match m.map(|m| m.status) {
+                    let o = match run.read_manifest(&s.id).map(|m| m.status) {
                         Some(StepStatus::Failed) => Outcome::Failed(String::new()),
                         Some(StepStatus::Complete) => Outcome::Complete,
                         _ => Outcome::Skipped,
                     };
                     (s.id.clone(), o)
                 })
-                .collect()
-        } else {
-            reports.into_iter().map(|r| (r.id, r.outcome)).collect()
+                .collect(),
         };
-        (result.is_ok(), outcomes)
+        (result.err().map(|e| e.to_string()), outcomes, record)
     }
 
     fn label(o: &BTreeMap<String, Outcome>, id: &str) -> &'static str {
@@ -576,21 +575,21 @@ mod tests {
     fn ran_then_complete_in_the_same_run_then_cached_in_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
         let p = pipeline(dir.path(), CHAIN);
-        let (ok, o) = execute(&p, "r1", Selection::default());
-        assert!(ok);
+        let (err, o, _) = execute(&p, "r1", Selection::default());
+        assert!(err.is_none(), "{err:?}");
         assert_eq!((label(&o, "a"), label(&o, "b")), ("ran", "ran"));
         let out = std::fs::read_to_string(dir.path().join("runs/t/r1/b/out/result.txt")).unwrap();
         assert_eq!(out, "B <a:A>", "b saw a's output");
-        let (_, o) = execute(&p, "r1", Selection::default());
+        let (_, o, _) = execute(&p, "r1", Selection::default());
         assert_eq!((label(&o, "a"), label(&o, "b")), ("complete", "complete"));
-        let (_, o) = execute(&p, "r2", Selection::default());
+        let (_, o, _) = execute(&p, "r2", Selection::default());
         assert_eq!((label(&o, "a"), label(&o, "b")), ("cached", "cached"));
         // Forced: runs again even though cached; its dependent is cached again (same output).
         let force = Selection {
             force: vec!["a".into()],
             ..Default::default()
         };
-        let (_, o) = execute(&p, "r3", force);
+        let (_, o, _) = execute(&p, "r3", force);
         assert_eq!((label(&o, "a"), label(&o, "b")), ("ran", "cached"));
     }
 
@@ -603,29 +602,12 @@ mod tests {
             [[step]]\nid = \"after\"\nkind = \"fake\"\ndepends_on = [\"bad\"]\n\n\
             [[step]]\nid = \"later\"\nkind = \"fake\"\noutput = \"L\"\n";
         let p = pipeline(dir.path(), text);
-        let graph = crate::pipeline::graph_of(&p);
-        let runs = p.root.join("runs");
-        let run = RunDir::create(&runs, &p.name, Some("r")).unwrap();
-        let scope = Selection::default().resolve(&p, &graph).unwrap();
-        let mut record = RunRecord {
-            pipeline: p.name.clone(),
-            run_id: "r".into(),
-            source_file: p.main_file.clone(),
-            overrides: vec![],
-            created_at: rundir::now(),
-            status: RunStatus::Running,
-            updated_at: rundir::now(),
-            message: None,
-            runner_version: RUNNER_VERSION.into(),
-            selection: Selection::default(),
-        };
-        let err = Executor::new(&p, &run, &runs, graph, scope)
-            .execute(&mut record)
-            .unwrap_err();
-        let text = err.to_string();
+        let (err, _, record) = execute(&p, "r", Selection::default());
+        let text = err.expect("the run fails");
         assert!(text.contains("step `bad` failed: told to fail"), "{text}");
         assert!(text.contains("runner resume"), "{text}");
         assert_eq!(record.status, RunStatus::Failed);
+        let run = RunDir::open(&dir.path().join("runs/t/r")).unwrap();
         // The slow step that was running finished; nothing new started after the failure.
         assert_eq!(
             run.read_manifest("slow").map(|m| m.status),
@@ -642,8 +624,8 @@ mod tests {
             dir.path(),
             "[[step]]\nid = \"p\"\nkind = \"fake\"\nbehaviour = \"panic\"\n",
         );
-        let (ok, _) = execute(&p, "r", Selection::default());
-        assert!(!ok);
+        let (err, _, _) = execute(&p, "r", Selection::default());
+        assert!(err.is_some());
         let m = rundir::read_manifest(&dir.path().join("runs/t/r/p")).unwrap();
         assert_eq!(m.status, StepStatus::Failed);
         assert!(
@@ -663,10 +645,10 @@ mod tests {
             dir.path(),
             "[[step]]\nid = \"s\"\nkind = \"fake\"\nstop_after_checkpoint = true\noutput = \"S\"\n",
         );
-        let (ok, _) = execute(&p, "r", Selection::default());
-        assert!(!ok);
-        let (ok, o) = execute(&p, "r", Selection::default());
-        assert!(ok);
+        let (err, _, _) = execute(&p, "r", Selection::default());
+        assert!(err.is_some());
+        let (err, o, _) = execute(&p, "r", Selection::default());
+        assert!(err.is_none(), "{err:?}");
         assert_eq!(
             o["s"],
             Outcome::Ran {
@@ -685,15 +667,15 @@ mod tests {
             only: vec!["b".into()],
             ..Default::default()
         };
-        let (ok, o) = execute(&p, "r", only_b.clone());
-        assert!(!ok);
+        let (err, o, _) = execute(&p, "r", only_b.clone());
+        assert!(err.is_some());
         let m = rundir::read_manifest(&dir.path().join("runs/t/r/a"));
         assert!(m.is_none(), "a did not run");
         assert_eq!(label(&o, "b"), "skipped");
         // Once `a` has a result, `--only b` runs b alone.
         execute(&p, "r2", Selection::default());
-        let (ok, o) = execute(&p, "r3", only_b);
-        assert!(ok);
+        let (err, o, _) = execute(&p, "r3", only_b);
+        assert!(err.is_none(), "{err:?}");
         assert_eq!((label(&o, "a"), label(&o, "b")), ("cached", "cached"));
     }
 }

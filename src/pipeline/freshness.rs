@@ -145,23 +145,9 @@ mod tests {
     #[test]
     fn a_result_of_other_runner_code_is_reported_as_such() {
         let m = |code: &str| StepManifest {
-            step: "s".into(),
-            kind: "command".into(),
-            key: "k".into(),
-            status: StepStatus::Complete,
             settings: serde_json::json!({"run": "true"}),
-            inputs: Default::default(),
-            outputs: vec![],
-            outputs_digest: None,
-            cached_from: None,
-            started_at: String::new(),
-            finished_at: None,
-            duration_s: None,
-            attempts: 1,
-            resumed_from: None,
-            error: None,
-            runner_version: keys::RUNNER_VERSION.into(),
             code: code.into(),
+            ..StepManifest::complete_for_tests("s", "k", vec![])
         };
         let settings = serde_json::json!({"run": "true"});
         let inputs = BTreeMap::new();

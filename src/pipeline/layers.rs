@@ -137,24 +137,29 @@ mod tests {
     use super::*;
     use crate::pipeline::source;
 
-    #[test]
-    fn set_overrides_file_and_is_located_as_override() {
+    /// Loads `text` as a pipeline file and applies `sets` (no environment).
+    fn apply_sets(text: &str, sets: &[(&str, &str)]) -> Result<RawPipeline, Diagnostics> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("p.toml");
-        std::fs::write(
-            &p,
-            "[pipeline]\nseed = 1\n[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n",
-        )
-        .unwrap();
+        std::fs::write(&p, text).unwrap();
         let raw = source::load(&p).unwrap();
         let o = Overrides {
-            sets: vec![
-                ("pipeline.seed".into(), "5".into()),
-                ("step.a.run".into(), "echo hi".into()),
-            ],
+            sets: sets
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             use_env: false,
         };
-        let raw = apply(raw, &o).unwrap();
+        apply(raw, &o)
+    }
+
+    #[test]
+    fn set_overrides_file_and_is_located_as_override() {
+        let raw = apply_sets(
+            "[pipeline]\nseed = 1\n[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n",
+            &[("pipeline.seed", "5"), ("step.a.run", "echo hi")],
+        )
+        .unwrap();
         assert_eq!(raw.root["pipeline"]["seed"].as_integer(), Some(5));
         assert_eq!(raw.root["step"]["a"]["run"].as_str(), Some("echo hi"));
         let loc = raw.map.locate(&["pipeline".into(), "seed".into()]);
@@ -172,59 +177,34 @@ mod tests {
             Some(toml::Value::Array(vec![1.into(), 3.into()]))
         );
         assert_eq!(toml_value("echo hi"), None);
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("p.toml");
-        std::fs::write(
-            &p,
+        let raw = apply_sets(
             "[pipeline]\nseed = 1\n[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n",
+            &[("step.a.lr", "1e-4"), ("step.a.run", "echo hi")],
         )
         .unwrap();
-        let raw = source::load(&p).unwrap();
-        let o = Overrides {
-            sets: vec![
-                ("step.a.lr".into(), "1e-4".into()),
-                ("step.a.run".into(), "echo hi".into()),
-            ],
-            use_env: false,
-        };
-        let raw = apply(raw, &o).unwrap();
         assert_eq!(raw.root["step"]["a"]["lr"].as_float(), Some(1e-4));
         assert_eq!(raw.root["step"]["a"]["run"].as_str(), Some("echo hi"));
     }
 
     #[test]
     fn override_of_a_whole_step_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("p.toml");
-        std::fs::write(
-            &p,
+        let err = apply_sets(
             "[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"x\"\n",
+            &[("step.a", "")],
         )
-        .unwrap();
-        let raw = source::load(&p).unwrap();
-        let o = Overrides {
-            sets: vec![("step.a".into(), "".into())],
-            use_env: false,
-        };
-        let err = apply(raw, &o).unwrap_err().to_string();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("replace the whole step"), "{err}");
     }
 
     #[test]
     fn override_of_unknown_step_suggests_a_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("p.toml");
-        std::fs::write(
-            &p,
+        let err = apply_sets(
             "[[step]]\nid = \"stage1\"\nkind = \"command\"\nrun = \"x\"\n",
+            &[("step.stage_1.lr", "1")],
         )
-        .unwrap();
-        let raw = source::load(&p).unwrap();
-        let o = Overrides {
-            sets: vec![("step.stage_1.lr".into(), "1".into())],
-            use_env: false,
-        };
-        let err = apply(raw, &o).unwrap_err().to_string();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("did you mean `stage1`"), "{err}");
     }
 }

@@ -132,6 +132,32 @@ pub struct StepManifest {
     pub code: String,
 }
 
+impl StepManifest {
+    /// A complete manifest of `step` with `key` and `outputs`, made by this runner (tests).
+    #[cfg(test)]
+    pub fn complete_for_tests(step: &str, key: &str, outputs: Vec<OutputFile>) -> Self {
+        Self {
+            step: step.into(),
+            kind: "command".into(),
+            key: key.into(),
+            status: StepStatus::Complete,
+            settings: serde_json::json!({}),
+            inputs: Default::default(),
+            outputs,
+            outputs_digest: None,
+            cached_from: None,
+            started_at: now(),
+            finished_at: None,
+            duration_s: None,
+            attempts: 1,
+            resumed_from: None,
+            error: None,
+            runner_version: super::keys::RUNNER_VERSION.into(),
+            code: super::keys::CODE_DIGEST.into(),
+        }
+    }
+}
+
 /// Current UTC time, RFC 3339.
 pub fn now() -> String {
     time::OffsetDateTime::now_utc()
