@@ -253,7 +253,7 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
     } else if let Some(b) = crate::util::fsx::read_json::<serde_json::Value>(&before_path)? {
         Some(serde_json::from_value(b).context("accuracy_before.json")?)
     } else {
-        let acc = held_out.score(&reference, &tokenizer, &id, "before GRPO")?;
+        let acc = held_out.score(&reference, &tokenizer, id, "before GRPO")?;
         crate::util::fsx::atomic_write_json(&before_path, &acc)?;
         Some(acc)
     };
@@ -462,7 +462,7 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         bar.set_position(state.step);
         bar.set_message(format!("reward {:.3}", line.reward));
         if checkpoint_due(state.step, state.step == s.steps, s.checkpoint_every) {
-            save_checkpoint(&checkpoints, state.step, &trainable, &student, &opt, &state)?;
+            save_checkpoint(checkpoints, state.step, &trainable, &student, &opt, &state)?;
         }
     }
     bar.finish_and_clear();
@@ -483,7 +483,7 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         false,
     )?;
     if let Some(before) = before {
-        let after = held_out.score(&student, &tokenizer, &id, "after GRPO")?;
+        let after = held_out.score(&student, &tokenizer, id, "after GRPO")?;
         crate::util::fsx::atomic_write_json(
             &out_dir.join("eval.json"),
             &serde_json::json!({"accuracy_before": before, "accuracy_after": after}),

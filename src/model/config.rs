@@ -116,7 +116,7 @@ impl TransformerConfig {
             }
         }
         if let Some(v) = raw.get("max_position_embeddings")
-            && !v.as_u64().is_some_and(|n| n >= 1 && n <= 1 << 24)
+            && !v.as_u64().is_some_and(|n| (1..=1 << 24).contains(&n))
         {
             bail!(
                 "`max_position_embeddings` = {v} is out of range (1 to {})",

@@ -16,7 +16,7 @@ pub enum Freshness {
     /// An earlier run produced its artifacts under the same key, and they are intact.
     Cached {
         from: PathBuf,
-        manifest: StepManifest,
+        manifest: Box<StepManifest>,
     },
     /// It must run.
     Dirty(Dirty),
@@ -74,7 +74,10 @@ pub fn freshness(cache: &Cache, q: &Query) -> Freshness {
     if let Some((from, manifest)) = cache.lookup(q.key)
         && Some(from.as_path()) != q.step_dir
     {
-        return Freshness::Cached { from, manifest };
+        return Freshness::Cached {
+            from,
+            manifest: Box::new(manifest),
+        };
     }
     Freshness::Dirty(match last_manifest(q.pipeline_runs, q.step_id) {
         Some(prev) => Dirty::Changed(differences(&prev, q.settings, q.inputs)),

@@ -126,9 +126,8 @@ struct Prepared {
     stream: bool,
 }
 
-/// Checks a request against the model and tokenises it; `Err` is the response to send.
-fn prepare(engine: &mut Engine, body: &ChatRequest) -> Result<Prepared, Response<Body>> {
-    let bad = |m: String| error(StatusCode::BAD_REQUEST, &m);
+/// Checks a request against the model and tokenises it; `Err` is the message of a 400.
+fn prepare(engine: &mut Engine, body: &ChatRequest) -> Result<Prepared, String> {
     let limit = engine.max_tokens_limit;
     let max_new = body
         .max_completion_tokens
@@ -146,15 +145,15 @@ fn prepare(engine: &mut Engine, body: &ChatRequest) -> Result<Prepared, Response
         .and_then(|p| engine.tokenizer.encode(&p))
     {
         Ok(ids) if !ids.is_empty() => ids,
-        Ok(_) => return Err(bad("the conversation renders to no tokens".into())),
-        Err(e) => return Err(bad(format!("{e:#}"))),
+        Ok(_) => return Err("the conversation renders to no tokens".into()),
+        Err(e) => return Err(format!("{e:#}")),
     };
     let context = engine.model.max_context();
     if ids.len() >= context {
-        return Err(bad(format!(
+        return Err(format!(
             "the conversation is {} tokens long; this model's context is {context} tokens (max_position_embeddings): shorten it or start a new one",
             ids.len()
-        )));
+        ));
     }
     let max_new = max_new.min(context - ids.len());
     // Continue the kept state when this conversation extends what it has seen.
@@ -308,7 +307,7 @@ async fn chat_completions(app: Arc<App>, req: Request<Incoming>) -> Response<Bod
     };
     let prepared = match prepare(&mut engine, &body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
     if prepared.stream {
         let (events, response) = http::event_stream();

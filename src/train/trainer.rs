@@ -264,7 +264,7 @@ pub struct StepMetrics {
 
 /// Whether optimizer step `step` saves a checkpoint: every `every` steps and at the end.
 pub fn checkpoint_due(step: u64, last: bool, every: u64) -> bool {
-    last || step % every.max(1) == 0
+    last || step.is_multiple_of(every.max(1))
 }
 
 impl Trainer<'_> {
