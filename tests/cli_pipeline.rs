@@ -522,8 +522,8 @@ fn extends_and_environment_layers_apply_in_order() {
             String::from_utf8_lossy(&out.stderr)
         );
         let runs = p.runs("child");
-        let text = std::fs::read_to_string(runs.last().unwrap().join("c/out/c.txt")).unwrap();
-        text
+
+        std::fs::read_to_string(runs.last().unwrap().join("c/out/c.txt")).unwrap()
     };
     assert_eq!(resolved(&["run", "child.toml"], &[]), "seed=4\n");
     assert_eq!(

@@ -313,11 +313,11 @@ fn head_forward<const N: usize>(
     let s_pub = s;
     let s = &mut st[..];
     for t in 0..d.seq {
-        if t % CHUNK == 0 {
-            if let Some(sv) = saved.as_deref_mut() {
-                let c = t / CHUNK;
-                sv[c * N * N..(c + 1) * N * N].copy_from_slice(s);
-            }
+        if t % CHUNK == 0
+            && let Some(sv) = saved.as_deref_mut()
+        {
+            let c = t / CHUNK;
+            sv[c * N * N..(c + 1) * N * N].copy_from_slice(s);
         }
         if !active(x.mask, d, b, t) {
             continue; // output stays 0, state unchanged

@@ -276,14 +276,14 @@ pub fn markdown(r: &Report) -> String {
 pub fn html(r: &Report, dir: &Path) -> String {
     let mut s = String::new();
     let title = format!("Evaluation report — {}", r.pipeline);
-    let _ = write!(
+    let _ = writeln!(
         s,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
          body{{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}}\
          table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}\
          td:first-child,th:first-child{{text-align:left}}th{{background:#f4f4f4}}\
          .gen{{white-space:pre-wrap;background:#f8f8f8;padding:.5em;border-radius:4px}}</style></head><body>\
-         <h1>{t}</h1><p>{intro}</p>\n",
+         <h1>{t}</h1><p>{intro}</p>",
         t = esc(&title),
         intro = esc(&intro(r))
     );
@@ -296,9 +296,9 @@ pub fn html(r: &Report, dir: &Path) -> String {
     }
     let speed = speed_rows(r);
     if !speed.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<h2>Generation speed and memory vs context</h2><p>{}</p>\n",
+            "<h2>Generation speed and memory vs context</h2><p>{}</p>",
             esc(SPEED_NOTE)
         );
         html_table(&mut s, SPEED_HEAD, &speed);
@@ -307,7 +307,7 @@ pub fn html(r: &Report, dir: &Path) -> String {
         s.push_str("<h2>Training curves</h2>\n");
         for c in &r.curves {
             let svg = std::fs::read_to_string(dir.join(&c.file)).unwrap_or_default();
-            let _ = write!(s, "<h3>{}</h3><div>{}</div>\n", esc(&c.step), svg);
+            let _ = writeln!(s, "<h3>{}</h3><div>{}</div>", esc(&c.step), svg);
         }
     }
     if !r.generations.is_empty() {

@@ -130,7 +130,7 @@ fn dequantize_block(ty: GgmlType, b: &[u8], out: &mut [f32]) {
 /// Decodes `numel` values of type `ty` from `bytes`.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>> {
     let (bs, bb) = (ty.block_size(), ty.block_bytes());
-    if numel % bs != 0 || bytes.len() != numel / bs * bb {
+    if !numel.is_multiple_of(bs) || bytes.len() != numel / bs * bb {
         bail!(
             "{} bytes cannot hold {numel} values of type {ty:?}",
             bytes.len()

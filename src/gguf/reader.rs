@@ -246,7 +246,7 @@ impl GgufFile {
     fn byte_len(&self, t: &TensorDesc) -> Result<usize> {
         let ty = GgmlType::from_id(t.ggml_type, &t.name)?;
         let numel = t.numel();
-        if numel % ty.block_size() != 0 {
+        if !numel.is_multiple_of(ty.block_size()) {
             bail!(
                 "tensor `{}` has {numel} elements, not a multiple of its block size",
                 t.name

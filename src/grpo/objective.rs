@@ -11,7 +11,7 @@ use burn::tensor::{Int, Tensor};
 /// (sample standard deviation, n − 1). A group whose rewards are all equal gets zeros.
 pub fn group_advantages(rewards: &[f64], group: usize, eps: f64) -> Vec<f64> {
     assert!(
-        group > 0 && rewards.len() % group == 0,
+        group > 0 && rewards.len().is_multiple_of(group),
         "rewards come in whole groups"
     );
     rewards

@@ -44,6 +44,19 @@ impl KeyHasher {
     }
 }
 
+/// Hex SHA-256 of a file, or of a directory's files (their relative paths and contents).
+pub fn sha256_path(path: &Path) -> io::Result<String> {
+    if path.is_dir() {
+        let mut key = KeyHasher::default();
+        for rel in super::fsx::list_files(path)? {
+            key.part(&rel.to_string_lossy(), &sha256_file(&path.join(&rel))?);
+        }
+        Ok(key.finish())
+    } else {
+        sha256_file(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,18 +76,5 @@ mod tests {
         let mut b = KeyHasher::default();
         b.part("x", "a").part("y", "bc");
         assert_ne!(a.finish(), b.finish());
-    }
-}
-
-/// Hex SHA-256 of a file, or of a directory's files (their relative paths and contents).
-pub fn sha256_path(path: &Path) -> io::Result<String> {
-    if path.is_dir() {
-        let mut key = KeyHasher::default();
-        for rel in super::fsx::list_files(path)? {
-            key.part(&rel.to_string_lossy(), &sha256_file(&path.join(&rel))?);
-        }
-        Ok(key.finish())
-    } else {
-        sha256_file(path)
     }
 }
