@@ -322,6 +322,11 @@ impl<'a> Executor<'a> {
         previous: Option<StepManifest>,
     ) -> anyhow::Result<(Option<u64>, String)> {
         let step = &self.pipeline.steps[i];
+        // Validation reports these before anything runs; a pipeline built without it still
+        // never runs a step with values it cannot run with.
+        if let Some((key, message)) = step.settings.problems().into_iter().next() {
+            anyhow::bail!("{key}: {message}");
+        }
         let step_dir = self.run.step_dir(&step.id);
         let out_dir = step_dir.join(rundir::OUT);
         let checkpoints = Checkpoints::new(step_dir.join(rundir::CHECKPOINT), CHECKPOINTS_KEPT);
@@ -615,6 +620,35 @@ mod tests {
         );
         assert!(run.read_manifest("after").is_none());
         assert!(run.read_manifest("later").is_none());
+    }
+
+    #[test]
+    fn a_step_with_problems_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[[step]]\nid = \"s\"\nkind = \"fake\"\ninvalid = true\n";
+        std::fs::write(
+            dir.path().join("p.toml"),
+            format!("[pipeline]\nname = \"t\"\n{text}"),
+        )
+        .unwrap();
+        // Validation refuses it...
+        let err = crate::pipeline::load(&dir.path().join("p.toml"), &Overrides::default(), KINDS)
+            .unwrap_err();
+        assert!(err.to_string().contains("told to be invalid"), "{err}");
+        // ...and a pipeline that skipped validation does not run it either.
+        let mut p = pipeline(dir.path(), "[[step]]\nid = \"s\"\nkind = \"fake\"\n");
+        p.steps[0].settings = std::sync::Arc::new(crate::pipeline::step::testing::Fake {
+            behaviour: Default::default(),
+            output: String::new(),
+            sleep_ms: 0,
+            stop_after_checkpoint: false,
+            reads: None,
+            exclusive: false,
+            invalid: true,
+        });
+        let (err, _, _) = execute(&p, "r", Selection::default());
+        assert!(err.unwrap().contains("invalid: told to be invalid"));
+        assert!(!dir.path().join("runs/t/r/s/out").exists(), "it never ran");
     }
 
     #[test]

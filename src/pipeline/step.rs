@@ -187,6 +187,9 @@ pub mod testing {
         pub reads: Option<ArtifactRef>,
         #[serde(default)]
         pub exclusive: bool,
+        /// Reports a problem (as a value no real step could run with).
+        #[serde(default)]
+        pub invalid: bool,
     }
 
     impl Step for Fake {
@@ -201,6 +204,13 @@ pub mod testing {
         }
         fn exclusive(&self) -> bool {
             self.exclusive
+        }
+        fn problems(&self) -> Vec<(String, String)> {
+            if self.invalid {
+                vec![("invalid".into(), "told to be invalid".into())]
+            } else {
+                Vec::new()
+            }
         }
         fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(self.sleep_ms));

@@ -6,7 +6,7 @@ use crate::grpo::settings;
 use crate::grpo::train::{RunIo, train};
 use crate::pipeline::ArtifactRef;
 use crate::pipeline::step::{Step, StepContext, settings_json};
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 /// The step's settings: paths are artifact references.
 pub type GrpoSettings = settings::GrpoSettings<ArtifactRef>;
@@ -32,9 +32,6 @@ impl Step for GrpoSettings {
     }
 
     fn run(&self, ctx: &StepContext) -> Result<()> {
-        if let Some((k, m)) = self.problems_found().into_iter().next() {
-            bail!("{k}: {m}");
-        }
         let paths = self.map_paths(|r| r.resolve(ctx))?;
         let io = RunIo {
             id: &ctx.id,

@@ -124,12 +124,6 @@ impl Step for Stage2Settings {
 }
 
 pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
-    anyhow::ensure!(s.temperature > 0.0, "temperature must be positive");
-    anyhow::ensure!(
-        s.akl_head_mass > 0.0 && s.akl_head_mass <= 1.0,
-        "akl_head_mass must be in (0, 1], got {}",
-        s.akl_head_mass
-    );
     let device = Device::flex().autodiff();
     let teacher_dir = s.teacher.resolve(ctx)?;
     let student_dir = s.student.resolve(ctx)?;

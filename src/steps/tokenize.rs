@@ -159,9 +159,6 @@ impl Step for TokenizeSettings {
 
 pub fn run(s: &TokenizeSettings, ctx: &StepContext) -> Result<()> {
     let start = std::time::Instant::now();
-    if s.max_seq_len < 2 {
-        bail!("max_seq_len must be at least 2");
-    }
     let tok_dir = s.tokenizer.resolve(ctx)?;
     let tok = TextTokenizer::from_dir(&tok_dir)?;
     let eos = if s.append_eos {
