@@ -103,6 +103,18 @@ struct ChatRequest {
     stop: Option<Stop>,
 }
 
+impl ChatRequest {
+    /// The request's sampling (temperature 0.7 and a time seed unless given).
+    fn sampling(&self) -> SamplingConfig {
+        SamplingConfig {
+            temperature: self.temperature.unwrap_or(0.7),
+            top_p: self.top_p.unwrap_or(1.0),
+            seed: self.seed.unwrap_or_else(now),
+            ..Default::default()
+        }
+    }
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -127,7 +139,11 @@ struct Prepared {
 }
 
 /// Checks a request against the model and tokenises it; `Err` is the message of a 400.
-fn prepare(engine: &mut Engine, body: &ChatRequest) -> Result<Prepared, String> {
+fn prepare(
+    engine: &mut Engine,
+    body: &ChatRequest,
+    sampling: SamplingConfig,
+) -> Result<Prepared, String> {
     let limit = engine.max_tokens_limit;
     let max_new = body
         .max_completion_tokens
@@ -159,12 +175,6 @@ fn prepare(engine: &mut Engine, body: &ChatRequest) -> Result<Prepared, String> 
     // Continue the kept state when this conversation extends what it has seen.
     let model = &engine.model;
     let (state, new_ids) = engine.kept.take(&ids, || model.new_state());
-    let sampling = SamplingConfig {
-        temperature: body.temperature.unwrap_or(0.7),
-        top_p: body.top_p.unwrap_or(1.0),
-        seed: body.seed.unwrap_or_else(now),
-        ..Default::default()
-    };
     Ok(Prepared {
         ids,
         new_ids,
@@ -287,12 +297,8 @@ async fn chat_completions(app: Arc<App>, req: Request<Incoming>) -> Response<Bod
             ROLES.join(", ")
         ));
     }
-    let check = SamplingConfig {
-        temperature: body.temperature.unwrap_or(0.7),
-        top_p: body.top_p.unwrap_or(1.0),
-        ..Default::default()
-    };
-    if let Err(m) = check.validate() {
+    let sampling = body.sampling();
+    if let Err(m) = sampling.validate() {
         return bad(m);
     }
     let queue = app.options.queue_timeout;
@@ -305,7 +311,7 @@ async fn chat_completions(app: Arc<App>, req: Request<Incoming>) -> Response<Bod
             );
         }
     };
-    let prepared = match prepare(&mut engine, &body) {
+    let prepared = match prepare(&mut engine, &body, sampling) {
         Ok(p) => p,
         Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
