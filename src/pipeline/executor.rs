@@ -443,11 +443,7 @@ impl<'a> Executor<'a> {
             return Ok(());
         };
         let p = self.pipeline;
-        let inputs: Vec<PathBuf> = p
-            .steps
-            .iter()
-            .flat_map(|s| s.settings.input_paths().into_iter().map(|(_, i)| i))
-            .collect();
+        let inputs = super::schema::input_paths(&p.steps);
         if let Some(problem) =
             paths::export_problem(export, &p.root, &self.runs_root, &inputs, &p.source.files())
         {

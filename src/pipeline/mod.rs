@@ -68,12 +68,6 @@ pub fn graph_of(pipeline: &Pipeline) -> StepGraph {
 pub fn runs_root(pipeline: &Pipeline, cli: Option<&Path>) -> PathBuf {
     match cli {
         Some(p) => p.to_path_buf(),
-        None => pipeline.root.join(
-            pipeline
-                .header
-                .runs_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("runs")),
-        ),
+        None => pipeline.header.runs_root(&pipeline.root),
     }
 }

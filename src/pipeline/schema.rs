@@ -3,7 +3,7 @@
 use super::source::SourceMap;
 use super::step::Step;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where tensors live. This build has the CPU backend only; `cuda` and `wgpu` are names kept
@@ -45,6 +45,22 @@ pub struct PipelineHeader {
     /// Log training metrics to Weights & Biases (`[pipeline.wandb]`); absent: off.
     #[serde(default)]
     pub wandb: Option<crate::wandb::WandbSettings>,
+}
+
+impl PipelineHeader {
+    /// Where run directories go unless the command line says: `runs_dir` (default `runs`)
+    /// under the pipeline root.
+    pub fn runs_root(&self, root: &Path) -> PathBuf {
+        root.join(self.runs_dir.as_deref().unwrap_or(Path::new("runs")))
+    }
+}
+
+/// Every file or folder (root-relative or absolute) that any of `steps` reads.
+pub fn input_paths(steps: &[StepDef]) -> Vec<PathBuf> {
+    steps
+        .iter()
+        .flat_map(|s| s.settings.input_paths().into_iter().map(|(_, p)| p))
+        .collect()
 }
 
 fn d_max_parallel() -> usize {

@@ -7,7 +7,7 @@ use super::decode::decode;
 use super::diagnostics::{Diagnostic, Diagnostics, did_you_mean};
 use super::graph::StepGraph;
 use super::paths;
-use super::schema::{Device, Pipeline, PipelineHeader, StepDef};
+use super::schema::{self, Device, Pipeline, PipelineHeader, StepDef};
 use super::source::{KeyPath, RawPipeline};
 use super::step::StepKind;
 use serde::Deserialize;
@@ -245,16 +245,10 @@ pub fn validate(raw: RawPipeline, kinds: &[StepKind]) -> Result<Pipeline, Diagno
 
     // Two steps writing the same place, exports that could overwrite what the runner did not
     // create, and inputs that do not exist.
-    let runs_root = root.join(
-        header
-            .as_ref()
-            .and_then(|h| h.runs_dir.clone())
-            .unwrap_or_else(|| PathBuf::from("runs")),
-    );
-    let all_inputs: Vec<PathBuf> = steps
-        .iter()
-        .flat_map(|s| s.settings.input_paths().into_iter().map(|(_, p)| p))
-        .collect();
+    let runs_root = header
+        .as_ref()
+        .map_or_else(|| root.join("runs"), |h| h.runs_root(&root));
+    let all_inputs = schema::input_paths(&steps);
     let own_files = map.files();
     let mut exports: BTreeMap<PathBuf, &str> = BTreeMap::new();
     for step in &steps {
