@@ -63,6 +63,11 @@ pub fn source_files(path: &Path) -> Result<Vec<PathBuf>> {
 /// process down (tokenising a record needs many times its size in memory).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 << 20;
 
+/// Why a record of `bytes` is skipped.
+fn too_large(bytes: u64, max_record_bytes: usize) -> String {
+    format!("record too large: {bytes} bytes (more than max_record_bytes = {max_record_bytes})")
+}
+
 /// One line of a JSON Lines file, read without ever holding more than `max` bytes of it.
 enum Line {
     Text(String),
@@ -121,9 +126,7 @@ pub fn read_file(
     bad: &mut Vec<BadRecord>,
 ) -> Result<()> {
     let name = file.display().to_string();
-    let too_large = |bytes: u64| {
-        format!("record too large: {bytes} bytes (more than max_record_bytes = {max_record_bytes})")
-    };
+    let too_large = |bytes: u64| too_large(bytes, max_record_bytes);
     match file.extension().and_then(|e| e.to_str()) {
         Some("txt") => {
             let bytes = std::fs::metadata(file)
@@ -259,9 +262,7 @@ fn push_batch(
         if bytes > max_record_bytes {
             bad.push(BadRecord {
                 origin,
-                reason: format!(
-                    "record too large: {bytes} bytes (more than max_record_bytes = {max_record_bytes})"
-                ),
+                reason: too_large(bytes as u64, max_record_bytes),
             });
             continue;
         }
