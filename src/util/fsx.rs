@@ -76,13 +76,31 @@ pub fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
 }
 
 /// Mirrors the tree `src` into `dst` with hard links (falling back to copies across filesystems).
-/// `dst` is built under a temporary name and renamed into place, so it appears whole or not at all.
+/// `dst` is built under a temporary name and swapped into place, so it appears whole or not at
+/// all. Only for folders the runner owns (a step's `out/`): whatever `dst` held is replaced.
 pub fn link_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    build_and_swap(src, dst, None)
+}
+
+/// Builds the hard-link mirror of `src` (and the file `extra`, when given) beside `dst`, then
+/// swaps it in: an existing `dst` is renamed away first and removed last.
+fn build_and_swap(src: &Path, dst: &Path, extra: Option<(&str, &[u8])>) -> io::Result<()> {
     let tmp = temp_sibling(dst);
     remove_dir_if_exists(&tmp)?;
     link_tree_inner(src, &tmp)?;
-    remove_dir_if_exists(dst)?;
-    fs::rename(&tmp, dst)?;
+    if let Some((name, bytes)) = extra {
+        atomic_write(&tmp.join(name), bytes)?;
+    }
+    match fs::symlink_metadata(dst) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(&tmp, dst)?,
+        Err(e) => return Err(e),
+        Ok(_) => {
+            let old = temp_sibling(dst);
+            fs::rename(dst, &old)?;
+            fs::rename(&tmp, dst)?;
+            remove_dir_if_exists(&old)?;
+        }
+    }
     if let Some(parent) = dst.parent() {
         sync_dir(parent);
     }
@@ -113,33 +131,18 @@ pub fn replace_marked_dir(
     marker: &str,
     stamp: &[u8],
 ) -> Result<(), ReplaceError> {
-    let existing = match fs::symlink_metadata(dst) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+    match fs::symlink_metadata(dst) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
         Ok(m) if m.file_type().is_dir() => {
             let marked = fs::symlink_metadata(dst.join(marker)).is_ok_and(|m| m.is_file());
             if !marked && fs::read_dir(dst)?.next().is_some() {
                 return Err(ReplaceError::NotOurs(dst.to_path_buf()));
             }
-            true
         }
         Ok(_) => return Err(ReplaceError::NotOurs(dst.to_path_buf())),
-    };
-    let tmp = temp_sibling(dst);
-    link_tree_inner(src, &tmp)?;
-    atomic_write(&tmp.join(marker), stamp)?;
-    if existing {
-        let old = temp_sibling(dst);
-        fs::rename(dst, &old)?;
-        fs::rename(&tmp, dst)?;
-        fs::remove_dir_all(&old)?;
-    } else {
-        fs::rename(&tmp, dst)?;
     }
-    if let Some(parent) = dst.parent() {
-        sync_dir(parent);
-    }
-    Ok(())
+    Ok(build_and_swap(src, dst, Some((marker, stamp)))?)
 }
 
 fn link_tree_inner(src: &Path, dst: &Path) -> io::Result<()> {
