@@ -130,6 +130,20 @@ impl GroupBatch {
         self.ids.len()
     }
 
+    /// [`GroupBatch::logprobs`] of every micro-batch of `micro` rows, in order.
+    fn micro_logprobs(
+        &self,
+        model: &Hybrid,
+        micro: usize,
+        temperature: f64,
+        chunk: usize,
+        device: &Device,
+    ) -> Vec<Tensor<2>> {
+        micro_ranges(self.rows(), micro)
+            .map(|rows| self.logprobs(model, rows, temperature, chunk, device))
+            .collect()
+    }
+
     /// Log-probabilities `[rows, L]` of the targets of `rows` under `model`.
     fn logprobs(
         &self,
@@ -328,26 +342,20 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
 
         // Log-probabilities of the rollout policy and of the reference, without gradients.
         let inner = Device::flex();
-        let mut old = Vec::new();
-        let mut refs = Vec::new();
-        for g in &groups {
-            let mut o = Vec::new();
-            let mut r = Vec::new();
-            for rows in micro_ranges(g.rows(), s.micro_batch) {
-                o.push(g.logprobs(
-                    &policy,
-                    rows.clone(),
-                    s.temperature,
-                    s.logprob_chunk,
-                    &inner,
-                ));
+        let lp = |g: &GroupBatch, model: &Hybrid| {
+            g.micro_logprobs(model, s.micro_batch, s.temperature, s.logprob_chunk, &inner)
+        };
+        let old: Vec<Vec<Tensor<2>>> = groups.iter().map(|g| lp(g, &policy)).collect();
+        let refs: Vec<Vec<Tensor<2>>> = groups
+            .iter()
+            .map(|g| {
                 if s.beta > 0.0 {
-                    r.push(g.logprobs(&reference, rows, s.temperature, s.logprob_chunk, &inner));
+                    lp(g, &reference)
+                } else {
+                    Vec::new()
                 }
-            }
-            old.push(o);
-            refs.push(r);
-        }
+            })
+            .collect();
         drop(policy);
 
         // μ updates of the surrogate on this batch.
@@ -407,14 +415,13 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         let after = student.clone().valid();
         let (mut above, mut below) = ((0.0, 0.0), (0.0, 0.0));
         for (gi, g) in groups.iter().enumerate() {
+            // A group whose rewards were all equal has no advantage to move.
+            if g.advantages.iter().all(|&a| a == 0.0) {
+                continue;
+            }
+            let new = lp(g, &after);
             for (mi, rows) in micro_ranges(g.rows(), s.micro_batch).enumerate() {
-                let new = crate::model::weights::to_vec(g.logprobs(
-                    &after,
-                    rows.clone(),
-                    s.temperature,
-                    s.logprob_chunk,
-                    &inner,
-                ));
+                let new = crate::model::weights::to_vec(new[mi].clone());
                 let before = crate::model::weights::to_vec(old[gi][mi].clone());
                 let len = g.mask[0].len();
                 for (k, r) in rows.enumerate() {
