@@ -94,7 +94,7 @@ pub fn run(args: &ChatArgs, quiet: bool) -> Result<(), Error> {
         // What the state now holds: the conversation, the reply and, when the model ended its
         // turn, its stop token.
         let state_mib = model.state_bytes(&state) as f64 / (1 << 20) as f64;
-        kept.keep(&ids, &reply.fed, state);
+        kept.keep(&ids, &reply.fed(), state);
         if !quiet {
             eprintln!(
                 "[{} tokens at {:.1} tok/s; state {:.2} MiB]",

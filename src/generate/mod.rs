@@ -244,9 +244,8 @@ pub enum StopReason {
 pub struct Generation {
     /// The reply's tokens (without a stop token).
     pub ids: Vec<u32>,
-    /// Every token fed into the state after the prompt: the reply's and, when the model ended
-    /// its turn, the stop token too. A conversation continued from the state starts after them.
-    pub fed: Vec<u32>,
+    /// The stop token that ended the reply (fed into the state, not part of `ids`).
+    pub stop_token: Option<u32>,
     pub text: String,
     pub stop: StopReason,
     pub prompt_tokens: usize,
@@ -255,6 +254,12 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Every token fed into the state after the prompt: the reply's and, when the model ended
+    /// its turn, the stop token too. A conversation continued from the state starts after them.
+    pub fn fed(&self) -> Vec<u32> {
+        self.ids.iter().copied().chain(self.stop_token).collect()
+    }
+
     pub fn prefill_tokens_per_s(&self) -> f64 {
         self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
     }
@@ -284,7 +289,7 @@ pub fn generate<M: LanguageModel>(
     let decode_start = Instant::now();
     let mut history: Vec<u32> = prompt.to_vec();
     let mut ids = Vec::new();
-    let mut fed = Vec::new();
+    let mut stop_token = None;
     let mut text = String::new();
     // Bytes of `text` already passed to `on_text`.
     let mut emitted = 0;
@@ -295,10 +300,9 @@ pub fn generate<M: LanguageModel>(
         logits = model.feed(state, &[next]);
         if tokenizer.stop_ids.contains(&next) {
             stop = StopReason::EndOfSequence;
-            fed.push(next);
+            stop_token = Some(next);
             break;
         }
-        fed.push(next);
         ids.push(next);
         history.push(next);
         text = tokenizer.decode(&ids, true)?;
@@ -334,7 +338,7 @@ pub fn generate<M: LanguageModel>(
     }
     Ok(Generation {
         ids,
-        fed,
+        stop_token,
         text,
         stop,
         prompt_tokens: prompt.len(),
@@ -449,7 +453,7 @@ mod kept_state_tests {
         let turn1 = vec![0, 1];
         let (mut st, new) = kept.take(&turn1, || model.new_state());
         let g = generate(&model, &tok, &mut st, &new, &mut sampler, &limits, |_| {}).unwrap();
-        kept.keep(&turn1, &g.fed, st);
+        kept.keep(&turn1, &g.fed(), st);
         // The next conversation: turn 1, the reply, the end-of-turn tokens, turn 2.
         let mut all = turn1.clone();
         all.extend(&g.ids);

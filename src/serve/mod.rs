@@ -240,7 +240,7 @@ fn run_generation(
         Ok(g) => {
             // The state now covers the prompt and every token fed after it (the stop token
             // included when the model ended its turn).
-            kept.keep(&p.ids, &g.fed, st);
+            kept.keep(&p.ids, &g.fed(), st);
             if let Some(e) = events.as_mut() {
                 e.send(&chunk(serde_json::json!({}), Some(finish_reason(g.stop))));
                 e.send("[DONE]");
