@@ -10,7 +10,7 @@
 //! nothing new starts, and the error says how to resume.
 
 use super::cache::Cache;
-use super::freshness::{Dirty, Freshness, Query, freshness};
+use super::freshness::{Freshness, freshness};
 use super::graph::StepGraph;
 use super::keys::{self, RUNNER_VERSION};
 use super::paths;
@@ -253,31 +253,17 @@ impl<'a> Executor<'a> {
         };
         let key = keys::step_key(self.pipeline, step, &inputs);
         let step_dir = self.run.step_dir(&step.id);
-        let settings = step.settings.settings_json();
-        let pipeline_runs = self.runs_root.join(&self.pipeline.name);
-        let query = Query {
-            key: &key,
-            settings: &settings,
-            inputs: &inputs,
-            forced: self.scope.forced[i],
-            step_dir: Some(&step_dir),
-            pipeline_runs: &pipeline_runs,
-            step_id: &step.id,
-        };
-        let why = match freshness(&self.cache, &query) {
+        match freshness(&self.cache, &key, self.scope.forced[i], Some(&step_dir)) {
             Freshness::Complete { digest } => return (Outcome::Complete, digest),
             Freshness::Cached { from, manifest } => match self.reuse(step, &from, &manifest) {
                 Ok(()) => return (Outcome::Cached { from }, manifest.outputs_digest),
-                Err(e) => {
-                    tracing::warn!(
-                        "step `{}`: could not reuse cached artifacts ({e}); running it",
-                        step.id
-                    );
-                    Dirty::Changed(vec!["its cached artifacts could not be reused".into()])
-                }
+                Err(e) => tracing::warn!(
+                    "step `{}`: could not reuse cached artifacts ({e}); running it",
+                    step.id
+                ),
             },
-            Freshness::Dirty(why) => why,
-        };
+            Freshness::Forced | Freshness::Stale => {}
+        }
         if !self.scope.in_scope[i] {
             return (
                 Outcome::Unavailable(format!(
@@ -287,7 +273,6 @@ impl<'a> Executor<'a> {
                 None,
             );
         }
-        tracing::debug!("{} runs: {why}", step.id);
         let previous = self.run.read_manifest(&step.id);
         match self.run_step(i, key, inputs, previous) {
             Ok((resumed_from, digest)) => (Outcome::Ran { resumed_from }, Some(digest)),

@@ -1,5 +1,6 @@
-//! Whether a step must run, and why: one decision, made the same way for `runner run` (the
-//! executor acts on it) and `runner plan` (which only shows it).
+//! Whether a step must run: one decision, made the same way for `runner run` (the executor acts
+//! on it) and `runner plan` (which only shows it, with why a stale step changed — [`explain`],
+//! which reads earlier runs' manifests and so is not done on the executor's path).
 
 use super::cache::Cache;
 use super::keys;
@@ -18,8 +19,10 @@ pub enum Freshness {
         from: PathBuf,
         manifest: Box<StepManifest>,
     },
-    /// It must run.
-    Dirty(Dirty),
+    /// It must run: `--force` or `--from`.
+    Forced,
+    /// It must run: no complete or cached result under its key ([`explain`] says why).
+    Stale,
 }
 
 /// Why a step must run.
@@ -43,46 +46,45 @@ impl std::fmt::Display for Dirty {
     }
 }
 
-/// What is known about one step when deciding.
-pub struct Query<'a> {
-    pub key: &'a str,
-    pub settings: &'a serde_json::Value,
-    pub inputs: &'a BTreeMap<String, String>,
-    pub forced: bool,
-    /// The step's folder in this run, when deciding inside a run.
-    pub step_dir: Option<&'a Path>,
-    /// Where earlier runs of the pipeline are: `<runs_root>/<pipeline>/`.
-    pub pipeline_runs: &'a Path,
-    pub step_id: &'a str,
-}
-
-/// Decides whether the step described by `q` is complete, cached or must run.
-pub fn freshness(cache: &Cache, q: &Query) -> Freshness {
-    if let Some(dir) = q.step_dir
+/// Decides whether the step with `key` is complete (in `step_dir`, when deciding inside a
+/// run), cached, or must run.
+pub fn freshness(cache: &Cache, key: &str, forced: bool, step_dir: Option<&Path>) -> Freshness {
+    if let Some(dir) = step_dir
         && let Some(m) = rundir::read_manifest(dir)
         && m.status == StepStatus::Complete
-        && m.key == q.key
-        && cache.verify(q.key, dir, &m)
+        && m.key == key
+        && cache.verify(key, dir, &m)
     {
         return Freshness::Complete {
             digest: m.outputs_digest,
         };
     }
-    if q.forced {
-        return Freshness::Dirty(Dirty::Forced);
+    if forced {
+        return Freshness::Forced;
     }
-    if let Some((from, manifest)) = cache.lookup(q.key)
-        && Some(from.as_path()) != q.step_dir
+    if let Some((from, manifest)) = cache.lookup(key)
+        && Some(from.as_path()) != step_dir
     {
         return Freshness::Cached {
             from,
             manifest: Box::new(manifest),
         };
     }
-    Freshness::Dirty(match last_manifest(q.pipeline_runs, q.step_id) {
-        Some(prev) => Dirty::Changed(differences(&prev, q.settings, q.inputs)),
+    Freshness::Stale
+}
+
+/// Why a stale step must run: how its settings and inputs differ from its last complete run
+/// under `pipeline_runs` (`<runs_root>/<pipeline>/`), or that it never ran.
+pub fn explain(
+    pipeline_runs: &Path,
+    step_id: &str,
+    settings: &serde_json::Value,
+    inputs: &BTreeMap<String, String>,
+) -> Dirty {
+    match last_manifest(pipeline_runs, step_id) {
+        Some(prev) => Dirty::Changed(differences(&prev, settings, inputs)),
         None => Dirty::New,
-    })
+    }
 }
 
 /// The newest complete manifest of `step` in any run under `pipeline_runs`.

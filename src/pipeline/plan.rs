@@ -2,7 +2,7 @@
 //! decision ([`freshness`]), made for a new run without running anything.
 
 use super::cache::Cache;
-use super::freshness::{Dirty, Freshness, Query, freshness};
+use super::freshness::{Dirty, Freshness, explain, freshness};
 use super::graph::StepGraph;
 use super::keys;
 use super::schema::Pipeline;
@@ -74,17 +74,7 @@ pub fn plan(
             .collect();
         let inputs = keys::step_inputs(pipeline, step, &dep_digests).unwrap_or_default();
         let key = keys::step_key(pipeline, step, &inputs);
-        let settings = step.settings.settings_json();
-        let query = Query {
-            key: &key,
-            settings: &settings,
-            inputs: &inputs,
-            forced: scope.forced[i],
-            step_dir: None,
-            pipeline_runs: &pipeline_runs,
-            step_id: &step.id,
-        };
-        entries[i] = Some(match freshness(&cache, &query) {
+        entries[i] = Some(match freshness(&cache, &key, scope.forced[i], None) {
             Freshness::Cached { from, manifest } => {
                 digests[i] = manifest.outputs_digest;
                 PlanEntry::Cached {
@@ -98,7 +88,13 @@ pub fn plan(
                     from: "this run".into(),
                 }
             }
-            Freshness::Dirty(why) => PlanEntry::Runs(why),
+            Freshness::Forced => PlanEntry::Runs(Dirty::Forced),
+            Freshness::Stale => PlanEntry::Runs(explain(
+                &pipeline_runs,
+                &step.id,
+                &step.settings.settings_json(),
+                &inputs,
+            )),
         });
     }
     pipeline
