@@ -41,6 +41,12 @@ impl Checkpoints {
         &self.dir
     }
 
+    /// The `progress.json` of the step's long work, beside its checkpoints (see
+    /// [`crate::progress::Progress`]).
+    pub fn progress_file(&self) -> PathBuf {
+        self.dir.join(crate::progress::PROGRESS_FILE)
+    }
+
     /// The newest complete checkpoint, if any.
     pub fn latest(&self) -> Option<Checkpoint> {
         let name = fs::read_to_string(self.dir.join(LATEST)).ok()?;

@@ -99,13 +99,42 @@ fn tolerance(key: &str, want: f64) -> f64 {
     }
 }
 
-fn ok(c: &mut std::process::Command) {
+/// Runs the runner to success; returns its stdout and stderr.
+fn ok(c: &mut std::process::Command) -> (String, String) {
     let o = c.output().expect("runner starts");
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
     assert!(
         o.status.success(),
-        "runner failed\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+        "runner failed\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    (out, err)
+}
+
+/// Off a terminal, long steps log progress lines (here every 10 ms instead of every 30 s);
+/// each finished training step reports its last loss; `runner status` shows it.
+fn check_progress_lines(p: &Project, run: &Path, stderr: &str) {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("stage1: ") && l.contains("tokens/s") && l.contains("loss"))
+        .unwrap_or_else(|| panic!("no stage-1 progress line in:\n{stderr}"));
+    for part in ["% (", "tokens) · ", " · loss ", " · elapsed ", " · ETA "] {
+        assert!(line.contains(part), "{part:?} not in {line:?}");
+    }
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("stage2 done in") && l.contains("(loss ")),
+        "stage 2's last loss is not in the log:\n{stderr}"
+    );
+    let (status, _) = ok(&mut runner(p, &["status", run.to_str().unwrap()]));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.trim_start().starts_with("last loss ")),
+        "{status}"
     );
 }
 
@@ -118,9 +147,13 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
     // Uninterrupted.
     let runs_a = p.path().join("runs-a");
     let t0 = Instant::now();
-    ok(runner(&p, &["run", pipe, "--runs-dir", runs_a.to_str().unwrap()]).arg("--quiet"));
+    let (_, stderr) = ok(
+        runner(&p, &["run", pipe, "--runs-dir", runs_a.to_str().unwrap()])
+            .env("RUNNER_PROGRESS_SECS", "0.01"),
+    );
     let took = t0.elapsed();
     let run_a = run_dir(&runs_a);
+    check_progress_lines(&p, &run_a, &stderr);
     let got = report(&run_a);
     for f in ["report.md", "report.html"] {
         assert!(run_a.join("eval/out").join(f).is_file(), "{f}");
@@ -204,7 +237,7 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    let fraction = 0.15 + 0.7 * (nanos % 1000) as f64 / 1000.0;
+    let fraction = 0.1 + 0.65 * (nanos % 1000) as f64 / 1000.0;
     let delay = took.mul_f64(fraction);
     let mut child = runner(
         &p,
@@ -213,9 +246,10 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
             pipe,
             "--runs-dir",
             runs_b.to_str().unwrap(),
-            "--quiet",
         ],
     )
+    // Run as the timed run was, so the kill lands inside it.
+    .env("RUNNER_PROGRESS_SECS", "0.01")
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::null())
     .spawn()
@@ -236,6 +270,8 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
         record["status"], "running",
         "the kill landed before the run finished"
     );
+    // The interrupted run's status shows where its steps stood.
+    ok(&mut runner(&p, &["status", run_b.to_str().unwrap()]));
     ok(&mut runner(
         &p,
         &["resume", run_b.to_str().unwrap(), "--quiet"],

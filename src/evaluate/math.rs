@@ -25,7 +25,8 @@ impl MathEval<'_> {
     ) -> Result<Accuracy> {
         let bar = crate::progress::bar(
             self.problems.len() as u64,
-            &format!("{step} (math accuracy, {label})"),
+            &format!("{step} math accuracy, {label}"),
+            "problems",
         );
         let acc = accuracy(
             model,

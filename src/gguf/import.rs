@@ -221,7 +221,7 @@ pub fn import_gguf(gguf: &Path, out: &Path, dtype: SaveDtype) -> Result<ImportRe
             ))
             .or_insert(0) += 1;
     }
-    let bar = crate::progress::bar(file.tensors.len() as u64, "dequantise (tensors)");
+    let bar = crate::progress::bar(file.tensors.len() as u64, "dequantise", "tensors");
     let mut tensors = BTreeMap::new();
     let mut parameters = 0;
     for t in &file.tensors {

@@ -281,7 +281,7 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         epsilon: s.epsilon,
         beta: s.beta,
     };
-    let bar = crate::progress::bar(s.steps, &format!("{id} (steps)"));
+    let bar = crate::progress::bar(s.steps, id, "steps").recording(checkpoints.progress_file());
     bar.set_position(state.step);
     while state.step < s.steps {
         let t0 = Instant::now();
@@ -466,8 +466,8 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         };
         rollouts_log.flush()?;
         metrics.log(&line)?;
-        bar.set_position(state.step);
         bar.set_message(format!("reward {:.3}", line.reward));
+        bar.set_position(state.step);
         if checkpoint_due(state.step, state.step == s.steps, s.checkpoint_every) {
             save_checkpoint(checkpoints, state.step, &trainable, &student, &opt, &state)?;
         }

@@ -72,6 +72,8 @@ pub struct StepReport {
     pub id: String,
     pub outcome: Outcome,
     pub seconds: f64,
+    /// The last message of the step's progress record (a training step's last loss).
+    pub last: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +144,8 @@ impl<'a> Executor<'a> {
         // here, on the scheduling thread, before any dependent starts.
         let mut digests: Vec<Option<String>> = vec![None; n];
         let mut reports: Vec<Option<StepReport>> = vec![None; n];
-        let overall = crate::progress::bar(n as u64, "pipeline");
+        // Off a terminal each step's start and end are logged already: no lines for this bar.
+        let overall = crate::progress::bar(n as u64, "pipeline", "steps").without_lines();
 
         std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::channel::<(usize, StepReport, Option<String>)>();
@@ -163,10 +166,15 @@ impl<'a> Executor<'a> {
                     s.spawn(move || {
                         let started = Instant::now();
                         let (outcome, digest) = self.process(i, &dep_digests);
+                        let id = self.pipeline.steps[i].id.clone();
+                        let last = rundir::progress_record(&self.run.step_dir(&id))
+                            .map(|r| r.message)
+                            .filter(|m| !m.is_empty());
                         let report = StepReport {
-                            id: self.pipeline.steps[i].id.clone(),
+                            id,
                             outcome,
                             seconds: started.elapsed().as_secs_f64(),
+                            last,
                         };
                         let _ = tx.send((i, report, digest));
                     });
@@ -204,6 +212,7 @@ impl<'a> Executor<'a> {
                         id: self.pipeline.steps[i].id.clone(),
                         outcome: Outcome::Skipped,
                         seconds: 0.0,
+                        last: None,
                     }
                 })
             })
@@ -477,7 +486,10 @@ fn log_outcome(r: &StepReport) {
     match &r.outcome {
         Outcome::Complete => tracing::info!("= {} already complete in this run", r.id),
         Outcome::Cached { from } => tracing::info!("↺ {} cached (from {})", r.id, from.display()),
-        Outcome::Ran { .. } => tracing::info!("✓ {} done in {:.1}s", r.id, r.seconds),
+        Outcome::Ran { .. } => match &r.last {
+            Some(last) => tracing::info!("✓ {} done in {:.1}s ({last})", r.id, r.seconds),
+            None => tracing::info!("✓ {} done in {:.1}s", r.id, r.seconds),
+        },
         Outcome::Failed(e) => tracing::error!("✗ {} failed after {:.1}s: {e}", r.id, r.seconds),
         Outcome::Unavailable(e) => tracing::error!("✗ {} unavailable: {e}", r.id),
         Outcome::NotSelected | Outcome::Skipped => {}

@@ -292,6 +292,14 @@ pub fn read_manifest(step_dir: &Path) -> Option<StepManifest> {
     fsx::read_json(&step_dir.join(MANIFEST)).ok().flatten()
 }
 
+/// Reads a step folder's progress record (`None` when the step has none).
+pub fn progress_record(step_dir: &Path) -> Option<crate::progress::ProgressRecord> {
+    let path = step_dir
+        .join(CHECKPOINT)
+        .join(crate::progress::PROGRESS_FILE);
+    fsx::read_json(&path).ok().flatten()
+}
+
 /// Reads the record of a run directory without locking it.
 pub fn read_record(run_dir: &Path) -> Option<RunRecord> {
     fsx::read_json(&run_dir.join(RUN_RECORD)).ok().flatten()

@@ -129,9 +129,14 @@ pub struct StepContext {
 }
 
 impl StepContext {
-    /// A progress bar for this step (hidden in quiet mode and when stderr is not a terminal).
-    pub fn progress_bar(&self, len: u64, unit: &str) -> indicatif::ProgressBar {
-        progress::bar(len, &format!("{} ({unit})", self.id))
+    /// A progress bar for this step (progress lines when stderr is not a terminal), recorded
+    /// in the step's `progress.json` for `runner status`.
+    pub fn progress_bar(&self, len: u64, unit: &str) -> progress::Progress {
+        let bar = progress::bar(len, &self.id, unit);
+        match std::fs::create_dir_all(self.checkpoints.dir()) {
+            Ok(()) => bar.recording(self.checkpoints.progress_file()),
+            Err(_) => bar,
+        }
     }
 
     /// Starts this step's W&B sidecar when the pipeline logs to W&B; `config` is what the W&B

@@ -313,7 +313,8 @@ impl Trainer<'_> {
         } else {
             u64::MAX
         };
-        let bar = crate::progress::bar(s.max_tokens, &format!("{} (tokens)", self.step_id));
+        let bar = crate::progress::bar(s.max_tokens, self.step_id, "tokens")
+            .recording(self.checkpoints.progress_file());
         bar.set_position(state.tokens.min(s.max_tokens));
         let mut metrics = MetricsLog::open(&metrics_file, wandb)?;
         while state.step < budget_steps && state.tokens < s.max_tokens {
@@ -369,8 +370,8 @@ impl Trainer<'_> {
                 peak_rss_mib: crate::bench::mem::peak_rss_mib(),
                 extra,
             })?;
-            bar.set_position(state.tokens.min(s.max_tokens));
             bar.set_message(format!("loss {:.4}", loss_sum / accum));
+            bar.set_position(state.tokens.min(s.max_tokens));
             let last = state.step >= budget_steps || state.tokens >= s.max_tokens;
             if checkpoint_due(state.step, last, s.checkpoint_every) {
                 self.save(&model, &opt, &state)?;
