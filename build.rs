@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 const INPUTS: &[&str] = &[
     "src",
+    "python",
     "kernels/src",
     "Cargo.toml",
     "kernels/Cargo.toml",

@@ -380,7 +380,13 @@ impl Hybrid {
         o.insert("wkv_gqa".into(), json!(self.student.gqa));
         o.insert("wkv_lora".into(), json!(shape.lora));
         o.insert("wkv_layers".into(), json!(self.student.wkv_layers));
+        let wkv_bias = self.layers.iter().any(|l| match &l.mixer {
+            Mixer::Rwkv(m) => m.receptance.bias.is_some(),
+            Mixer::Attention(_) => false,
+        });
+        o.insert("wkv_bias".into(), json!(wkv_bias));
         o.insert("tie_word_embeddings".into(), json!(self.lm_head.is_none()));
+        o.insert("auto_map".into(), super::remote_code::auto_map());
         v
     }
 
@@ -417,6 +423,7 @@ impl Hybrid {
         let mut config = self.config_json();
         config["torch_dtype"] = json!(dtype.torch_name());
         crate::util::fsx::atomic_write_json(&dir.join("config.json"), &config)?;
+        super::remote_code::write(dir)?;
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod hybrid;
 pub mod layers;
+pub mod remote_code;
 pub mod safetensors_io;
 pub mod time_mixer;
 pub mod transformer;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod assets;
 pub mod python;
 
 use std::path::{Path, PathBuf};
