@@ -12,6 +12,7 @@ pub mod evaluate;
 pub mod generate;
 pub mod gguf;
 pub mod grpo;
+pub mod hub;
 pub mod model;
 pub mod pipeline;
 pub mod progress;

@@ -239,21 +239,13 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
         .subsec_nanos();
     let fraction = 0.1 + 0.65 * (nanos % 1000) as f64 / 1000.0;
     let delay = took.mul_f64(fraction);
-    let mut child = runner(
-        &p,
-        &[
-            "run",
-            pipe,
-            "--runs-dir",
-            runs_b.to_str().unwrap(),
-        ],
-    )
-    // Run as the timed run was, so the kill lands inside it.
-    .env("RUNNER_PROGRESS_SECS", "0.01")
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = runner(&p, &["run", pipe, "--runs-dir", runs_b.to_str().unwrap()])
+        // Run as the timed run was, so the kill lands inside it.
+        .env("RUNNER_PROGRESS_SECS", "0.01")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(delay.max(Duration::from_millis(300)));
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();

@@ -63,8 +63,8 @@ fn scramble(h: &mut Hybrid, device: &Device) {
     for layer in &mut h.layers {
         if let Mixer::Rwkv(m) = &mut layer.mixer {
             for p in [
-                &mut m.x_r, &mut m.x_w, &mut m.x_k, &mut m.x_v, &mut m.x_a, &mut m.x_g,
-                &mut m.k_k, &mut m.k_a,
+                &mut m.x_r, &mut m.x_w, &mut m.x_k, &mut m.x_v, &mut m.x_a, &mut m.x_g, &mut m.k_k,
+                &mut m.k_a,
             ] {
                 r1(p, 0.0, 1.0);
             }
@@ -253,7 +253,10 @@ fn lm_eval_runs_on_an_export() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_lm_eval {
-        eprintln!("skipped: {} cannot import lm_eval and accelerate", py.display());
+        eprintln!(
+            "skipped: {} cannot import lm_eval and accelerate",
+            py.display()
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
-    /// A teacher or student model directory.
+    /// A teacher or student model directory, or `hf://ORG/NAME[@REVISION]` (downloaded into
+    /// the Hugging Face cache).
     #[arg(long)]
     pub model: PathBuf,
     /// A system message.

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json).
+    /// A model directory in Hugging Face layout (config.json, model.safetensors, tokenizer.json),
+    /// or `hf://ORG/NAME[@REVISION]` (downloaded into the Hugging Face cache).
     #[arg(long)]
     pub model: PathBuf,
     /// The prompt (read from stdin when absent).

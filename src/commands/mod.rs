@@ -54,7 +54,10 @@ impl SamplingArgs {
 
 /// Loads a model directory's weights (teacher or student) and tokenizer; problems with the
 /// directory are usage errors (exit code 2).
-pub fn load_model_dir(dir: &Path, device: &Device) -> Result<(AnyModel, TextTokenizer), Error> {
+pub fn load_model_dir(spec: &Path, device: &Device) -> Result<(AnyModel, TextTokenizer), Error> {
+    // `hf://ORG/NAME[@REV]`: the Hub snapshot (downloaded into the Hugging Face cache).
+    let dir = &crate::hub::model_dir(spec)
+        .map_err(|e| Error::Other(e.context(format!("fetching {}", spec.display()))))?;
     let usage = |e: anyhow::Error| {
         Error::Usage(format!(
             "error: cannot load the model in {}: {e:#}",

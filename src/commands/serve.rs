@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A teacher or student model directory (e.g. a `convert` step's output).
+    /// A teacher or student model directory (e.g. a `convert` step's output), or
+    /// `hf://ORG/NAME[@REVISION]` (downloaded into the Hugging Face cache).
     #[arg(long)]
     pub model: PathBuf,
     /// Address to listen on (`0.0.0.0` to accept other machines).

@@ -1,6 +1,8 @@
 //! Paths in step settings: `"@step"` or `"@step/sub/path"` names a dependency's artifacts (the
 //! step must be in `depends_on`); anything else is a file or folder relative to the pipeline
-//! root (it must exist, and its contents are part of the cache key).
+//! root (it must exist, and its contents are part of the cache key); `hf://ORG/NAME[@REV]` and
+//! `hf://datasets/ORG/NAME[@REV]/PATH` name a Hub model or dataset files (see [`crate::hub`]):
+//! the commit the revision resolves to is part of the cache key.
 
 use super::StepContext;
 use anyhow::{Context, Result};
@@ -15,6 +17,8 @@ pub enum ArtifactRef {
     Dep { step: String, path: PathBuf },
     /// Relative to the pipeline root.
     Root(PathBuf),
+    /// On the Hugging Face Hub.
+    Hub(crate::hub::HubRef),
 }
 
 impl TryFrom<String> for ArtifactRef {
@@ -46,6 +50,9 @@ impl TryFrom<String> for ArtifactRef {
                 })
             }
             None if s.is_empty() => Err("the path is empty".into()),
+            None if s.starts_with(crate::hub::SCHEME) => {
+                crate::hub::HubRef::parse(&s).map(ArtifactRef::Hub)
+            }
             None => Ok(ArtifactRef::Root(PathBuf::from(s))),
         }
     }
@@ -63,6 +70,7 @@ impl fmt::Display for ArtifactRef {
             ArtifactRef::Dep { step, path } if path.as_os_str().is_empty() => write!(f, "@{step}"),
             ArtifactRef::Dep { step, path } => write!(f, "@{step}/{}", path.display()),
             ArtifactRef::Root(p) => write!(f, "{}", p.display()),
+            ArtifactRef::Hub(h) => write!(f, "{h}"),
         }
     }
 }
@@ -75,13 +83,14 @@ impl ArtifactRef {
             ArtifactRef::Dep { step, path } if path.as_os_str().is_empty() => step.clone(),
             ArtifactRef::Dep { step, path } => format!("{step}/{}", path.display()),
             ArtifactRef::Root(p) => p.display().to_string(),
+            ArtifactRef::Hub(h) => h.to_string(),
         }
     }
 
     pub fn dep(&self) -> Option<&str> {
         match self {
             ArtifactRef::Dep { step, .. } => Some(step),
-            ArtifactRef::Root(_) => None,
+            ArtifactRef::Root(_) | ArtifactRef::Hub(_) => None,
         }
     }
 
@@ -89,7 +98,15 @@ impl ArtifactRef {
     pub fn input(&self) -> Option<&Path> {
         match self {
             ArtifactRef::Root(p) => Some(p),
-            ArtifactRef::Dep { .. } => None,
+            ArtifactRef::Dep { .. } | ArtifactRef::Hub(_) => None,
+        }
+    }
+
+    /// The Hub repository, for `hf://` references.
+    pub fn hub(&self) -> Option<&crate::hub::HubRef> {
+        match self {
+            ArtifactRef::Hub(h) => Some(h),
+            _ => None,
         }
     }
 
@@ -98,6 +115,7 @@ impl ArtifactRef {
     /// of this step's cache key.
     pub fn resolve(&self, ctx: &StepContext) -> Result<PathBuf> {
         let path = match self {
+            ArtifactRef::Hub(h) => return crate::hub::fetch(h),
             ArtifactRef::Root(p) => ctx.resolve(p),
             ArtifactRef::Dep { step, path } => {
                 let dir = ctx.deps.get(step).with_context(|| {

@@ -17,7 +17,8 @@ pub const RUNNER_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Digest of the sources this runner was built from (see `build.rs`).
 pub const CODE_DIGEST: &str = env!("RUNNER_CODE_DIGEST");
 
-/// What the key of `step` is made of: `dep:<id>` → digest, `file:<path>` → sha256.
+/// What the key of `step` is made of: `dep:<id>` → digest, `file:<path>` → sha256,
+/// `hub:<hf://…>` → the commit its revision resolves to.
 pub fn step_inputs(
     pipeline: &Pipeline,
     step: &StepDef,
@@ -32,6 +33,11 @@ pub fn step_inputs(
             std::io::Error::new(e.kind(), format!("hashing input {}: {e}", path.display()))
         })?;
         inputs.insert(format!("file:{}", path.display()), sha);
+    }
+    for (_, hub) in step.settings.hub_refs() {
+        let resolved =
+            crate::hub::resolve(&hub).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        inputs.insert(format!("hub:{hub}"), resolved.commit);
     }
     Ok(inputs)
 }

@@ -67,6 +67,14 @@ impl dyn Step {
         out
     }
 
+    /// Settings that name Hugging Face Hub repositories (`hf://…`), with their key.
+    pub fn hub_refs(&self) -> Vec<(&'static str, crate::hub::HubRef)> {
+        self.artifact_refs()
+            .into_iter()
+            .filter_map(|(k, a)| a.hub().map(|h| (k, h.clone())))
+            .collect()
+    }
+
     /// Settings that name a dependency's artifacts (`@step/...`), with their key; the step
     /// must list that dependency in `depends_on`.
     pub fn dep_refs(&self) -> Vec<(&'static str, String)> {

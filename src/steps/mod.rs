@@ -8,6 +8,7 @@ pub mod eval;
 pub mod fetch;
 pub mod grpo;
 pub mod import;
+pub mod model;
 pub mod sft;
 pub mod stage1;
 pub mod stage2;
@@ -21,6 +22,7 @@ pub const KINDS: &[StepKind] = &[
     kind::<command::CommandSettings>("command"),
     kind::<fetch::FetchSettings>("fetch"),
     kind::<import::ImportSettings>("import"),
+    kind::<model::ModelSettings>("model"),
     kind::<tokenize::TokenizeSettings>("tokenize"),
     kind::<stage1::Stage1Settings>("stage1"),
     kind::<stage2::Stage2Settings>("stage2"),
@@ -43,6 +45,6 @@ mod tests {
             let mut d = crate::pipeline::Diagnostics::default();
             let _ = (k.decode)(toml::Value::Table(Default::default()), &[], &map, &mut d);
         }
-        assert_eq!(names.len(), 10);
+        assert_eq!(names.len(), 11);
     }
 }

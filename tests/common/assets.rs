@@ -64,4 +64,3 @@ pub fn smollm2_gguf() -> PathBuf {
     assert_eq!(sha256(&gguf), GGUF_SHA256);
     gguf
 }
-

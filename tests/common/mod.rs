@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod assets;
+pub mod hub_server;
 pub mod python;
 
 use std::path::{Path, PathBuf};
