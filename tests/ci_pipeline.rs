@@ -273,3 +273,37 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
         assert_eq!(resumed[key], got[key], "`{key}` of the resumed run differs");
     }
 }
+
+/// The same pipeline on LibTorch (`device = "tch"`, builds with `--features tch`): every
+/// evaluation number within the tolerance of the flex backend's expectations.
+#[cfg(feature = "tch")]
+#[test]
+fn ci_pipeline_on_libtorch_matches_the_flex_numbers() {
+    let p = Project::new();
+    let pipe = pipeline();
+    let runs = p.path().join("runs-tch");
+    ok(&mut runner(
+        &p,
+        &[
+            "run",
+            pipe.to_str().unwrap(),
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--set",
+            "pipeline.device=\"tch\"",
+            "--quiet",
+        ],
+    ));
+    let got = numbers(&report(&run_dir(&runs)));
+    let expected_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ci_expected.json");
+    let expected: serde_json::Map<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (k, v) in &got {
+        let want = expected[k].as_f64().unwrap();
+        assert!(
+            (v - want).abs() <= tolerance(k, want),
+            "{k}: LibTorch {v} vs flex {want}"
+        );
+    }
+}

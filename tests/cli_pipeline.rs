@@ -615,3 +615,21 @@ fn max_parallel_bounds_how_many_steps_run_at_once() {
         assert_eq!(overlap, n == 2, "max_parallel = {n}: x {x:?}, y {y:?}");
     }
 }
+
+/// `device = "tch"` in a build without LibTorch: a configuration error that says how to get it.
+#[cfg(not(feature = "tch"))]
+#[test]
+fn libtorch_device_needs_the_tch_build() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"p\"\ndevice = \"tch\"\n\n[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"true\"\n",
+    );
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("device `tch` is not available"), "{}", r.stderr);
+    assert!(r.stderr.contains("--features tch"), "{}", r.stderr);
+    let r = p.run(&["generate", "--model", "m", "--device", "tch", "hi"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--features tch"), "{}", r.stderr);
+}

@@ -232,12 +232,34 @@ fn bench_stage2(
         "one stage-2 optimizer step: batch {batch} × {seq} tokens, layers {wkv_layers:?} converted, {} threads",
         rayon::current_num_threads()
     );
-    let ours =
-        measure_ours(model_dir, wkv_layers.clone(), batch, seq, steps).map_err(Error::Other)?;
+    let ours = measure_ours(
+        model_dir,
+        wkv_layers.clone(),
+        batch,
+        seq,
+        steps,
+        &burn::tensor::Device::flex(),
+    )
+    .map_err(Error::Other)?;
     println!(
         "  runner (burn flex, fused ops)    {:>8.2} s/step  {:>8.1} tok/s  KL {:.4}  peak RSS {:>6.0} MiB",
         ours.step_s, ours.tokens_per_s, ours.loss, ours.peak_rss_mib
     );
+    // The LibTorch backend, in builds that have it (tensor-op WKV-7 and attention there).
+    let tch = if cfg!(feature = "tch") {
+        let device = crate::pipeline::schema::Device::Tch
+            .tensor_device()
+            .map_err(Error::Other)?;
+        let t = measure_ours(model_dir, wkv_layers.clone(), batch, seq, steps, &device)
+            .map_err(Error::Other)?;
+        println!(
+            "  runner (burn tch, LibTorch)      {:>8.2} s/step  {:>8.1} tok/s  KL {:.4}  peak RSS {:>6.0} MiB",
+            t.step_s, t.tokens_per_s, t.loss, t.peak_rss_mib
+        );
+        Some(t)
+    } else {
+        None
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_stage2_torch.py");
     let layer_list: Vec<String> = wkv_layers.iter().map(|l| l.to_string()).collect();
     let (b, s, n) = (batch.to_string(), seq.to_string(), steps.to_string());
@@ -256,6 +278,9 @@ fn bench_stage2(
     let torch = crate::bench::run_python_json(python, &script, &args, "torch and transformers");
     let mut out =
         serde_json::json!({"ours": ours, "batch": batch, "seq": seq, "layers": wkv_layers});
+    if let Some(t) = &tch {
+        out["ours_tch"] = serde_json::json!(t);
+    }
     let torch_phases: Option<Vec<f64>> = torch.as_ref().ok().map(|t| {
         (0..PHASES.len())
             .map(|i| t["phases_s"][i].as_f64().unwrap_or(f64::NAN))
@@ -281,16 +306,23 @@ fn bench_stage2(
         }
         Err(why) => println!("  pytorch eager: skipped ({why})"),
     }
-    println!("  by phase (median s)          runner   pytorch    ratio");
+    println!(
+        "  by phase (median s)          runner   pytorch    ratio{}",
+        if tch.is_some() { "  runner-tch" } else { "" }
+    );
     for (i, name) in PHASES.iter().enumerate() {
         let mine = ours.phases_s[i];
+        let tch_col = tch
+            .as_ref()
+            .map(|t| format!("  {:>10.2}", t.phases_s[i]))
+            .unwrap_or_default();
         match &torch_phases {
             Some(p) => println!(
-                "    {name:<24} {mine:>8.2}  {:>8.2}  {:>6.2}×",
+                "    {name:<24} {mine:>8.2}  {:>8.2}  {:>6.2}×{tch_col}",
                 p[i],
                 p[i] / mine
             ),
-            None => println!("    {name:<24} {mine:>8.2}"),
+            None => println!("    {name:<24} {mine:>8.2}{tch_col}"),
         }
     }
     if let Some(path) = json {

@@ -52,9 +52,10 @@ pub fn measure_ours(
     batch: usize,
     seq: usize,
     steps: usize,
+    device: &Device,
 ) -> Result<StepTiming> {
     mem::reset_peak();
-    let device = Device::flex().autodiff();
+    let device = device.clone().autodiff();
     let teacher = Transformer::load(teacher_dir, &device)?.set_require_grad(false);
     let cfg = StudentConfig {
         wkv_layers: layers,

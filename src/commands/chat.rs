@@ -6,7 +6,6 @@ use super::{SamplingArgs, load_model_dir};
 use crate::error::Error;
 use crate::generate::{GenerationLimits, KeptState, LanguageModel, Sampler, generate};
 use crate::text::ChatMessage;
-use burn::tensor::Device;
 use clap::Args;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -17,6 +16,10 @@ pub struct ChatArgs {
     /// the Hugging Face cache).
     #[arg(long)]
     pub model: PathBuf,
+    /// Where to compute: `cpu` (Burn's flex backend) or `tch` (LibTorch; builds with the
+    /// `tch` feature).
+    #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
+    pub device: burn::tensor::Device,
     /// A system message.
     #[arg(long)]
     pub system: Option<String>,
@@ -29,7 +32,7 @@ pub struct ChatArgs {
 
 pub fn run(args: &ChatArgs, quiet: bool) -> Result<(), Error> {
     let sampling = args.sampling.config()?;
-    let device = Device::flex();
+    let device = args.device.clone();
     let (model, tokenizer) = load_model_dir(&args.model, &device)?;
     if tokenizer.chat_template.is_none() {
         return Err(Error::Usage(format!(

@@ -5,7 +5,6 @@ use super::{SamplingArgs, load_model_dir};
 use crate::error::Error;
 use crate::generate::{GenerationLimits, LanguageModel, Sampler, generate};
 use crate::text::ChatMessage;
-use burn::tensor::Device;
 use clap::Args;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -16,6 +15,10 @@ pub struct GenerateArgs {
     /// or `hf://ORG/NAME[@REVISION]` (downloaded into the Hugging Face cache).
     #[arg(long)]
     pub model: PathBuf,
+    /// Where to compute: `cpu` (Burn's flex backend) or `tch` (LibTorch; builds with the
+    /// `tch` feature).
+    #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
+    pub device: burn::tensor::Device,
     /// The prompt (read from stdin when absent).
     pub prompt: Option<String>,
     /// Feed the prompt as is instead of wrapping it in the chat template as a user turn.
@@ -47,7 +50,7 @@ pub fn run(args: &GenerateArgs, quiet: bool) -> Result<(), Error> {
     if prompt.trim().is_empty() {
         return Err(Error::Usage("error: the prompt is empty".into()));
     }
-    let device = Device::flex();
+    let device = args.device.clone();
     let (model, tokenizer) = load_model_dir(&args.model, &device)?;
     let text = if args.raw {
         prompt

@@ -3,7 +3,6 @@
 use super::load_model_dir;
 use crate::error::Error;
 use crate::serve::{Engine, ServeOptions, serve};
-use burn::tensor::Device;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -13,6 +12,10 @@ pub struct ServeArgs {
     /// `hf://ORG/NAME[@REVISION]` (downloaded into the Hugging Face cache).
     #[arg(long)]
     pub model: PathBuf,
+    /// Where to compute: `cpu` (Burn's flex backend) or `tch` (LibTorch; builds with the
+    /// `tch` feature).
+    #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
+    pub device: burn::tensor::Device,
     /// Address to listen on (`0.0.0.0` to accept other machines).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -39,7 +42,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: &ServeArgs) -> Result<(), Error> {
-    let (model, tokenizer) = load_model_dir(&args.model, &Device::flex())?;
+    let (model, tokenizer) = load_model_dir(&args.model, &args.device)?;
     if tokenizer.chat_template.is_none() {
         return Err(Error::Usage(format!(
             "error: {} has no chat template (tokenizer_config.json: chat_template), so chat requests cannot be rendered",

@@ -74,6 +74,8 @@ pub struct RunIo<'a> {
     pub checkpoints: &'a Checkpoints,
     pub out_dir: &'a Path,
     pub wandb: Option<WandbSink>,
+    /// The tensor device (without autodiff).
+    pub device: Device,
 }
 
 /// Counters saved in each checkpoint.
@@ -208,11 +210,12 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         checkpoints,
         out_dir,
         wandb,
+        device: inner,
     } = io;
     if let Some((k, m)) = s.problems_found().into_iter().next() {
         bail!("{k}: {m}");
     }
-    let device = Device::flex().autodiff();
+    let device = inner.clone().autodiff();
     let student_dir = s.student.clone();
     let tokenizer = TextTokenizer::from_dir(&student_dir)?;
     anyhow::ensure!(
@@ -341,7 +344,6 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         let n_completions = rewards_all.len();
 
         // Log-probabilities of the rollout policy and of the reference, without gradients.
-        let inner = Device::flex();
         let lp = |g: &GroupBatch, model: &Hybrid| {
             g.micro_logprobs(model, s.micro_batch, s.temperature, s.logprob_chunk, &inner)
         };

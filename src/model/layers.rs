@@ -380,15 +380,60 @@ impl Attention {
         let group = self.heads / self.kv_heads;
         let k = repeat_kv(k, group);
         let v = repeat_kv(v, group);
-        let options = AttentionModuleOptions {
-            scale: Some(scale),
-            softcap: None,
-            is_causal: true,
+        let y = match key_mask {
+            // Backends' own attention ops disagree on mask conventions (LibTorch's SDPA reads
+            // `true` as "attend", and aligns a causal mask top-left when Tq < Tk): with
+            // padding, or a query shorter than the keys (decoding after a cache), use tensor
+            // ops whose meaning is ours.
+            Some(m) => masked_attention(q, k, v, Some(m), scale),
+            None if k.dims()[2] != t => masked_attention(q, k, v, None, scale),
+            None => {
+                let options = AttentionModuleOptions {
+                    scale: Some(scale),
+                    softcap: None,
+                    is_causal: true,
+                };
+                attention(q, k, v, None, None, options)
+            }
         };
-        let mask = key_mask.map(|m| padding_mask(m, self.heads, t));
-        let y = attention(q, k, v, mask, None, options);
         self.o.forward(merge_heads(y))
     }
+}
+
+/// Causal softmax attention from tensor ops: `q [B, H, Tq, D]` are the last `Tq` of the
+/// `Tk` positions of `k`/`v` `[B, H, Tk, D]`; `key_mask [B, Tk]` (1 real, 0 padding) hides a
+/// padded key from every query but its own.
+pub fn masked_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    key_mask: Option<Tensor<2>>,
+    scale: f64,
+) -> Tensor<4> {
+    let [b, h, tq, _] = q.dims();
+    let tk = k.dims()[2];
+    let device = q.device();
+    let offset = tk - tq;
+    let causal: Vec<f32> = (0..tq)
+        .flat_map(|i| {
+            (0..tk).map(move |j| {
+                if j > i + offset {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let causal = Tensor::<2>::from_data(TensorData::new(causal, [tq, tk]), &device);
+    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + causal.unsqueeze::<4>();
+    if let Some(m) = key_mask {
+        scores = scores.mask_fill(
+            padding_mask(m, h, tq).expand([b, h, tq, tk]),
+            f32::NEG_INFINITY,
+        );
+    }
+    softmax(scores, 3).matmul(v)
 }
 
 /// Boolean attention mask `[B, H, Tq, Tk]`, true where a query must not see a key: the key is
@@ -454,6 +499,42 @@ mod tests {
             "num_attention_heads": 2, "num_key_value_heads": 1
         }))
         .unwrap()
+    }
+
+    /// The tensor-op attention other backends use equals the fused op, with padding and with
+    /// queries after cached keys.
+    #[test]
+    fn masked_attention_equals_the_fused_op() {
+        let device = Device::flex();
+        device.seed(9);
+        let r =
+            |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        for (tq, tk) in [(5, 5), (1, 6), (3, 7)] {
+            let (q, k, v) = (r([2, 2, tq, 4]), r([2, 2, tk, 4]), r([2, 2, tk, 4]));
+            let mut m = vec![1.0f32; 2 * tk];
+            m[tk] = 0.0; // left padding in the second sequence
+            m[tk + 1] = 0.0;
+            let mask = Tensor::<2>::from_data(TensorData::new(m, [2, tk]), &device);
+            for key_mask in [None, Some(mask)] {
+                let want = crate::model::weights::to_vec(
+                    causal_attention(q.clone(), k.clone(), v.clone(), key_mask.clone(), 0.5)
+                        .unwrap(),
+                );
+                let got = crate::model::weights::to_vec(masked_attention(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    key_mask,
+                    0.5,
+                ));
+                let err = want
+                    .iter()
+                    .zip(&got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(err < 1e-5, "tq {tq} tk {tk}: {err}");
+            }
+        }
     }
 
     #[test]

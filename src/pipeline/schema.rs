@@ -6,15 +6,43 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Where tensors live. This build has the CPU backend only; `cuda` and `wgpu` are names kept
-/// for GPU builds and are rejected by validation.
+/// Where tensors live: `cpu` (Burn's flex backend, with the fused kernels), or `tch` (LibTorch
+/// on the CPU; only in builds with the `tch` feature). `cuda` and `wgpu` are names kept for GPU
+/// builds and are rejected by validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     #[default]
     Cpu,
+    Tch,
     Cuda,
     Wgpu,
+}
+
+impl Device {
+    /// Whether this build can compute on it.
+    pub fn available(self) -> bool {
+        match self {
+            Device::Cpu => true,
+            Device::Tch => cfg!(feature = "tch"),
+            Device::Cuda | Device::Wgpu => false,
+        }
+    }
+
+    /// The tensor device (without autodiff).
+    pub fn tensor_device(self) -> anyhow::Result<burn::tensor::Device> {
+        match self {
+            Device::Cpu => Ok(burn::tensor::Device::flex()),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)] // burn-tch is the LibTorch option the user asked for
+            Device::Tch => Ok(burn::tensor::Device::libtorch()),
+            other => anyhow::bail!(
+                "device `{}` is not available in this build (build with `--features tch` for \
+                 LibTorch)",
+                format!("{other:?}").to_lowercase()
+            ),
+        }
+    }
 }
 
 /// `[pipeline]`: settings of the whole run.

@@ -159,6 +159,11 @@ impl StepContext {
             .transpose()
     }
 
+    /// The tensor device the pipeline computes on (without autodiff).
+    pub fn tensor_device(&self) -> anyhow::Result<burn::tensor::Device> {
+        self.device.tensor_device()
+    }
+
     /// Resolves a settings path against the pipeline root.
     pub fn resolve(&self, path: &std::path::Path) -> PathBuf {
         self.root.join(path)

@@ -96,17 +96,26 @@ pub fn validate(raw: RawPipeline, kinds: &[StepKind]) -> Result<Pipeline, Diagno
         }
     }
     if let Some(h) = &header {
-        if h.device != Device::Cpu {
+        if !h.device.available() {
+            let tch = if cfg!(feature = "tch") {
+                ", \"tch\""
+            } else {
+                ""
+            };
             diags.push(
                 Diagnostic::new(
                     map.locate(&kp(&["pipeline", "device"])),
                     format!(
-                        "device `{}` is not available: this build computes on the CPU (Burn's flex backend) only",
+                        "device `{}` is not available in this build (devices: \"cpu\"{tch})",
                         format!("{:?}", h.device).to_lowercase()
                     ),
                 )
                 .key("pipeline.device")
-                .help("remove the key or set device = \"cpu\""),
+                .help(if h.device == Device::Tch {
+                    "LibTorch needs a build with `--features tch` (see the README)"
+                } else {
+                    "remove the key or set device = \"cpu\""
+                }),
             );
         }
         let name = h

@@ -14,7 +14,6 @@ use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::text::TextTokenizer;
 use crate::text::tokenizer::copy_tokenizer_files;
 use anyhow::{Result, bail};
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 fn d_dtype() -> SaveDtype {
@@ -70,7 +69,7 @@ impl Step for ConvertSettings {
 }
 
 pub fn run(s: &ConvertSettings, ctx: &StepContext) -> Result<()> {
-    let device = Device::flex();
+    let device = ctx.tensor_device()?;
     let src = s.student.resolve(ctx)?;
     let student = Hybrid::load(&src, &device)?;
     let tokenizer = TextTokenizer::from_dir(&src)?;

@@ -23,7 +23,6 @@ use crate::pipeline::ArtifactRef;
 use crate::pipeline::step::{Step, StepContext, settings_json};
 use crate::text::{ChatMessage, TextTokenizer};
 use anyhow::Result;
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 fn d_batches() -> usize {
@@ -169,7 +168,7 @@ impl Step for EvalSettings {
 }
 
 pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
-    let device = Device::flex();
+    let device = ctx.tensor_device()?;
     let teacher_dir = s.teacher.resolve(ctx)?;
     let student_dir = s.student.resolve(ctx)?;
     let teacher = Transformer::load(&teacher_dir, &device)?;

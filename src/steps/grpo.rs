@@ -39,6 +39,7 @@ impl Step for GrpoSettings {
             checkpoints: &ctx.checkpoints,
             out_dir: &ctx.out_dir,
             wandb: ctx.wandb_sink(serde_json::to_value(self)?)?,
+            device: ctx.tensor_device()?,
         };
         train(&paths, io)
     }

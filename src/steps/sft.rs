@@ -11,7 +11,6 @@ use crate::train::losses::{batch_tensors, cross_entropy};
 use crate::train::optim::trainable;
 use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,7 +60,7 @@ impl Step for SftSettings {
 }
 
 pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
-    let device = Device::flex().autodiff();
+    let device = ctx.tensor_device()?.autodiff();
     let student_dir = s.student.resolve(ctx)?;
     let data_dir = s.data.resolve(ctx)?;
     let (student, trainable) = trainable(Hybrid::load(&student_dir, &device)?, s.freeze_mlp);

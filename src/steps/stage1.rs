@@ -15,7 +15,6 @@ use crate::train::optim::named_params;
 use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
 use burn::module::Module;
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 fn d_yes() -> bool {
@@ -79,7 +78,7 @@ impl Step for Stage1Settings {
 }
 
 pub fn run(s: &Stage1Settings, ctx: &StepContext) -> Result<()> {
-    let device = Device::flex().autodiff();
+    let device = ctx.tensor_device()?.autodiff();
     let teacher_dir = s.teacher.resolve(ctx)?;
     let data_dir = s.data.resolve(ctx)?;
     let teacher = Transformer::load(&teacher_dir, &device)?.set_require_grad(false);

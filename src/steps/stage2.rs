@@ -16,7 +16,6 @@ use crate::train::optim::trainable;
 use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
 use burn::module::{Module, Param};
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 fn d_one() -> f64 {
@@ -124,7 +123,7 @@ impl Step for Stage2Settings {
 }
 
 pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
-    let device = Device::flex().autodiff();
+    let device = ctx.tensor_device()?.autodiff();
     let teacher_dir = s.teacher.resolve(ctx)?;
     let student_dir = s.student.resolve(ctx)?;
     let data_dir = s.data.resolve(ctx)?;

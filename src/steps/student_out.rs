@@ -12,7 +12,6 @@ use crate::text::tokenizer::copy_tokenizer_files;
 use crate::train::trainer::{LossOutput, TrainSettings, Trainer, metrics_path};
 use anyhow::Result;
 use burn::module::Module;
-use burn::tensor::Device;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -83,9 +82,9 @@ pub fn write_eval(
     if batches == 0 {
         return Ok(());
     }
-    let device = Device::flex();
     let teacher = teacher.clone().valid();
     let student = student.clone().valid();
+    let device = student.embed.val().device();
     let (t, agreement, _) = crate::evaluate::agreement::compare(
         &teacher,
         &[&student],
