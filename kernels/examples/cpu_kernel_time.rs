@@ -1,4 +1,6 @@
-//! Times the slice-level kernel alone (no tensor conversions): `cargo run --release -p rwkv-kernels --example cpu_kernel_time`.
+//! Times the slice-level kernels alone (no tensor conversions), per-token and chunked:
+//! `cargo run --release -p rwkv-kernels --example cpu_kernel_time`.
+use rwkv_kernels::chunked;
 use rwkv_kernels::cpu::{self, Dims, Inputs};
 use std::time::Instant;
 
@@ -28,19 +30,26 @@ fn main() {
         b: &b,
         mask: &[],
     };
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        let (y, _, saved) = cpu::forward(d, x, &[], true);
-        let f = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        let g = cpu::backward(d, x, &saved, &y, &[]);
-        let bk = t1.elapsed().as_secs_f64() * 1e3;
-        let flops = (d.batch * d.seq * d.heads * 64 * 64) as f64;
-        println!(
-            "forward {f:.1} ms ({:.1} GFLOP/s), backward {bk:.1} ms ({:.1} GFLOP/s) {}",
-            flops * 9.0 / f / 1e6,
-            flops * 30.0 / bk / 1e6,
-            g.r[7]
-        );
+    for form in ["per-token", "chunked"] {
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let (y, _, saved) = if form == "chunked" {
+                chunked::forward(d, x, &[], true)
+            } else {
+                cpu::forward(d, x, &[], true)
+            };
+            let f = t0.elapsed().as_secs_f64() * 1e3;
+            let t1 = Instant::now();
+            let g = if form == "chunked" {
+                chunked::backward(d, x, &saved, &y, &[])
+            } else {
+                cpu::backward(d, x, &saved, &y, &[])
+            };
+            let bk = t1.elapsed().as_secs_f64() * 1e3;
+            println!(
+                "{form:>9}: forward {f:.1} ms, backward {bk:.1} ms {}",
+                g.r[7]
+            );
+        }
     }
 }

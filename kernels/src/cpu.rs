@@ -126,7 +126,7 @@ macro_rules! dispatch_n {
 
 /// Runs `f` compiled for the best instruction set this CPU has.
 #[inline(always)]
-fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx2,fma")]
@@ -203,7 +203,7 @@ fn forward_n<const N: usize>(
 }
 
 /// Copies one head's `[T, N]` rows into their places in a `[B, T, H, N]` tensor.
-fn scatter_head<const N: usize>(dst: &mut [f32], src: &[f32], d: Dims, bh: usize) {
+pub(crate) fn scatter_head<const N: usize>(dst: &mut [f32], src: &[f32], d: Dims, bh: usize) {
     let (b, h) = (bh / d.heads, bh % d.heads);
     for t in 0..d.seq {
         let o = ((b * d.seq + t) * d.heads + h) * N;

@@ -20,6 +20,7 @@
 pub mod attention_cpu;
 pub mod attention_op;
 mod backward_node;
+pub mod chunked;
 pub mod cpu;
 mod flex_io;
 pub mod op;
