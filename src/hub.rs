@@ -150,7 +150,10 @@ pub struct Resolved {
     pub files: Option<Vec<String>>,
 }
 
-static RESOLVED: OnceLock<Mutex<HashMap<(String, bool, String), Resolved>>> = OnceLock::new();
+/// (repository, is a dataset, revision) → what it resolved to in this process.
+type ResolvedMemo = Mutex<HashMap<(String, bool, String), Resolved>>;
+
+static RESOLVED: OnceLock<ResolvedMemo> = OnceLock::new();
 
 /// Resolves `r`'s revision to a commit hash (once per process, so a step's key and its run see
 /// the same commit): from the Hub, or from the cache's `refs/` when the Hub cannot be reached.

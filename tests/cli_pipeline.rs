@@ -627,7 +627,11 @@ fn libtorch_device_needs_the_tch_build() {
     );
     let r = p.run(&["validate", "p.toml"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("device `tch` is not available"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("device `tch` is not available"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("--features tch"), "{}", r.stderr);
     let r = p.run(&["generate", "--model", "m", "--device", "tch", "hi"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
