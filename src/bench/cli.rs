@@ -224,9 +224,9 @@ fn bench_stage2(
     json: Option<&Path>,
 ) -> Result<(), Error> {
     use crate::bench::stage2::{PHASES, measure_ours};
-    let n_layers = crate::model::TransformerConfig::from_dir(model_dir)
-        .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))?
-        .num_hidden_layers;
+    let config = crate::model::TransformerConfig::from_dir(model_dir)
+        .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))?;
+    let n_layers = config.num_hidden_layers;
     let wkv_layers = parse_layers(layers, n_layers)?;
     println!(
         "one stage-2 optimizer step: batch {batch} × {seq} tokens, layers {wkv_layers:?} converted, {} threads",
@@ -325,6 +325,29 @@ fn bench_stage2(
             None => println!("    {name:<24} {mine:>8.2}{tch_col}"),
         }
     }
+    // Arithmetic rate against the machine's measured peak.
+    let flops = crate::bench::stage2::step_flops(&config, wkv_layers.len(), batch, seq);
+    let peak = crate::bench::peak::fma_peak_gflops();
+    println!(
+        "  ≈ {:.1} GFLOP per step (model arithmetic); measured f32 peak {peak:.0} GFLOP/s",
+        flops / 1e9
+    );
+    let rate = |name: &str, secs: f64| {
+        let g = flops / secs / 1e9;
+        println!(
+            "    {name:<24} {g:>8.1} GFLOP/s  {:>5.1} % of peak",
+            100.0 * g / peak
+        );
+    };
+    rate("runner (flex)", ours.step_s);
+    if let Some(t) = &tch {
+        rate("runner (tch)", t.step_s);
+    }
+    if let Some(t) = out.get("pytorch").and_then(|t| t["step_s"].as_f64()) {
+        rate("pytorch eager", t);
+    }
+    out["flops_per_step"] = serde_json::json!(flops);
+    out["peak_gflops"] = serde_json::json!(peak);
     if let Some(path) = json {
         crate::util::fsx::atomic_write_json(path, &out)?;
     }

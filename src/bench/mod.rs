@@ -5,6 +5,7 @@ pub mod cli;
 pub mod generate;
 pub mod hybrid;
 pub mod mem;
+pub mod peak;
 pub mod stage2;
 pub mod tokenize;
 pub mod wkv;

@@ -121,3 +121,29 @@ pub fn measure_ours(
         phases_s: phases.map(median),
     })
 }
+
+/// Approximate arithmetic of one stage-2 step, in FLOP: the teacher's forward plus the
+/// student's forward and backward (twice the forward), each `2 × matmul parameters` per token
+/// (projections, MLP, LM head) plus causal attention's `2·T·C` per token in attention layers
+/// (a converted layer's recurrence, ~9·N² per head and token, is left out: < 1 % here).
+pub fn step_flops(
+    cfg: &crate::model::TransformerConfig,
+    converted: usize,
+    batch: usize,
+    seq: usize,
+) -> f64 {
+    let (c, i, l) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.num_hidden_layers as f64,
+    );
+    let qo = 2.0 * c * (cfg.num_attention_heads * cfg.head_dim) as f64;
+    let kv = 2.0 * c * (cfg.num_key_value_heads * cfg.head_dim) as f64;
+    let per_layer = qo + kv + 3.0 * c * i;
+    let matmul = l * per_layer + cfg.vocab_size as f64 * c;
+    let t = seq as f64;
+    let attention = |layers: f64| layers * 2.0 * t * c;
+    let teacher = 2.0 * matmul + attention(l);
+    let student = 2.0 * matmul + attention(l - converted as f64);
+    (teacher + 3.0 * student) * t * batch as f64
+}

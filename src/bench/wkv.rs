@@ -141,6 +141,8 @@ pub struct ShapeResult {
     pub reference: Option<Timing>,
     /// `Err` says why PyTorch was not measured.
     pub torch: Result<Timing, String>,
+    /// The machine's measured f32 peak, GFLOP/s (see [`super::peak`]).
+    pub peak_gflops: f64,
 }
 
 /// Measures the fused op, the Burn reference (when `with_reference`; once, it is slow) and
@@ -157,6 +159,7 @@ pub fn measure(
         fused: time_burn(s, Wkv7Impl::Fused, reps),
         reference: with_reference.then(|| time_burn(s, Wkv7Impl::Reference, reps.min(1))),
         torch: time_torch(python, script, s, reps),
+        peak_gflops: super::peak::fma_peak_gflops(),
     }
 }
 
@@ -165,24 +168,32 @@ impl ShapeResult {
     pub fn render(&self, reps: usize) -> String {
         let s = self.shape;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let peak = self.peak_gflops;
         let mut out = format!(
-            "WKV-7  B={} T={} H={} N={}  ({threads} threads, median of {reps})\n",
+            "WKV-7  B={} T={} H={} N={}  ({threads} threads, median of {reps}; measured f32 peak \
+             {peak:.0} GFLOP/s)\n",
             s.b, s.t, s.h, s.n
         );
         let _ = writeln!(
             out,
-            "{:<16} {:>10} {:>12} {:>14} {:>20}",
-            "implementation", "fwd ms", "fwd+bwd ms", "peak RSS MiB", "GFLOP/s fwd, f+b"
+            "{:<16} {:>10} {:>12} {:>14} {:>20} {:>16}",
+            "implementation",
+            "fwd ms",
+            "fwd+bwd ms",
+            "peak RSS MiB",
+            "GFLOP/s fwd, f+b",
+            "% of peak"
         );
         let mut row = |name: &str, t: &Timing| {
+            let (gf, gb) = (gflops(s, 9.0, t.fwd_ms), gflops(s, 39.0, t.fwdbwd_ms));
             let _ = writeln!(
                 out,
-                "{name:<16} {:>10.1} {:>12.1} {:>14.0} {:>9.1}, {:>8.1}",
+                "{name:<16} {:>10.1} {:>12.1} {:>14.0} {gf:>9.1}, {gb:>8.1} {:>7.1}, {:>6.1}",
                 t.fwd_ms,
                 t.fwdbwd_ms,
                 t.peak_rss_mib,
-                gflops(s, 9.0, t.fwd_ms),
-                gflops(s, 39.0, t.fwdbwd_ms)
+                100.0 * gf / peak,
+                100.0 * gb / peak
             );
         };
         if let Some(r) = &self.reference {
@@ -219,6 +230,7 @@ impl ShapeResult {
             "fused": self.fused,
             "reference": self.reference,
             "pytorch": self.torch.as_ref().ok(),
+            "peak_gflops": self.peak_gflops,
         })
     }
 }
