@@ -192,6 +192,13 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
 
     check_grpo_signal(&run_a);
 
+    // Both exports load in transformers with the runner's logits (where torch is installed).
+    if let Some(py) = common::python::torch_python() {
+        let ids = vec![vec![256, 72, 101, 108, 108, 111, 258, 17, 200]];
+        common::python::check_in_transformers(&py, &run_a.join("convert/out"), &ids, 1e-4);
+        common::python::check_in_transformers(&py, &run_a.join("convert_bf16/out"), &ids, 0.05);
+    }
+
     let expected_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ci_expected.json");
     if std::env::var_os("UPDATE_CI_EXPECTED").is_some() {
         let map: serde_json::Map<String, Value> = numbers(&got)

@@ -12,36 +12,13 @@ mod common;
 use burn::module::Param;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::assets::smollm2_gguf;
-use common::python::{repo_root, tiny_qwen2};
+use common::python::{check_in_transformers, repo_root, tiny_qwen2, torch_python};
 use rwkvinside::model::Transformer;
 use rwkvinside::model::hybrid::{GqaMode, Hybrid, InitMode, Mixer, StudentConfig};
 use rwkvinside::model::safetensors_io::SaveDtype;
 use rwkvinside::model::time_mixer::GateForm;
-use rwkvinside::model::transformer::ids_tensor;
-use rwkvinside::model::weights::to_vec;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// An interpreter with torch and transformers, or `None` (with the reason printed).
-fn torch_python() -> Option<PathBuf> {
-    let py = std::env::var_os("RUNNER_TORCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv-torch/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import torch, transformers"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!(
-            "skipped: {} cannot import torch and transformers (see the README, \"The student in \
-             Python\", to install them, or set RUNNER_TORCH_PYTHON)",
-            py.display()
-        );
-        return None;
-    }
-    Some(py)
-}
 
 /// Random values in the converted layers' parameters, so every term is exercised.
 fn scramble(h: &mut Hybrid, device: &Device) {
@@ -88,8 +65,7 @@ fn scramble(h: &mut Hybrid, device: &Device) {
     }
 }
 
-/// Saves `h` with the teacher's tokenizer files, computes the runner's logits for `seqs` from
-/// the saved directory, and runs `scripts/check_transformers.py` on it.
+/// Saves `h` with the teacher's tokenizer files and checks the directory in transformers.
 fn check(
     py: &Path,
     teacher_dir: &Path,
@@ -109,39 +85,7 @@ fn check(
             std::fs::copy(teacher_dir.join(f), out.path().join(f)).unwrap();
         }
     }
-    let device = Device::flex();
-    let saved = Hybrid::load(out.path(), &device).unwrap();
-    let logits = to_vec(saved.forward(ids_tensor(seqs, &device), None));
-    let logits_file = out.path().join("runner_logits.f32");
-    std::fs::write(&logits_file, bytemuck::cast_slice::<f32, u8>(&logits)).unwrap();
-    let ids = seqs
-        .iter()
-        .map(|s| s.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
-        .collect::<Vec<_>>()
-        .join(";");
-    let o = Command::new(py)
-        .arg(repo_root().join("scripts/check_transformers.py"))
-        .arg(out.path())
-        .args(["--ids", &ids, "--logits"])
-        .arg(&logits_file)
-        .args(["--tolerance", &tolerance.to_string()])
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let report: serde_json::Value = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("REPORT "))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null);
-    assert!(
-        o.status.success(),
-        "transformers check failed: {report}\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(report.is_object(), "no report in the output:\n{stdout}");
-    println!("{report}");
-    report
+    check_in_transformers(py, out.path(), seqs, tolerance)
 }
 
 const SEQS: [[u32; 9]; 2] = [

@@ -86,3 +86,73 @@ pub fn relative_error(a: &[f32], b: &[f32]) -> (f64, f64) {
     let scale = b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
     (max_abs_diff / scale, max_abs_diff)
 }
+
+/// An interpreter with torch and transformers, or `None` (with the reason printed).
+pub fn torch_python() -> Option<PathBuf> {
+    let py = std::env::var_os("RUNNER_TORCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv-torch/bin/python"));
+    let ok = Command::new(&py)
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!(
+            "skipped: {} cannot import torch and transformers (see the README, \"The student in \
+             Python\", to install them, or set RUNNER_TORCH_PYTHON)",
+            py.display()
+        );
+        return None;
+    }
+    Some(py)
+}
+
+/// Computes the runner's logits for `seqs` from the hybrid directory `dir` and runs
+/// `scripts/check_transformers.py` on it (logits within `tolerance`, cached generation equal to
+/// uncached, flat state, tokenizer); returns its report.
+pub fn check_in_transformers(
+    py: &Path,
+    dir: &Path,
+    seqs: &[Vec<u32>],
+    tolerance: f64,
+) -> serde_json::Value {
+    use burn::tensor::Device;
+    let device = Device::flex();
+    let saved = rwkvinside::model::hybrid::Hybrid::load(dir, &device).unwrap();
+    let logits = rwkvinside::model::weights::to_vec(saved.forward(
+        rwkvinside::model::transformer::ids_tensor(seqs, &device),
+        None,
+    ));
+    let scratch = tempfile::tempdir().unwrap();
+    let logits_file = scratch.path().join("runner_logits.f32");
+    std::fs::write(&logits_file, bytemuck::cast_slice::<f32, u8>(&logits)).unwrap();
+    let ids = seqs
+        .iter()
+        .map(|s| s.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+        .collect::<Vec<_>>()
+        .join(";");
+    let o = Command::new(py)
+        .arg(repo_root().join("scripts/check_transformers.py"))
+        .arg(dir)
+        .args(["--ids", &ids, "--logits"])
+        .arg(&logits_file)
+        .args(["--tolerance", &tolerance.to_string()])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let report: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REPORT "))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null);
+    assert!(
+        o.status.success(),
+        "transformers check failed: {report}\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(report.is_object(), "no report in the output:\n{stdout}");
+    println!("{report}");
+    report
+}
