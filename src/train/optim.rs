@@ -158,24 +158,28 @@ impl ModuleMapper for Updater<'_> {
         let (id, value, mapper) = param.consume();
         let device = value.device();
         let require_grad = value.is_require_grad();
-        let mut p = flat(value.clone().detach());
-        // Element by element (so the result does not depend on the split), on every core.
-        let (scale, lr) = (self.scale, self.lr);
+        let dims: [usize; D] = value.dims();
+        // The parameter's buffer is taken (not copied) when nothing else holds it.
+        let mut p = flat(value.detach());
+        // Element by element in f32, as PyTorch's AdamW does for f32 parameters (so the result
+        // does not depend on the split), on every core; the per-step constants in f64 first.
+        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+        let (ibc1, ibc2) = ((1.0 / bc1) as f32, (1.0 / bc2) as f32);
+        let (scale, lr, decay) = (self.scale as f32, self.lr as f32, decay as f32);
         p.par_iter_mut()
             .zip(mom.m.par_iter_mut())
             .zip(mom.v.par_iter_mut())
             .zip(g.par_iter())
             .with_min_len(1 << 14)
             .for_each(|(((p, m_i), v_i), &g)| {
-                let gi = g as f64 * scale;
-                let m = c.beta1 * *m_i as f64 + (1.0 - c.beta1) * gi;
-                let v = c.beta2 * *v_i as f64 + (1.0 - c.beta2) * gi * gi;
-                *m_i = m as f32;
-                *v_i = v as f32;
-                let update = (m / bc1) / ((v / bc2).sqrt() + c.eps) + decay * *p as f64;
-                *p = (*p as f64 - lr * update) as f32;
+                let gi = g * scale;
+                let m = b1 * *m_i + (1.0 - b1) * gi;
+                let v = b2 * *v_i + (1.0 - b2) * (gi * gi);
+                *m_i = m;
+                *v_i = v;
+                let update = (m * ibc1) / ((v * ibc2).sqrt() + eps) + decay * *p;
+                *p -= lr * update;
             });
-        let dims: [usize; D] = value.dims();
         let new = Tensor::<D>::from_data(TensorData::new(p, dims), &device)
             .set_require_grad(require_grad);
         Param::from_mapped_value(id, new, mapper)
