@@ -9,12 +9,12 @@ decode tokens/s (median over reps) and peak RSS.
 """
 import argparse
 import json
-import resource
 import statistics
 import time
 
 import torch
 from transformers import AutoModelForCausalLM
+from peak_rss import peak_rss_mb
 
 
 def prompt_ids(n, vocab):
@@ -49,7 +49,7 @@ def main():
     print(json.dumps({
         "prefill_tok_s": statistics.median(prefill[1:]),
         "decode_tok_s": statistics.median(decode[1:]),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }))

@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "kernels", "bench"))
 from wkv_torch import wkv7_loop  # noqa: E402
+from peak_rss import peak_rss_mb
 
 
 def lora_ranks(c):
@@ -139,7 +139,7 @@ def main():
         "step_s": s,
         "tokens_per_s": args.batch * args.seq / s,
         "loss": losses[0],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "threads": torch.get_num_threads(),
         "phases_s": [statistics.median(p) for p in zip(*phases)],
     }))

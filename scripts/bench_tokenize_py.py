@@ -8,11 +8,11 @@ Prints JSON: tokens, median seconds, tokens/s, peak RSS.
 """
 import argparse
 import json
-import resource
 import statistics
 import time
 
 from tokenizers import Tokenizer
+from peak_rss import peak_rss_mb
 
 
 def main():
@@ -31,7 +31,7 @@ def main():
         tokens = sum(len(e.ids) for e in enc)
     secs = statistics.median(times)
     print(json.dumps({"tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ Usage: python wkv_torch.py --b 4 --t 1024 --h 9 --n 64 --reps 3
 """
 import argparse
 import json
-import resource
 import statistics
 import time
 
 import torch
+import sys as _sys
+from pathlib import Path as _Path
+_sys.path.insert(0, str(_Path(__file__).resolve().parents[2] / "scripts"))
+from peak_rss import peak_rss_mb  # noqa: E402
 
 
 def wkv7_loop(r, w, k, v, a, b, s):
@@ -64,7 +67,7 @@ def main():
     print(json.dumps({
         "fwd_ms": f * 1e3,
         "fwdbwd_ms": fb * 1e3,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }))
