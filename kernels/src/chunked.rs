@@ -32,8 +32,7 @@
 // Index loops walk several same-shaped rows at once; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
 
-use crate::cpu::{CHUNK, Dims, Grads, Inputs};
-use rayon::prelude::*;
+use crate::cpu::{CHUNK, Dims, Grads, HeadGrads, Inputs, dispatch_n};
 
 /// One chunk's inputs and their decayed forms, `[L][N]` rows.
 struct ChunkData<const N: usize> {
@@ -207,13 +206,33 @@ fn state_update<const N: usize>(c: &ChunkData<N>, s: &mut [f32], u: &[f32], deca
     }
 }
 
-fn forward_chunk<const N: usize>(c: &ChunkData<N>, s: &mut [f32], ys: &mut [f32]) {
+/// A chunk's `L × L` products and its `U`, from its starting state `s`.
+struct Products {
+    /// `L(A Bᵀ)`, `L(A Kᵀ)` (strictly lower), `L̄(R Bᵀ)`, `L̄(R Kᵀ)` (with the diagonal).
+    mab: Vec<f32>,
+    mak: Vec<f32>,
+    p: Vec<f32>,
+    q: Vec<f32>,
+    u: Vec<f32>,
+}
+
+fn products<const N: usize>(c: &ChunkData<N>, s: &[f32]) -> Products {
     let len = c.len;
     let mab = lower_products::<N>(&c.a, &c.b, len, true);
     let mak = lower_products::<N>(&c.a, &c.k, len, true);
     let u = solve_u::<N>(c, s, &mab, &mak);
-    let p = lower_products::<N>(&c.r, &c.b, len, false);
-    let q = lower_products::<N>(&c.r, &c.k, len, false);
+    Products {
+        p: lower_products::<N>(&c.r, &c.b, len, false),
+        q: lower_products::<N>(&c.r, &c.k, len, false),
+        mab,
+        mak,
+        u,
+    }
+}
+
+fn forward_chunk<const N: usize>(c: &ChunkData<N>, s: &mut [f32], ys: &mut [f32]) {
+    let len = c.len;
+    let Products { p, q, u, .. } = products::<N>(c, s);
     let y0 = through_state::<N>(s, &c.r, len);
     for t in 0..len {
         let mut yt = *row::<N>(&y0, t);
@@ -232,15 +251,7 @@ fn forward_chunk<const N: usize>(c: &ChunkData<N>, s: &mut [f32], ys: &mut [f32]
 
 /// Forward pass; the same contract as [`crate::cpu::forward`].
 pub fn forward(d: Dims, x: Inputs, s0: &[f32], save: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    match d.head_size {
-        4 => forward_n::<4>(d, x, s0, save),
-        8 => forward_n::<8>(d, x, s0, save),
-        16 => forward_n::<16>(d, x, s0, save),
-        32 => forward_n::<32>(d, x, s0, save),
-        64 => forward_n::<64>(d, x, s0, save),
-        128 => forward_n::<128>(d, x, s0, save),
-        n => panic!("head size {n} is not supported"),
-    }
+    dispatch_n!(d.head_size, forward_n, d, x, s0, save)
 }
 
 fn forward_n<const N: usize>(
@@ -249,70 +260,27 @@ fn forward_n<const N: usize>(
     s0: &[f32],
     save: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let hs = d.heads;
-    let mut state = if s0.is_empty() {
-        vec![0.0f32; d.state_len()]
-    } else {
-        s0.to_vec()
-    };
-    let per_saved = d.n_saved() * N * N;
-    let mut saved = if save {
-        vec![0.0f32; d.batch * hs * per_saved]
-    } else {
-        Vec::new()
-    };
-    let saved_parts: Vec<Option<&mut [f32]>> = if save {
-        saved.chunks_mut(per_saved).map(Some).collect()
-    } else {
-        (0..d.batch * hs).map(|_| None).collect()
-    };
-    let results: Vec<Vec<f32>> = state
-        .par_chunks_mut(N * N)
-        .zip(saved_parts)
-        .enumerate()
-        .map(|(bh, (s, mut sv))| {
-            let (b, h) = (bh / hs, bh % hs);
-            let mut ys = vec![0.0f32; d.seq * N];
-            crate::cpu::with_simd(|| {
-                for (ci, t0) in (0..d.seq).step_by(CHUNK).enumerate() {
-                    if let Some(sv) = sv.as_deref_mut() {
-                        sv[ci * N * N..(ci + 1) * N * N].copy_from_slice(s);
-                    }
-                    let len = CHUNK.min(d.seq - t0);
-                    let c = load_chunk::<N>(d, &x, b, h, t0, len);
-                    forward_chunk::<N>(&c, s, &mut ys[t0 * N..(t0 + len) * N]);
-                }
-                if let Some(sv) = sv {
-                    let last = d.n_saved() - 1;
-                    sv[last * N * N..(last + 1) * N * N].copy_from_slice(s);
-                }
-            });
-            ys
-        })
-        .collect();
-    let mut y = vec![0.0f32; d.seq_len()];
-    for (bh, ys) in results.into_iter().enumerate() {
-        crate::cpu::scatter_head::<N>(&mut y, &ys, d, bh);
-    }
-    (y, state, saved)
+    crate::cpu::forward_heads::<N>(d, s0, save, |b, h, s, mut sv, ys| {
+        for (ci, t0) in (0..d.seq).step_by(CHUNK).enumerate() {
+            if let Some(sv) = sv.as_deref_mut() {
+                sv[ci * N * N..(ci + 1) * N * N].copy_from_slice(s);
+            }
+            let len = CHUNK.min(d.seq - t0);
+            let c = load_chunk::<N>(d, &x, b, h, t0, len);
+            forward_chunk::<N>(&c, s, &mut ys[t0 * N..(t0 + len) * N]);
+        }
+        if let Some(sv) = sv {
+            let last = d.n_saved() - 1;
+            sv[last * N * N..(last + 1) * N * N].copy_from_slice(s);
+        }
+    })
 }
 
 /// Backward pass; the same contract as [`crate::cpu::backward`], with `saved` from this
 /// module's [`forward`].
 pub fn backward(d: Dims, x: Inputs, saved: &[f32], dy: &[f32], ds_final: &[f32]) -> Grads {
-    match d.head_size {
-        4 => backward_n::<4>(d, x, saved, dy, ds_final),
-        8 => backward_n::<8>(d, x, saved, dy, ds_final),
-        16 => backward_n::<16>(d, x, saved, dy, ds_final),
-        32 => backward_n::<32>(d, x, saved, dy, ds_final),
-        64 => backward_n::<64>(d, x, saved, dy, ds_final),
-        128 => backward_n::<128>(d, x, saved, dy, ds_final),
-        n => panic!("head size {n} is not supported"),
-    }
+    dispatch_n!(d.head_size, backward_n, d, x, saved, dy, ds_final)
 }
-
-/// Per-head gradients, `[T][N]` rows: r, w, k, v, α, β.
-type HeadGrads = [Vec<f32>; 6];
 
 fn backward_n<const N: usize>(
     d: Dims,
@@ -321,46 +289,9 @@ fn backward_n<const N: usize>(
     dy: &[f32],
     ds_final: &[f32],
 ) -> Grads {
-    let hs = d.heads;
-    let per_saved = d.n_saved() * N * N;
-    let mut ds = if ds_final.is_empty() {
-        vec![0.0f32; d.state_len()]
-    } else {
-        ds_final.to_vec()
-    };
-    let heads: Vec<HeadGrads> = ds
-        .par_chunks_mut(N * N)
-        .enumerate()
-        .map(|(bh, dsn)| {
-            let (b, h) = (bh / hs, bh % hs);
-            let sv = &saved[bh * per_saved..(bh + 1) * per_saved];
-            crate::cpu::with_simd(|| head_backward::<N>(d, &x, b, h, sv, dy, dsn))
-        })
-        .collect();
-    let z = || vec![0.0f32; d.seq_len()];
-    let mut g = Grads {
-        r: z(),
-        w: z(),
-        k: z(),
-        v: z(),
-        a: z(),
-        b: z(),
-        s0: Vec::new(),
-    };
-    for (bh, hg) in heads.into_iter().enumerate() {
-        for (dst, src) in [
-            (&mut g.r, &hg[0]),
-            (&mut g.w, &hg[1]),
-            (&mut g.k, &hg[2]),
-            (&mut g.v, &hg[3]),
-            (&mut g.a, &hg[4]),
-            (&mut g.b, &hg[5]),
-        ] {
-            crate::cpu::scatter_head::<N>(dst, src, d, bh);
-        }
-    }
-    g.s0 = ds;
-    g
+    crate::cpu::backward_heads::<N>(d, saved, ds_final, |b, h, sv, ds| {
+        head_backward::<N>(d, &x, b, h, sv, dy, ds)
+    })
 }
 
 #[inline(always)]
@@ -404,11 +335,7 @@ fn chunk_backward<const N: usize>(
     ds: &mut [f32],
 ) -> HeadGrads {
     let len = c.len;
-    let mab = lower_products::<N>(&c.a, &c.b, len, true);
-    let mak = lower_products::<N>(&c.a, &c.k, len, true);
-    let u = solve_u::<N>(c, s, &mab, &mak);
-    let p = lower_products::<N>(&c.r, &c.b, len, false);
-    let q = lower_products::<N>(&c.r, &c.k, len, false);
+    let Products { mab, mak, p, q, u } = products::<N>(c, s);
     let mut zst = s.to_vec();
     state_update::<N>(c, &mut zst, &u, false);
     let z = || vec![0.0f32; len * N];

@@ -123,6 +123,7 @@ macro_rules! dispatch_n {
         }
     };
 }
+pub(crate) use dispatch_n;
 
 /// Runs `f` compiled for the best instruction set this CPU has.
 #[inline(always)]
@@ -164,6 +165,20 @@ fn forward_n<const N: usize>(
     s0: &[f32],
     save: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    forward_heads::<N>(d, s0, save, |b, h, s, sv, ys| {
+        head_forward::<N>(d, &x, b, h, s, sv, ys)
+    })
+}
+
+/// The forward driver both forms share: one rayon task per (batch, head), each given its state
+/// (value-major, updated in place), its slice of saved states when `save` is set
+/// (`[n_saved, N, N]`) and its `[T, N]` output rows, which are then scattered into `y`.
+pub(crate) fn forward_heads<const N: usize>(
+    d: Dims,
+    s0: &[f32],
+    save: bool,
+    head: impl Fn(usize, usize, &mut [f32], Option<&mut [f32]>, &mut [f32]) + Sync,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (bsz, hs) = (d.batch, d.heads);
     let mut y = vec![0.0f32; d.seq_len()];
     let mut state = if s0.is_empty() {
@@ -177,22 +192,19 @@ fn forward_n<const N: usize>(
     } else {
         Vec::new()
     };
-
-    // Each (b, h) task gets its state and, when saving, its slice of saved states.
     let saved_parts: Vec<Option<&mut [f32]>> = if save {
         saved.chunks_mut(per_saved).map(Some).collect()
     } else {
         (0..bsz * hs).map(|_| None).collect()
     };
-    // One task per (b, h). y is written at strided positions, so tasks return their rows.
+    // y is written at strided positions, so tasks return their rows.
     let results: Vec<Vec<f32>> = state
         .par_chunks_mut(N * N)
         .zip(saved_parts)
         .enumerate()
         .map(|(bh, (s, sv))| {
-            let (b, h) = (bh / hs, bh % hs);
             let mut ys = vec![0.0f32; d.seq * N];
-            with_simd(|| head_forward::<N>(d, &x, b, h, s, sv, &mut ys));
+            with_simd(|| head(bh / hs, bh % hs, s, sv, &mut ys));
             ys
         })
         .collect();
@@ -354,14 +366,8 @@ pub fn backward(d: Dims, x: Inputs, saved: &[f32], dy: &[f32], ds_final: &[f32])
     dispatch_n!(d.head_size, backward_n, d, x, saved, dy, ds_final)
 }
 
-struct HeadGrads {
-    r: Vec<f32>,
-    w: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    a: Vec<f32>,
-    b: Vec<f32>,
-}
+/// One head's gradients, `[T][N]` rows: r, w, k, v, α, β.
+pub(crate) type HeadGrads = [Vec<f32>; 6];
 
 fn backward_n<const N: usize>(
     d: Dims,
@@ -369,6 +375,20 @@ fn backward_n<const N: usize>(
     saved: &[f32],
     dy: &[f32],
     ds_final: &[f32],
+) -> Grads {
+    backward_heads::<N>(d, saved, ds_final, |b, h, sv, ds| {
+        head_backward::<N>(d, &x, b, h, sv, dy, ds)
+    })
+}
+
+/// The backward driver both forms share: one rayon task per (batch, head), each given its
+/// saved states and dL/dS (final state on entry, initial on exit, in place); its token
+/// gradients are scattered into `[B, T, H, N]`.
+pub(crate) fn backward_heads<const N: usize>(
+    d: Dims,
+    saved: &[f32],
+    ds_final: &[f32],
+    head: impl Fn(usize, usize, &[f32], &mut [f32]) -> HeadGrads + Sync,
 ) -> Grads {
     let hs = d.heads;
     let per_saved = d.n_saved() * N * N;
@@ -381,30 +401,40 @@ fn backward_n<const N: usize>(
         .par_chunks_mut(N * N)
         .enumerate()
         .map(|(bh, ds)| {
-            let (b, h) = (bh / hs, bh % hs);
             let sv = &saved[bh * per_saved..(bh + 1) * per_saved];
-            with_simd(|| head_backward::<N>(d, &x, b, h, sv, dy, ds))
+            with_simd(|| head(bh / hs, bh % hs, sv, ds))
         })
         .collect();
+    let z = || vec![0.0f32; d.seq_len()];
     let mut g = Grads {
-        r: vec![0.0; d.seq_len()],
-        w: vec![0.0; d.seq_len()],
-        k: vec![0.0; d.seq_len()],
-        v: vec![0.0; d.seq_len()],
-        a: vec![0.0; d.seq_len()],
-        b: vec![0.0; d.seq_len()],
+        r: z(),
+        w: z(),
+        k: z(),
+        v: z(),
+        a: z(),
+        b: z(),
         s0: Vec::new(),
     };
-    for (bh, hg) in heads.into_iter().enumerate() {
-        scatter_head::<N>(&mut g.r, &hg.r, d, bh);
-        scatter_head::<N>(&mut g.w, &hg.w, d, bh);
-        scatter_head::<N>(&mut g.k, &hg.k, d, bh);
-        scatter_head::<N>(&mut g.v, &hg.v, d, bh);
-        scatter_head::<N>(&mut g.a, &hg.a, d, bh);
-        scatter_head::<N>(&mut g.b, &hg.b, d, bh);
+    for (bh, [r, w, k, v, a, b]) in heads.into_iter().enumerate() {
+        scatter_head::<N>(&mut g.r, &r, d, bh);
+        scatter_head::<N>(&mut g.w, &w, d, bh);
+        scatter_head::<N>(&mut g.k, &k, d, bh);
+        scatter_head::<N>(&mut g.v, &v, d, bh);
+        scatter_head::<N>(&mut g.a, &a, d, bh);
+        scatter_head::<N>(&mut g.b, &b, d, bh);
     }
     g.s0 = ds0;
     g
+}
+
+/// Named rows while a head's backward fills them.
+struct TokenGrads {
+    r: Vec<f32>,
+    w: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
 }
 
 #[inline(always)]
@@ -418,7 +448,7 @@ fn head_backward<const N: usize>(
     ds: &mut [f32],
 ) -> HeadGrads {
     let t_len = d.seq;
-    let mut g = HeadGrads {
+    let mut g = TokenGrads {
         r: vec![0.0; t_len * N],
         w: vec![0.0; t_len * N],
         k: vec![0.0; t_len * N],
@@ -514,5 +544,5 @@ fn head_backward<const N: usize>(
         }
     }
     transpose::<N>(&gs, ds);
-    g
+    [g.r, g.w, g.k, g.v, g.a, g.b]
 }
