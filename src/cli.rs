@@ -75,7 +75,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Show the state of a run's steps.
+    /// Show the state of a run's steps (status, time, attempts; a running step's progress, loss and ETA; a finished training step's last loss).
     Status {
         /// The run directory (default: the newest run under --runs-dir).
         run_dir: Option<PathBuf>,
