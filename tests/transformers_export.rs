@@ -88,6 +88,18 @@ fn check(
     check_in_transformers(py, out.path(), seqs, tolerance)
 }
 
+/// The tiny Qwen2 with `layers` layers written into `dir`, and its student with layer 1
+/// converted (teacher-initialised).
+fn tiny_student(dir: &Path, layers: usize) -> Hybrid {
+    tiny_qwen2(dir, &["--layers", &layers.to_string()]);
+    let teacher = Transformer::load(dir, &Device::flex()).unwrap();
+    let config = StudentConfig {
+        wkv_layers: vec![1],
+        ..Default::default()
+    };
+    Hybrid::from_teacher(teacher, config, InitMode::Teacher, 3).unwrap()
+}
+
 const SEQS: [[u32; 9]; 2] = [
     [256, 72, 101, 108, 108, 111, 258, 17, 200],
     [256, 3, 99, 180, 42, 42, 7, 255, 1],
@@ -147,18 +159,7 @@ fn tiny_students_of_every_variant_load_in_transformers() {
 fn a_bf16_export_matches_within_the_convert_tolerance() {
     let Some(py) = torch_python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    tiny_qwen2(dir.path(), &["--layers", "3"]);
-    let teacher = Transformer::load(dir.path(), &Device::flex()).unwrap();
-    let mut h = Hybrid::from_teacher(
-        teacher,
-        StudentConfig {
-            wkv_layers: vec![1],
-            ..Default::default()
-        },
-        InitMode::Teacher,
-        3,
-    )
-    .unwrap();
+    let mut h = tiny_student(dir.path(), 3);
     scramble(&mut h, &Device::flex());
     let r = check(&py, dir.path(), &h, SaveDtype::Bf16, &seqs(), 0.05);
     assert_eq!(r["dtype"], "torch.bfloat16");
@@ -204,18 +205,7 @@ fn lm_eval_runs_on_an_export() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    tiny_qwen2(dir.path(), &["--layers", "2"]);
-    let teacher = Transformer::load(dir.path(), &Device::flex()).unwrap();
-    let h = Hybrid::from_teacher(
-        teacher,
-        StudentConfig {
-            wkv_layers: vec![1],
-            ..Default::default()
-        },
-        InitMode::Teacher,
-        3,
-    )
-    .unwrap();
+    let h = tiny_student(dir.path(), 2);
     let out = tempfile::tempdir().unwrap();
     h.save(out.path(), SaveDtype::F32).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json"] {
