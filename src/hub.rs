@@ -192,6 +192,13 @@ pub fn resolve(r: &HubRef) -> Result<Resolved> {
     } else {
         match api()?.repo(r.at(&r.revision)).info() {
             Ok(info) => {
+                // The commit names a cache folder: it must be a hash, nothing a path could be.
+                anyhow::ensure!(
+                    is_commit(&info.sha),
+                    "{r}: the Hub answered commit `{}`, which is not a 40-digit hash (is \
+                     HF_ENDPOINT a Hugging Face Hub?)",
+                    info.sha
+                );
                 // Remember the branch → commit mapping as the Python library does.
                 if !is_commit(&r.revision) {
                     let refs = r.cache_dir().join("refs");
@@ -289,6 +296,10 @@ pub fn fetch(r: &HubRef) -> Result<PathBuf> {
             .collect(),
         None => Vec::new(), // offline: the snapshot has what an earlier download fetched
     };
+    // File names come from the server and become paths in the cache: plain relative paths only.
+    if let Some(bad) = wanted.iter().find(|f| !plain_relative_path(f)) {
+        bail!("{r}: the repository lists a file `{bad}` that is not a plain relative path");
+    }
     if resolved.files.is_some() && wanted.is_empty() {
         bail!(
             "{r}: the repository at {} has no {} (files: config.json, tokenizer files, \
@@ -331,11 +342,7 @@ pub fn fetch(r: &HubRef) -> Result<PathBuf> {
                 )
             })?;
         if let Err(e) = verified(&got) {
-            // Remove the bad blob and its link so the next attempt downloads it afresh.
-            if let Ok(target) = std::fs::canonicalize(&got) {
-                let _ = std::fs::remove_file(&target);
-            }
-            let _ = std::fs::remove_file(&got);
+            remove_bad_download(&got, &snapshot, &r.cache_dir().join("blobs"));
             return Err(e.context(format!("{r}: the download of {file} is corrupt; run again")));
         }
     }
@@ -350,6 +357,34 @@ pub fn fetch(r: &HubRef) -> Result<PathBuf> {
         out.display()
     );
     Ok(out)
+}
+
+/// Whether `name` (a file name the server listed) is a non-empty relative path of plain
+/// components: no `..`, `.`, root, empty component or backslash.
+fn plain_relative_path(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains('\\')
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        && !name
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+}
+
+/// Removes a download that failed its check — the snapshot's link and the blob it points to —
+/// so the next attempt fetches it afresh; only inside this repository's `snapshot` and `blobs`
+/// folders of the cache, which the download just wrote.
+fn remove_bad_download(link: &Path, snapshot: &Path, blobs: &Path) {
+    if let Ok(target) = std::fs::canonicalize(link)
+        && let Ok(blobs) = std::fs::canonicalize(blobs)
+        && target.starts_with(&blobs)
+    {
+        let _ = std::fs::remove_file(&target);
+    }
+    if link.starts_with(snapshot) {
+        let _ = std::fs::remove_file(link);
+    }
 }
 
 /// Checks a cached file against the ETag its blob is named after: the sha256 of an LFS file
@@ -431,6 +466,45 @@ mod tests {
         ] {
             assert!(HubRef::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_plain_relative_names_become_cache_paths() {
+        for ok in ["config.json", "data/train-00000.parquet"] {
+            assert!(plain_relative_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "data/../../x",
+            "a//b",
+            "./a",
+            "a\\b",
+        ] {
+            assert!(!plain_relative_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_download_is_removed_only_inside_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snap, blobs) = (dir.path().join("snapshots/c"), dir.path().join("blobs"));
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(&blobs).unwrap();
+        // A user's file outside the cache that a link points to is never removed.
+        let outside = dir.path().join("users-file");
+        std::fs::write(&outside, b"keep").unwrap();
+        let link = snap.join("model.safetensors");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        remove_bad_download(&link, &snap, &blobs);
+        assert!(outside.exists() && !link.exists());
+        // A blob in the cache is removed with its link.
+        let blob = blobs.join("abc");
+        std::fs::write(&blob, b"bad").unwrap();
+        std::os::unix::fs::symlink(&blob, &link).unwrap();
+        remove_bad_download(&link, &snap, &blobs);
+        assert!(!blob.exists() && !link.exists());
     }
 
     #[test]
