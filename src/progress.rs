@@ -40,12 +40,16 @@ const RECORD_SECS: f64 = 2.0;
 /// File name of a step's progress record (beside its `metrics.jsonl`).
 pub const PROGRESS_FILE: &str = "progress.json";
 
+fn quiet() -> bool {
+    *QUIET.get().unwrap_or(&false)
+}
+
 fn bars_drawn() -> bool {
-    !*QUIET.get().unwrap_or(&false) && io::stderr().is_terminal()
+    !quiet() && io::stderr().is_terminal()
 }
 
 fn line_interval() -> Option<Duration> {
-    if *QUIET.get().unwrap_or(&false) || io::stderr().is_terminal() {
+    if quiet() || io::stderr().is_terminal() {
         return None;
     }
     let secs = std::env::var("RUNNER_PROGRESS_SECS")
@@ -73,6 +77,38 @@ pub struct ProgressRecord {
     /// Unix seconds of this record.
     pub updated: f64,
     pub finished: bool,
+}
+
+impl ProgressRecord {
+    /// `42.0% (5.51M/13.1M tokens) · 3.4k tokens/s`: where the work stands, as the progress
+    /// lines and `runner status` show it.
+    pub fn position(&self) -> String {
+        let pct = if self.total > 0 {
+            100.0 * self.position.min(self.total) as f64 / self.total as f64
+        } else {
+            100.0
+        };
+        let mut s = format!(
+            "{pct:.1}% ({}/{} {})",
+            human_count(self.position),
+            human_count(self.total),
+            self.unit
+        );
+        if let Some(r) = self.rate {
+            s.push_str(&format!(
+                " · {} {}/s",
+                human_count(r.round() as u64),
+                self.unit
+            ));
+        }
+        s
+    }
+
+    /// Seconds left now: the ETA less the time since the record was written.
+    pub fn remaining_secs(&self) -> Option<f64> {
+        let since = (unix_now() - self.updated).max(0.0);
+        self.eta_s.map(|e| (e - since).max(0.0))
+    }
 }
 
 struct State {
@@ -185,73 +221,69 @@ impl Progress {
         (st.pos > start && secs > 0.0).then(|| (st.pos - start) as f64 / secs)
     }
 
-    fn report(&self, st: &mut State, finished: bool) {
-        let now = Instant::now();
+    /// Where the work stands now: what the record file holds and the lines show.
+    fn snapshot(&self, st: &State, finished: bool) -> ProgressRecord {
         let rate = self.rate(st);
         let eta = rate.map(|r| self.len.saturating_sub(st.pos) as f64 / r);
-        if let Some(every) = self.lines {
-            let due = now.duration_since(st.last_line) >= every;
-            if (due && !finished) || (finished && st.lines_written > 0) {
-                st.last_line = now;
-                st.lines_written += 1;
-                tracing::info!("{}", self.line(st, rate, eta, finished));
-            }
-        }
-        if let Some(path) = &self.record {
-            let due = st
-                .last_record
-                .is_none_or(|t| now.duration_since(t).as_secs_f64() >= RECORD_SECS);
-            if due || finished {
-                st.last_record = Some(now);
-                let record = ProgressRecord {
-                    label: self.label.clone(),
-                    unit: self.unit.clone(),
-                    position: st.pos,
-                    total: self.len,
-                    rate,
-                    eta_s: if finished { Some(0.0) } else { eta },
-                    message: st.message.clone(),
-                    updated: unix_now(),
-                    finished,
-                };
-                if let Err(e) = crate::util::fsx::atomic_write_json(path, &record) {
-                    tracing::debug!("progress record {}: {e}", path.display());
-                }
-            }
+        ProgressRecord {
+            label: self.label.clone(),
+            unit: self.unit.clone(),
+            position: st.pos,
+            total: self.len,
+            rate,
+            eta_s: if finished { Some(0.0) } else { eta },
+            message: st.message.clone(),
+            updated: unix_now(),
+            finished,
         }
     }
 
-    fn line(&self, st: &State, rate: Option<f64>, eta: Option<f64>, finished: bool) -> String {
-        let pct = if self.len > 0 {
-            100.0 * st.pos.min(self.len) as f64 / self.len as f64
-        } else {
-            100.0
-        };
-        let mut parts = vec![format!(
-            "{}: {pct:.1}% ({}/{} {})",
-            self.label,
-            human_count(st.pos),
-            human_count(self.len),
-            self.unit
-        )];
-        if let Some(r) = rate {
-            parts.push(format!("{} {}/s", human_count(r.round() as u64), self.unit));
+    fn report(&self, st: &mut State, finished: bool) {
+        let now = Instant::now();
+        let line_due = self.lines.is_some_and(|every| {
+            let due = now.duration_since(st.last_line) >= every;
+            (due && !finished) || (finished && st.lines_written > 0)
+        });
+        let record_due = self.record.is_some()
+            && (finished
+                || st
+                    .last_record
+                    .is_none_or(|t| now.duration_since(t).as_secs_f64() >= RECORD_SECS));
+        if !line_due && !record_due {
+            return;
         }
-        if !st.message.is_empty() {
-            parts.push(st.message.clone());
+        let record = self.snapshot(st, finished);
+        if line_due {
+            st.last_line = now;
+            st.lines_written += 1;
+            tracing::info!("{}", line(&record, st.started.elapsed().as_secs_f64()));
         }
-        let elapsed = st.started.elapsed().as_secs_f64();
-        if finished {
-            parts.push(format!("done in {}", human_secs(elapsed)));
-        } else {
-            parts.push(format!("elapsed {}", human_secs(elapsed)));
-            parts.push(match eta {
-                Some(e) => format!("ETA {}", human_secs(e)),
-                None => "ETA unknown".to_string(),
-            });
+        if let (true, Some(path)) = (record_due, &self.record) {
+            st.last_record = Some(now);
+            if let Err(e) = crate::util::fsx::atomic_write_json(path, &record) {
+                tracing::debug!("progress record {}: {e}", path.display());
+            }
         }
-        parts.join(" · ")
     }
+}
+
+/// A progress line: `stage1: 42.0% (…) · 3.4k tokens/s · loss 0.3642 · elapsed 27m02s ·
+/// ETA 37m10s` (or `· done in …` at the end).
+fn line(rec: &ProgressRecord, elapsed: f64) -> String {
+    let mut parts = vec![format!("{}: {}", rec.label, rec.position())];
+    if !rec.message.is_empty() {
+        parts.push(rec.message.clone());
+    }
+    if rec.finished {
+        parts.push(format!("done in {}", human_secs(elapsed)));
+    } else {
+        parts.push(format!("elapsed {}", human_secs(elapsed)));
+        parts.push(match rec.eta_s {
+            Some(e) => format!("ETA {}", human_secs(e)),
+            None => "ETA unknown".to_string(),
+        });
+    }
+    parts.join(" · ")
 }
 
 fn unix_now() -> f64 {
@@ -437,7 +469,9 @@ mod tests {
         assert_eq!((last.position, last.finished), (60, true));
         assert_eq!(last.message, "loss 1.5000");
         assert!(last.rate.unwrap() > 0.0);
-        let line = p.line(&p.state.lock().unwrap(), Some(2500.0), Some(20.0), false);
+        let mut rec = p.snapshot(&p.state.lock().unwrap(), false);
+        (rec.rate, rec.eta_s) = (Some(2500.0), Some(20.0));
+        let line = line(&rec, 1.0);
         assert!(
             line.starts_with("stage1: 60.0% (60/100 tokens) · 2500 tokens/s · loss 1.5000"),
             "{line}"

@@ -310,7 +310,7 @@ pub fn status(run_dir: Option<&Path>, runs_dir: Option<&Path>) -> Result<(), Err
         if let Some(rec) = rundir::progress_record(&step_dir) {
             let line = progress_line(&rec, st == "running");
             if st == "running" {
-                let left = remaining_secs(&rec);
+                let left = rec.remaining_secs();
                 running_eta = Some(running_eta.unwrap_or(0.0).max(left.unwrap_or(0.0)));
             }
             if st != "cached" && !line.is_empty() {
@@ -335,31 +335,11 @@ pub fn status(run_dir: Option<&Path>, runs_dir: Option<&Path>) -> Result<(), Err
     Ok(())
 }
 
-/// Seconds left of a running step: its record's ETA less the time since it was written.
-fn remaining_secs(rec: &crate::progress::ProgressRecord) -> Option<f64> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs_f64();
-    rec.eta_s
-        .map(|e| (e - (now - rec.updated).max(0.0)).max(0.0))
-}
-
 /// `62.5% (1.23M/1.97M tokens) · 3.4k tokens/s · loss 1.2345 · ETA 3m10s` for `runner status`.
 fn progress_line(rec: &crate::progress::ProgressRecord, running: bool) -> String {
-    use crate::progress::{human_count, human_secs};
     let mut parts = Vec::new();
     if !rec.finished {
-        let pct = 100.0 * rec.position.min(rec.total) as f64 / rec.total.max(1) as f64;
-        parts.push(format!(
-            "{pct:.1}% ({}/{} {})",
-            human_count(rec.position),
-            human_count(rec.total),
-            rec.unit
-        ));
-        if let Some(r) = rec.rate {
-            parts.push(format!("{} {}/s", human_count(r.round() as u64), rec.unit));
-        }
+        parts.push(rec.position());
     }
     if !rec.message.is_empty() {
         parts.push(if rec.finished {
@@ -369,8 +349,8 @@ fn progress_line(rec: &crate::progress::ProgressRecord, running: bool) -> String
         });
     }
     if running && !rec.finished {
-        parts.push(match remaining_secs(rec) {
-            Some(e) => format!("ETA {}", human_secs(e)),
+        parts.push(match rec.remaining_secs() {
+            Some(e) => format!("ETA {}", crate::progress::human_secs(e)),
             None => "ETA unknown".to_string(),
         });
     }
