@@ -87,9 +87,5 @@ pub fn run(s: &ModelSettings, ctx: &StepContext) -> Result<()> {
 /// Hard-links the file `from` names (following a symbolic link, as the Hub cache's snapshots
 /// are) to `to`, or copies it when a link is not possible.
 fn link_file(from: &Path, to: &Path) -> std::io::Result<()> {
-    let real = std::fs::canonicalize(from)?;
-    if std::fs::hard_link(&real, to).is_err() {
-        std::fs::copy(&real, to)?;
-    }
-    Ok(())
+    crate::util::fsx::link_or_copy(&std::fs::canonicalize(from)?, to)
 }

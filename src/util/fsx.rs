@@ -153,9 +153,17 @@ fn link_tree_inner(src: &Path, dst: &Path) -> io::Result<()> {
         let to = dst.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             link_tree_inner(&from, &to)?;
-        } else if fs::hard_link(&from, &to).is_err() {
-            fs::copy(&from, &to)?;
+        } else {
+            link_or_copy(&from, &to)?;
         }
+    }
+    Ok(())
+}
+
+/// Hard-links `src` to `dst`, or copies it where a link is not possible (another filesystem).
+pub fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
+    if fs::hard_link(src, dst).is_err() {
+        fs::copy(src, dst)?;
     }
     Ok(())
 }
