@@ -3,6 +3,8 @@
 //! final states and every gradient, with and without masked tokens, decays near the 0.545
 //! floor, sequences that end mid-chunk, and long sequences.
 
+mod common;
+
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rwkv_kernels::chunked;
 use rwkv_kernels::cpu::{self, Dims, Grads, Inputs};
@@ -37,16 +39,7 @@ fn raw(d: Dims, seed: u64, w_range: (f32, f32), gaps: bool) -> Raw {
     let s0 = u(-0.5, 0.5, d.state_len());
     let dy = u(-1.0, 1.0, len);
     let ds = u(-1.0, 1.0, d.state_len());
-    let n = d.head_size;
-    let mut a = vec![0.0; len];
-    let mut b = vec![0.0; len];
-    for (i, head) in kk.chunks(n).enumerate() {
-        let norm = head.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
-        for j in 0..n {
-            a[i * n + j] = -head[j] / norm;
-            b[i * n + j] = head[j] / norm * icl[i * n + j];
-        }
-    }
+    let (a, b) = common::removal_terms(&kk, &icl, d.head_size);
     let mask = (0..d.batch * d.seq)
         .map(|i| {
             if gaps && (i % 7 == 3 || i % 13 == 5) {

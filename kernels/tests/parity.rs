@@ -1,6 +1,8 @@
 //! The fused WKV-7 op against the tensor-op reference on random inputs: outputs, final states
 //! and every gradient, plus chunked processing and single-token steps.
 
+mod common;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rwkv_kernels::{Wkv7Impl, Wkv7Input, wkv7, wkv7_step};
@@ -41,17 +43,7 @@ fn raw(c: &Case, seed: u64, gaps: bool) -> Raw {
     let kk_raw = u(-1.0, 1.0, len);
     let icl = u(0.0, 1.0, len);
     let s0 = u(-0.5, 0.5, c.b * c.h * c.n * c.n);
-    let mut a = vec![0.0; len];
-    let mut b = vec![0.0; len];
-    for head in kk_raw.chunks(c.n).enumerate() {
-        let (i, kk) = head;
-        let norm = kk.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
-        for j in 0..c.n {
-            let kkj = kk[j] / norm;
-            a[i * c.n + j] = -kkj;
-            b[i * c.n + j] = kkj * icl[i * c.n + j];
-        }
-    }
+    let (a, b) = common::removal_terms(&kk_raw, &icl, c.n);
     let mask = (0..c.b * c.t)
         .map(|i| {
             if gaps && (i % 7 == 3 || i % 11 == 5) {
