@@ -400,7 +400,8 @@ impl Attention {
     }
 }
 
-/// Causal softmax attention from tensor ops: `q [B, H, Tq, D]` are the last `Tq` of the
+/// Causal softmax attention from tensor ops (what backends without the fused op use, and its
+/// oracle in the tests): `q [B, H, Tq, D]` are the last `Tq` of the
 /// `Tk` positions of `k`/`v` `[B, H, Tk, D]`; `key_mask [B, Tk]` (1 real, 0 padding) hides a
 /// padded key from every query but its own.
 pub fn masked_attention(
@@ -457,34 +458,6 @@ fn padding_mask(key_mask: Tensor<2>, heads: usize, tq: usize) -> Tensor<4, burn:
             .unsqueeze::<4>()
             .expand([b, 1, tq, tk]);
     hidden.greater_elem(0.5).expand([b, heads, tq, tk])
-}
-
-/// Plain softmax attention from tensor ops (the oracle for the backend's fused attention).
-pub fn attention_reference(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    causal_offset: usize,
-) -> Tensor<4> {
-    let [_, _, tq, d] = q.dims();
-    let tk = k.dims()[2];
-    let device = q.device();
-    let scores = q
-        .matmul(k.swap_dims(2, 3))
-        .mul_scalar(1.0 / (d as f64).sqrt());
-    let bias: Vec<f32> = (0..tq)
-        .flat_map(|i| {
-            (0..tk).map(move |j| {
-                if j > i + causal_offset {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    let bias = Tensor::<2>::from_data(TensorData::new(bias, [tq, tk]), &device).unsqueeze::<4>();
-    softmax(scores + bias, 3).matmul(v)
 }
 
 #[cfg(test)]
