@@ -91,6 +91,14 @@ enum Command {
     /// Benchmarks, each side by side with a reference, with peak memory.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run one attempt of a step inside an existing run directory: what a step's Slurm job
+    /// runs (`[pipeline.executor] kind = "slurm"`); not for direct use.
+    #[command(hide = true)]
+    ExecStep {
+        run_dir: PathBuf,
+        step: String,
+        attempt: u32,
+    },
 }
 
 pub fn main() -> Result<(), Error> {
@@ -122,5 +130,15 @@ pub fn main() -> Result<(), Error> {
         Command::Chat(args) => crate::commands::chat::run(args, cli.quiet),
         Command::Serve(args) => crate::commands::serve::run(args),
         Command::Bench(command) => crate::bench::cli::run(command),
+        Command::ExecStep {
+            run_dir,
+            step,
+            attempt,
+        } => Ok(crate::pipeline::jobs::exec_step(
+            run_dir,
+            step,
+            *attempt,
+            crate::steps::KINDS,
+        )?),
     }
 }

@@ -52,12 +52,17 @@ fn line_interval() -> Option<Duration> {
     if quiet() || io::stderr().is_terminal() {
         return None;
     }
-    let secs = std::env::var("RUNNER_PROGRESS_SECS")
+    Some(Duration::from_secs_f64(line_interval_secs()))
+}
+
+/// Seconds between two progress lines: `RUNNER_PROGRESS_SECS`, default 30 (also how often the
+/// runner relays the progress of a step running elsewhere, e.g. as a Slurm job).
+pub fn line_interval_secs() -> f64 {
+    std::env::var("RUNNER_PROGRESS_SECS")
         .ok()
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v >= 0.0)
-        .unwrap_or(DEFAULT_LINE_SECS);
-    Some(Duration::from_secs_f64(secs))
+        .unwrap_or(DEFAULT_LINE_SECS)
 }
 
 /// What a `progress.json` holds: where a long piece of work stands, rewritten every few

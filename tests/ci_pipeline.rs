@@ -314,3 +314,152 @@ fn ci_pipeline_on_libtorch_matches_the_flex_numbers() {
         );
     }
 }
+
+/// Where a running Slurm accepts jobs from this machine: `SLURM_CONF`, else the configuration
+/// `scripts/local-slurm.sh start` wrote. `None` (with the reason) when there is none.
+fn slurm_conf() -> Result<PathBuf, String> {
+    let conf = match std::env::var_os("SLURM_CONF") {
+        Some(c) => PathBuf::from(c),
+        None => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/local-slurm.sh");
+            let out = std::process::Command::new(script)
+                .arg("conf")
+                .output()
+                .map_err(|e| format!("scripts/local-slurm.sh: {e}"))?;
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+    };
+    let sinfo = std::process::Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .env("SLURM_CONF", &conf)
+        .output();
+    match sinfo {
+        Err(e) => Err(format!("Slurm's client is not installed (sinfo: {e})")),
+        Ok(o) if !o.status.success() => Err(format!(
+            "no Slurm controller answers ({}); start one with `sudo scripts/local-slurm.sh start`",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Ok(_) => Ok(conf),
+    }
+}
+
+/// `pipelines/ci.toml` with `executor.kind = "slurm"` on a real (local) Slurm: every step runs
+/// as a job; stage 1's job is cancelled with `scancel` after its first checkpoint; the runner
+/// reports the cancelled job, `runner resume` continues stage 1 from that checkpoint, and the
+/// evaluation matches the local executor's expectations.
+#[test]
+fn ci_pipeline_on_slurm_survives_scancel_and_matches_the_local_numbers() {
+    let conf = match slurm_conf() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("skipped: {why} (.ci/run installs and starts one)");
+            return;
+        }
+    };
+    let p = Project::new();
+    let pipe = pipeline();
+    let runs = p.path().join("runs-slurm");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "run".into(),
+            pipe.to_str().unwrap().into(),
+            "--runs-dir".into(),
+            runs.to_str().unwrap().into(),
+            "--set".into(),
+            "pipeline.executor.kind=\"slurm\"".into(),
+            "--set".into(),
+            "pipeline.executor.poll_secs=0.5".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let slurm = |c: &mut std::process::Command| {
+        c.env("SLURM_CONF", &conf);
+    };
+
+    // `runner plan` says where each step runs.
+    let plan_args = {
+        let mut a = args(&[]);
+        a[0] = "plan".into();
+        a
+    };
+    let plan_args: Vec<&str> = plan_args.iter().map(String::as_str).collect();
+    let (plan, _) = ok(runner(&p, &plan_args).env("SLURM_CONF", &conf));
+    assert!(plan.contains("[slurm: partition (default)"), "{plan}");
+
+    let run_args = args(&[]);
+    let run_args: Vec<&str> = run_args.iter().map(String::as_str).collect();
+    let mut cmd = runner(&p, &run_args);
+    slurm(&mut cmd);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for stage 1's first checkpoint, then cancel its job.
+    let stage1 = || {
+        std::fs::read_dir(runs.join("ci"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join("stage1"))
+    };
+    p.wait_for(600, "stage 1's first checkpoint", || {
+        stage1().is_some_and(|s| s.join("checkpoint/LATEST").is_file())
+    });
+    let m = common::manifest(&stage1().unwrap());
+    let job = m["job"]
+        .as_str()
+        .expect("stage 1's manifest names its job")
+        .to_string();
+    let status = std::process::Command::new("scancel")
+        .arg(&job)
+        .env("SLURM_CONF", &conf)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Slurm job {job} ended (CANCELLED")),
+        "{stderr}"
+    );
+    let run = run_dir(&runs);
+    assert!(
+        run.join("stage1/slurm")
+            .join(format!("{job}.out"))
+            .is_file()
+    );
+
+    let mut cmd = runner(&p, &["resume", run.to_str().unwrap()]);
+    slurm(&mut cmd);
+    let (stdout, stderr) = ok(&mut cmd);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("stage1") && l.contains("resumed from checkpoint")),
+        "{stdout}\n{stderr}"
+    );
+    // Every step that ran did so in a job of its own, which left its exit status.
+    for step in ["teacher", "stage1", "stage2", "sft", "grpo", "eval"] {
+        let m = common::manifest(&run.join(step));
+        let job = m["job"].as_str().unwrap_or_else(|| panic!("{step}: {m}"));
+        let exit =
+            std::fs::read_to_string(run.join(step).join("slurm").join(format!("{job}.exit")))
+                .unwrap_or_else(|e| panic!("{step}: job {job} left no exit status: {e}"));
+        assert_eq!(exit.trim(), "0", "{step}");
+    }
+    let got = numbers(&report(&run));
+    let expected_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ci_expected.json");
+    let expected: serde_json::Map<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (k, v) in &got {
+        let want = expected[k].as_f64().unwrap();
+        assert!(
+            (v - want).abs() <= tolerance(k, want),
+            "{k}: Slurm {v} vs local {want}"
+        );
+    }
+}

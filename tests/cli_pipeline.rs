@@ -558,6 +558,7 @@ fn every_shipped_pipeline_validates() {
     for file in [
         "pipelines/smollm2.toml",
         "pipelines/qwen05b.toml",
+        "pipelines/qwen05b-slurm.toml",
         "pipelines/assets.toml",
         "pipelines/ci.toml",
         "datasets/text.toml",
@@ -636,4 +637,71 @@ fn libtorch_device_needs_the_tch_build() {
     let r = p.run(&["generate", "--model", "m", "--device", "tch", "hi"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--features tch"), "{}", r.stderr);
+}
+
+#[test]
+fn slurm_executor_and_resources_are_checked_with_their_lines() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"[pipeline]
+name = "cluster"
+
+[pipeline.executor]
+kind = "slurm"
+partition = "gpu\n#SBATCH --uid=0"
+sbatch_args = ["--output=/etc/x", "--constraint=a100"]
+poll_secs = 0
+
+[[step]]
+id = "a"
+kind = "command"
+run = "true"
+
+[step.resources]
+cpus_per_task = 0
+mem = "lots"
+time = "2h"
+
+[[step]]
+id = "b"
+kind = "command"
+run = "true"
+resources = { gpus = 1 }
+"#,
+    );
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for want in [
+        "p.toml:6:",
+        "`pipeline.executor.partition`",
+        "is not a Slurm name",
+        "p.toml:7:",
+        "`--output` is set by the runner",
+        "p.toml:8:",
+        "must be between 0.1 and 3600 seconds",
+        "p.toml:16:",
+        "`step.a.resources.cpus_per_task`",
+        "p.toml:17:",
+        "not a Slurm memory size",
+        "p.toml:18:",
+        "not a Slurm time limit",
+        "p.toml:24:",
+        "`step.b.resources.gpus`: unknown key",
+        "did you mean `gpus_per_node`?",
+    ] {
+        assert!(
+            r.stderr.contains(want),
+            "missing {want:?} in:\n{}",
+            r.stderr
+        );
+    }
+    let r = p.run(&[
+        "validate",
+        "p.toml",
+        "--set",
+        "pipeline.executor.kind=\"pbs\"",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("pipeline.executor.kind"), "{}", r.stderr);
 }

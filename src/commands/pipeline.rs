@@ -7,6 +7,7 @@ use crate::pipeline::layers::Overrides;
 use crate::pipeline::plan::{self, PlanEntry};
 use crate::pipeline::rundir::{self, RunDir, RunRecord, RunStatus, StepStatus};
 use crate::pipeline::select::{Scope, Selection};
+use crate::pipeline::slurm::{JobState, Slurm};
 use crate::pipeline::{self, Pipeline, keys, render};
 use crate::progress;
 use clap::Args;
@@ -240,7 +241,14 @@ pub fn plan_cmd(
             ),
             PlanEntry::NotSelected => ("skip", "not selected".to_string()),
         };
-        println!("{id:<width$}  {what:<6}  {why}");
+        let place = match p.header.executor.kind {
+            crate::pipeline::slurm::ExecutorKind::Local => String::new(),
+            _ => {
+                let step = &p.steps[p.step_index(id).expect("planned steps exist")];
+                format!("  [{}]", p.header.executor.describe(&step.resources))
+            }
+        };
+        println!("{id:<width$}  {what:<6}  {why}{place}");
     }
     println!("{runs} of {} steps would run", entries.len());
     Ok(())
@@ -286,7 +294,12 @@ pub fn status(run_dir: Option<&Path>, runs_dir: Option<&Path>) -> Result<(), Err
                     (StepStatus::Complete, None, _) => "complete",
                     (StepStatus::Failed, _, _) => "failed",
                     (StepStatus::Running, _, true) => "running",
-                    (StepStatus::Running, _, false) => "interrupted",
+                    // The runner is gone, but the step's Slurm job may still be at work.
+                    (StepStatus::Running, _, false) => match m.job.as_deref().map(Slurm::state) {
+                        Some(Ok(JobState::Alive(s))) if s == "PENDING" => "queued",
+                        Some(Ok(JobState::Alive(_))) => "running",
+                        _ => "interrupted",
+                    },
                 };
                 (
                     st.to_string(),

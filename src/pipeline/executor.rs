@@ -6,7 +6,8 @@
 //! - **ran**: the step ran (continuing from its checkpoint when a previous attempt left one);
 //! - **failed** / **unavailable** (out of scope and not cached) / **skipped** (a dependency failed).
 //!
-//! Steps run on worker threads as the [`Scheduler`] allows. On a failure, running steps finish,
+//! Steps run on worker threads as the [`Scheduler`] allows — in this process, or, under the
+//! Slurm executor, as jobs the worker submits and waits for ([`super::jobs`]). On a failure, running steps finish,
 //! nothing new starts, and the error says how to resume.
 
 use super::cache::Cache;
@@ -18,6 +19,7 @@ use super::rundir::{self, RunDir, RunRecord, RunStatus, StepManifest, StepStatus
 use super::scheduler::{NodeState, Scheduler};
 use super::schema::Pipeline;
 use super::select::Scope;
+use super::slurm::ExecutorKind;
 use super::step::StepContext;
 use crate::checkpoint::Checkpoints;
 use crate::util::fsx;
@@ -126,15 +128,33 @@ impl<'a> Executor<'a> {
         }
     }
 
+    pub(super) fn pipeline(&self) -> &Pipeline {
+        self.pipeline
+    }
+
+    pub(super) fn run(&self) -> &RunDir {
+        self.run
+    }
+
+    fn slurm(&self) -> bool {
+        self.pipeline.header.executor.kind == ExecutorKind::Slurm
+    }
+
     /// Runs every step in scope; returns one report per step in declaration order.
     pub fn execute(&self, record: &mut RunRecord) -> Result<Vec<StepReport>, ExecError> {
         let n = self.pipeline.steps.len();
+        // Slurm gives each job its own allocation: no step needs to run alone there.
         let exclusive: Vec<bool> = self
             .pipeline
             .steps
             .iter()
-            .map(|s| s.settings.exclusive())
+            .map(|s| s.settings.exclusive() && !self.slurm())
             .collect();
+        if self.slurm()
+            && let Err(e) = super::slurm::catch_interrupts()
+        {
+            tracing::warn!("Ctrl-C will not cancel this run's Slurm jobs: {e}");
+        }
         let mut sched = Scheduler::new(
             self.graph.clone(),
             exclusive,
@@ -283,7 +303,12 @@ impl<'a> Executor<'a> {
             );
         }
         let previous = self.run.read_manifest(&step.id);
-        match self.run_step(i, key, inputs, previous) {
+        let result = if self.slurm() {
+            self.run_job(i, key, inputs, previous)
+        } else {
+            self.run_step(i, key, inputs, previous)
+        };
+        match result {
             Ok((resumed_from, digest)) => (Outcome::Ran { resumed_from }, Some(digest)),
             Err(e) => (Outcome::Failed(format!("{e:#}")), None),
         }
@@ -308,6 +333,7 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
+    /// Runs step `i` in this process: a new attempt, then its artifacts exported.
     fn run_step(
         &self,
         i: usize,
@@ -315,6 +341,22 @@ impl<'a> Executor<'a> {
         inputs: BTreeMap<String, String>,
         previous: Option<StepManifest>,
     ) -> anyhow::Result<(Option<u64>, String)> {
+        let manifest = self.begin_attempt(i, key, inputs, previous)?;
+        let resumed_from = manifest.resumed_from;
+        let digest = self.run_attempt(i, manifest)?;
+        self.export(&self.pipeline.steps[i])?;
+        Ok((resumed_from, digest))
+    }
+
+    /// Starts an attempt of step `i`: checkpoints are kept only from an attempt under the same
+    /// key; the manifest says `running`. Returns that manifest.
+    pub(super) fn begin_attempt(
+        &self,
+        i: usize,
+        key: String,
+        inputs: BTreeMap<String, String>,
+        previous: Option<StepManifest>,
+    ) -> anyhow::Result<StepManifest> {
         let step = &self.pipeline.steps[i];
         // Validation reports these before anything runs; a pipeline built without it still
         // never runs a step with values it cannot run with.
@@ -322,7 +364,6 @@ impl<'a> Executor<'a> {
             anyhow::bail!("{key}: {message}");
         }
         let step_dir = self.run.step_dir(&step.id);
-        let out_dir = step_dir.join(rundir::OUT);
         let checkpoints = Checkpoints::new(step_dir.join(rundir::CHECKPOINT), CHECKPOINTS_KEPT);
 
         // A previous attempt in this run under the same key (also of a forced step, when the run
@@ -332,14 +373,11 @@ impl<'a> Executor<'a> {
             checkpoints.clear()?;
         }
         let resumed_from = checkpoints.latest().map(|c| c.tag);
-        fsx::remove_dir_if_exists(&out_dir)?;
-        std::fs::create_dir_all(&out_dir)?;
-
-        let started = Instant::now();
-        let mut manifest = StepManifest {
+        std::fs::create_dir_all(&step_dir)?;
+        let manifest = StepManifest {
             step: step.id.clone(),
             kind: step.kind().to_string(),
-            key: key.clone(),
+            key,
             status: StepStatus::Running,
             settings: step.settings.settings_json(),
             inputs,
@@ -358,6 +396,7 @@ impl<'a> Executor<'a> {
             error: None,
             runner_version: RUNNER_VERSION.to_string(),
             code: keys::CODE_DIGEST.to_string(),
+            job: None,
         };
         self.run.write_manifest(&manifest)?;
         match resumed_from {
@@ -368,7 +407,23 @@ impl<'a> Executor<'a> {
             ),
             None => tracing::info!("▶ {} ({})", step.id, step.kind()),
         }
+        Ok(manifest)
+    }
 
+    /// Runs an attempt begun by [`Self::begin_attempt`] in this process (the local executor, or
+    /// a step's Slurm job); the manifest records how it ended and the cache learns the result.
+    /// Returns the outputs digest.
+    pub(super) fn run_attempt(
+        &self,
+        i: usize,
+        mut manifest: StepManifest,
+    ) -> anyhow::Result<String> {
+        let step = &self.pipeline.steps[i];
+        let step_dir = self.run.step_dir(&step.id);
+        let out_dir = step_dir.join(rundir::OUT);
+        fsx::remove_dir_if_exists(&out_dir)?;
+        std::fs::create_dir_all(&out_dir)?;
+        let started = Instant::now();
         let deps = self
             .graph
             .deps(i)
@@ -385,7 +440,7 @@ impl<'a> Executor<'a> {
             root: self.pipeline.root.clone(),
             step_dir: step_dir.clone(),
             out_dir: out_dir.clone(),
-            checkpoints,
+            checkpoints: Checkpoints::new(step_dir.join(rundir::CHECKPOINT), CHECKPOINTS_KEPT),
             deps,
             seed: self.pipeline.header.seed,
             device: self.pipeline.header.device,
@@ -424,15 +479,15 @@ impl<'a> Executor<'a> {
         manifest.outputs_digest = Some(digest.clone());
         manifest.status = StepStatus::Complete;
         self.run.write_manifest(&manifest)?;
-        self.cache.record(&key, &step_dir, &manifest.outputs)?;
-        self.export(step)?;
-        Ok((resumed_from, digest))
+        self.cache
+            .record(&manifest.key, &step_dir, &manifest.outputs)?;
+        Ok(digest)
     }
 
     /// Copies (hard-links) a step's artifacts to its `export` directory, if it has one. The
     /// target is checked again here (the runs directory may come from the command line), and a
     /// folder the runner did not create is never replaced.
-    fn export(&self, step: &super::schema::StepDef) -> anyhow::Result<()> {
+    pub(super) fn export(&self, step: &super::schema::StepDef) -> anyhow::Result<()> {
         let Some(export) = &step.export else {
             return Ok(());
         };

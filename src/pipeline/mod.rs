@@ -8,7 +8,7 @@
 //!   leaf module [`crate::checkpoint`]);
 //! - [`freshness`], [`plan`], [`render`]: whether a step must run and why (one decision for
 //!   the executor and `runner plan`); the DAG as text, DOT or Mermaid;
-//! - [`executor`]: running it.
+//! - [`executor`]: running it, in this process or as Slurm jobs ([`slurm`]).
 
 pub mod artifact;
 pub mod cache;
@@ -17,6 +17,7 @@ pub mod diagnostics;
 pub mod executor;
 pub mod freshness;
 pub mod graph;
+pub mod jobs;
 pub mod keys;
 pub mod layers;
 pub mod paths;
@@ -26,6 +27,7 @@ pub mod rundir;
 pub mod scheduler;
 pub mod schema;
 pub mod select;
+pub mod slurm;
 pub mod source;
 pub mod step;
 pub mod validate;

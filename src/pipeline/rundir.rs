@@ -130,6 +130,9 @@ pub struct StepManifest {
     /// Digest of the runner's own code that produced the artifacts (part of the key).
     #[serde(default)]
     pub code: String,
+    /// The Slurm job running (or that ran) this attempt, under the Slurm executor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 impl StepManifest {
@@ -154,6 +157,7 @@ impl StepManifest {
             error: None,
             runner_version: super::keys::RUNNER_VERSION.into(),
             code: super::keys::CODE_DIGEST.into(),
+            job: None,
         }
     }
 }
@@ -169,7 +173,8 @@ pub fn now() -> String {
 #[derive(Debug)]
 pub struct RunDir {
     pub path: PathBuf,
-    _lock: File,
+    /// `None` for a step's job working inside a run whose runner holds the lock.
+    _lock: Option<File>,
 }
 
 impl RunDir {
@@ -254,7 +259,24 @@ impl RunDir {
         file.set_len(0).map_err(io_err("writing lock"))?;
         let _ = write!(file, "pid {}, since {}", std::process::id(), now());
         let _ = file.flush();
-        Ok(RunDir { path, _lock: file })
+        Ok(RunDir {
+            path,
+            _lock: Some(file),
+        })
+    }
+
+    /// Opens a run directory without locking it: for a step's job (`runner exec-step`), which
+    /// works inside a run whose runner holds the lock and takes a lock on its step instead.
+    pub fn attach(path: &Path) -> Result<RunDir, RunDirError> {
+        if !path.join(RUN_RECORD).is_file() {
+            return Err(RunDirError::NotARun {
+                path: path.to_path_buf(),
+            });
+        }
+        let path = path
+            .canonicalize()
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        Ok(RunDir { path, _lock: None })
     }
 
     pub fn run_id(&self) -> String {

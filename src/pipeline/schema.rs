@@ -73,6 +73,9 @@ pub struct PipelineHeader {
     /// Log training metrics to Weights & Biases (`[pipeline.wandb]`); absent: off.
     #[serde(default)]
     pub wandb: Option<crate::wandb::WandbSettings>,
+    /// Where steps run (`[pipeline.executor]`): in this process, or as Slurm jobs.
+    #[serde(default)]
+    pub executor: super::slurm::ExecutorSettings,
 }
 
 impl PipelineHeader {
@@ -103,6 +106,8 @@ pub struct StepDef {
     /// Optional directory (relative to root) the step's artifacts are copied to on success.
     pub export: Option<PathBuf>,
     pub description: String,
+    /// What the step's job asks a cluster for (`[step.resources]`; Slurm executor only).
+    pub resources: super::slurm::Resources,
     pub settings: Arc<dyn Step>,
 }
 

@@ -29,7 +29,14 @@ struct StepCommon {
     #[serde(default)]
     description: String,
 }
-const COMMON_KEYS: &[&str] = &["id", "kind", "depends_on", "export", "description"];
+const COMMON_KEYS: &[&str] = &[
+    "id",
+    "kind",
+    "depends_on",
+    "export",
+    "description",
+    "resources",
+];
 
 fn kp(parts: &[&str]) -> KeyPath {
     parts.iter().map(|s| s.to_string()).collect()
@@ -134,6 +141,13 @@ pub fn validate(raw: RawPipeline, kinds: &[StepKind]) -> Result<Pipeline, Diagno
                     .help(help),
             );
         }
+        for (key, message) in h.executor.problems() {
+            let mut path = kp(&["pipeline", "executor"]);
+            path.extend(key.split('.').map(String::from));
+            diags.push(
+                Diagnostic::new(map.locate(&path), message).key(format!("pipeline.executor.{key}")),
+            );
+        }
         if h.max_parallel == 0 {
             diags.push(
                 Diagnostic::new(
@@ -174,9 +188,17 @@ pub fn validate(raw: RawPipeline, kinds: &[StepKind]) -> Result<Pipeline, Diagno
                     .help("use letters, digits, `_` and `-` only (ids name folders and environment variables)"),
             );
         }
-        let (common, rest): (toml::Table, toml::Table) = table
+        let (mut common, rest): (toml::Table, toml::Table) = table
             .into_iter()
             .partition(|(k, _)| COMMON_KEYS.contains(&k.as_str()));
+        let resources = match common.remove("resources") {
+            None => Some(Default::default()),
+            Some(v) => {
+                let mut at = path.clone();
+                at.push("resources".into());
+                decode::<super::slurm::Resources>(v, &at, map, &mut diags)
+            }
+        };
         if !common.contains_key("kind") {
             diags.push(
                 Diagnostic::new(map.locate(&path), format!("step `{id}` has no `kind`"))
@@ -203,11 +225,15 @@ pub fn validate(raw: RawPipeline, kinds: &[StepKind]) -> Result<Pipeline, Diagno
         let Some(settings) = (kind.decode)(toml::Value::Table(rest), &path, map, &mut diags) else {
             continue;
         };
+        let Some(resources) = resources else {
+            continue;
+        };
         steps.push(StepDef {
             id: common.id,
             depends_on: common.depends_on,
             export: common.export,
             description: common.description,
+            resources,
             settings: settings.into(),
         });
         step_paths.push(path);
@@ -304,6 +330,14 @@ pub fn validate(raw: RawPipeline, kinds: &[StepKind]) -> Result<Pipeline, Diagno
                     ),
                 );
             }
+        }
+        for (key, message) in step.resources.problems() {
+            let mut path = kp(&["step", &step.id, "resources"]);
+            path.extend(key.split('.').map(String::from));
+            diags.push(
+                Diagnostic::new(map.locate(&path), message)
+                    .key(format!("step.{}.resources.{key}", step.id)),
+            );
         }
         for (key, message) in step.settings.problems() {
             let mut path = kp(&["step", &step.id]);
