@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod evaluate;
 pub mod generate;

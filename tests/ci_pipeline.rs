@@ -315,41 +315,13 @@ fn ci_pipeline_on_libtorch_matches_the_flex_numbers() {
     }
 }
 
-/// Where a running Slurm accepts jobs from this machine: `SLURM_CONF`, else the configuration
-/// `scripts/local-slurm.sh start` wrote. `None` (with the reason) when there is none.
-fn slurm_conf() -> Result<PathBuf, String> {
-    let conf = match std::env::var_os("SLURM_CONF") {
-        Some(c) => PathBuf::from(c),
-        None => {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/local-slurm.sh");
-            let out = std::process::Command::new(script)
-                .arg("conf")
-                .output()
-                .map_err(|e| format!("scripts/local-slurm.sh: {e}"))?;
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        }
-    };
-    let sinfo = std::process::Command::new("sinfo")
-        .args(["-h", "-o", "%T"])
-        .env("SLURM_CONF", &conf)
-        .output();
-    match sinfo {
-        Err(e) => Err(format!("Slurm's client is not installed (sinfo: {e})")),
-        Ok(o) if !o.status.success() => Err(format!(
-            "no Slurm controller answers ({}); start one with `sudo scripts/local-slurm.sh start`",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Ok(_) => Ok(conf),
-    }
-}
-
 /// `pipelines/ci.toml` with `executor.kind = "slurm"` on a real (local) Slurm: every step runs
 /// as a job; stage 1's job is cancelled with `scancel` after its first checkpoint; the runner
 /// reports the cancelled job, `runner resume` continues stage 1 from that checkpoint, and the
 /// evaluation matches the local executor's expectations.
 #[test]
 fn ci_pipeline_on_slurm_survives_scancel_and_matches_the_local_numbers() {
-    let conf = match slurm_conf() {
+    let conf = match common::slurm_conf() {
         Ok(c) => c,
         Err(why) => {
             eprintln!("skipped: {why} (.ci/run installs and starts one)");

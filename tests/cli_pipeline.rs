@@ -668,6 +668,12 @@ id = "b"
 kind = "command"
 run = "true"
 resources = { gpus = 1 }
+
+[[step]]
+id = "c"
+kind = "command"
+run = "true"
+resources = { tasks_per_node = 2 }
 "#,
     );
     let r = p.run(&["validate", "p.toml"]);

@@ -305,6 +305,8 @@ impl<'a> Executor<'a> {
         let previous = self.run.read_manifest(&step.id);
         let result = if self.slurm() {
             self.run_job(i, key, inputs, previous)
+        } else if step.resources.ranks() > 1 {
+            self.run_ranks(i, key, inputs, previous)
         } else {
             self.run_step(i, key, inputs, previous)
         };
@@ -343,7 +345,7 @@ impl<'a> Executor<'a> {
     ) -> anyhow::Result<(Option<u64>, String)> {
         let manifest = self.begin_attempt(i, key, inputs, previous)?;
         let resumed_from = manifest.resumed_from;
-        let digest = self.run_attempt(i, manifest)?;
+        let digest = self.run_attempt(i, manifest, crate::dist::Dist::single())?;
         self.export(&self.pipeline.steps[i])?;
         Ok((resumed_from, digest))
     }
@@ -411,16 +413,23 @@ impl<'a> Executor<'a> {
     }
 
     /// Runs an attempt begun by [`Self::begin_attempt`] in this process (the local executor, or
-    /// a step's Slurm job); the manifest records how it ended and the cache learns the result.
-    /// Returns the outputs digest.
+    /// one rank of a launched step); the manifest records how it ended and the cache learns the
+    /// result. Only rank 0 writes the step's artifacts and manifest; another rank works in a
+    /// scratch folder it removes, and writes the manifest only to report its own failure.
+    /// Returns the outputs digest (rank 0), or an empty string (other ranks).
     pub(super) fn run_attempt(
         &self,
         i: usize,
         mut manifest: StepManifest,
+        dist: crate::dist::Dist,
     ) -> anyhow::Result<String> {
         let step = &self.pipeline.steps[i];
         let step_dir = self.run.step_dir(&step.id);
-        let out_dir = step_dir.join(rundir::OUT);
+        let out_dir = if dist.is_root() {
+            step_dir.join(rundir::OUT)
+        } else {
+            step_dir.join(format!(".rank-{}", dist.rank()))
+        };
         fsx::remove_dir_if_exists(&out_dir)?;
         std::fs::create_dir_all(&out_dir)?;
         let started = Instant::now();
@@ -449,11 +458,13 @@ impl<'a> Executor<'a> {
                 .header
                 .wandb
                 .clone()
+                .filter(|_| dist.is_root())
                 .map(|settings| crate::wandb::WandbRun {
                     settings,
                     pipeline: self.pipeline.name.clone(),
                     run_id: self.run.run_id(),
                 }),
+            dist,
         };
         // A panic inside a step is that step's failure, not the runner's.
         let result =
@@ -468,11 +479,21 @@ impl<'a> Executor<'a> {
                 });
         manifest.finished_at = Some(rundir::now());
         manifest.duration_s = Some(started.elapsed().as_secs_f64());
+        if !dist.is_root() {
+            let _ = fsx::remove_dir_if_exists(&out_dir);
+        }
         if let Err(e) = result {
             manifest.status = StepStatus::Failed;
-            manifest.error = Some(format!("{e:#}"));
+            manifest.error = Some(if dist.is_root() {
+                format!("{e:#}")
+            } else {
+                format!("rank {}: {e:#}", dist.rank())
+            });
             self.run.write_manifest(&manifest)?;
             return Err(e);
+        }
+        if !dist.is_root() {
+            return Ok(String::new());
         }
         let (outputs, digest) = keys::outputs_of(&out_dir)?;
         manifest.outputs = outputs;

@@ -1,4 +1,5 @@
-//! The Slurm executor's half of running a step: the runner begins the attempt, writes the
+//! Running a step outside the runner's process: as a Slurm job, or locally on several ranks
+//! started by an MPI launcher. Under Slurm, the runner begins the attempt, writes the
 //! step's batch script, submits it held, records the job id in the manifest, releases it and
 //! waits; the job runs [`exec_step`] — the very attempt the local executor would run — in the
 //! same run directory on the shared filesystem. `runner resume` re-attaches to a job of the
@@ -161,38 +162,96 @@ impl Executor<'_> {
             });
         };
         slurm::forget(job);
-        let m = self.run().read_manifest(&step.id);
-        match m {
+        let hint = if output.is_file() {
+            format!("its output: {}", output.display())
+        } else {
+            // Without its output file the job most likely never saw the run directory.
+            format!(
+                "it left no output in {}: the run directory must be on a filesystem the compute \
+                 nodes share (`--runs-dir` or `[pipeline] runs_dir`)",
+                slurm::jobs_dir(&step_dir).display()
+            )
+        };
+        self.attempt_outcome(i, attempt, &format!("Slurm job {job}"), &how, &hint)
+    }
+
+    /// How attempt `attempt` of step `i`, run by `who` (a job, the ranks), went, from the
+    /// manifest it wrote; `how` says how `who` ended, `hint` where to look.
+    fn attempt_outcome(
+        &self,
+        i: usize,
+        attempt: u32,
+        who: &str,
+        how: &str,
+        hint: &str,
+    ) -> anyhow::Result<(Option<u64>, String)> {
+        let step = &self.pipeline().steps[i];
+        let run_path = self.run().path.display().to_string();
+        match self.run().read_manifest(&step.id) {
             Some(m) if m.attempts == attempt && m.status == StepStatus::Complete => {
                 let digest = m
                     .outputs_digest
                     .clone()
-                    .context("the job's manifest has no outputs digest")?;
+                    .context("the step's manifest has no outputs digest")?;
                 self.export(step)?;
                 Ok((m.resumed_from, digest))
             }
-            Some(m) if m.attempts == attempt && m.status == StepStatus::Failed => bail!(
-                "in Slurm job {job} (output: {}): {}",
-                output.display(),
-                m.error.unwrap_or_default()
-            ),
-            _ => {
-                // Without its output file the job most likely never saw the run directory.
-                let hint = if output.is_file() {
-                    format!("its output: {}", output.display())
-                } else {
-                    format!(
-                        "it left no output in {}: the run directory must be on a filesystem \
-                         the compute nodes share (`--runs-dir` or `[pipeline] runs_dir`)",
-                        slurm::jobs_dir(&step_dir).display()
-                    )
-                };
-                bail!(
-                    "Slurm job {job} ended ({how}) before the step finished; {hint}. \
-                     Checkpoints are kept: `runner resume {run_path}`"
-                )
+            Some(m) if m.attempts == attempt && m.status == StepStatus::Failed => {
+                bail!("in {who} ({hint}): {}", m.error.unwrap_or_default())
             }
+            _ => bail!(
+                "{who} ended ({how}) before the step finished; {hint}. Checkpoints are kept: \
+                 `runner resume {run_path}`"
+            ),
         }
+    }
+
+    /// Runs step `i` locally with its `[step.resources]` ranks, started by the MPI launcher
+    /// (`mpirun -n W runner exec-step ...`); their output goes to this process's.
+    pub(super) fn run_ranks(
+        &self,
+        i: usize,
+        key: String,
+        inputs: BTreeMap<String, String>,
+        previous: Option<StepManifest>,
+    ) -> anyhow::Result<(Option<u64>, String)> {
+        let step = &self.pipeline().steps[i];
+        let ranks = step.resources.ranks();
+        let manifest = self.begin_attempt(i, key, inputs, previous)?;
+        let settings = &self.pipeline().header.executor;
+        let runner = match &settings.runner {
+            Some(r) => r.clone(),
+            None => std::env::current_exe().context("finding the runner binary")?,
+        };
+        let mut words = settings.mpirun.split_whitespace();
+        let launcher = words.next().unwrap_or("mpirun");
+        let mut cmd = std::process::Command::new(launcher);
+        cmd.args(words)
+            .arg("-n")
+            .arg(ranks.to_string())
+            .arg(&runner)
+            .arg("exec-step")
+            .arg(&self.run().path)
+            .arg(&step.id)
+            .arg(manifest.attempts.to_string());
+        // OpenMPI refuses to start as root unless told (containers, CI); other MPIs ignore it.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+                .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        }
+        tracing::info!("  {} on {ranks} ranks: {launcher} -n {ranks}", step.id);
+        let status = cmd.status().with_context(|| {
+            format!(
+                "starting `{launcher}` for {ranks} ranks (is an MPI launcher such as OpenMPI's installed? `[pipeline.executor] mpirun` names it)"
+            )
+        })?;
+        self.attempt_outcome(
+            i,
+            manifest.attempts,
+            &format!("`{launcher} -n {ranks}`"),
+            &status.to_string(),
+            "its ranks' output is above",
+        )
     }
 }
 
@@ -221,6 +280,29 @@ pub fn exec_step(
     attempt: u32,
     kinds: &[StepKind],
 ) -> anyhow::Result<()> {
+    let session = crate::dist::Session::start()?;
+    let dist = session.dist;
+    let result = exec_rank(run_path, step_id, attempt, kinds, dist);
+    if let Err(e) = &result
+        && dist.world() > 1
+    {
+        // The other ranks may be waiting for this one in a collective: end them all (the
+        // launcher then fails the step) rather than leave them hanging.
+        eprintln!("error: rank {}: {e:#}", dist.rank());
+        session.abort(1);
+    }
+    drop(session);
+    result
+}
+
+/// [`exec_step`] on one rank.
+fn exec_rank(
+    run_path: &Path,
+    step_id: &str,
+    attempt: u32,
+    kinds: &[StepKind],
+    dist: crate::dist::Dist,
+) -> anyhow::Result<()> {
     let run = RunDir::attach(run_path).with_context(|| {
         format!(
             "this job cannot see the run directory {} (it must be on a filesystem shared with the node running the runner)",
@@ -238,14 +320,22 @@ pub fn exec_step(
         .with_context(|| format!("the run has no step `{step_id}`"))?;
     let step_dir = run.step_dir(step_id);
     let lock_path = slurm::jobs_dir(&step_dir).join("step.lock");
+    std::fs::create_dir_all(slurm::jobs_dir(&step_dir))?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
+    if dist.is_root() && lock.try_lock().is_err() {
         bail!("another job is running step `{step_id}` of this run; nothing was done");
+    }
+    let want = p.steps[i].resources.ranks();
+    if dist.world() != want {
+        bail!(
+            "step `{step_id}` asks for {want} ranks ([step.resources]) but was started with {}; nothing was done",
+            dist.world()
+        );
     }
     let m = run
         .read_manifest(step_id)
@@ -291,13 +381,24 @@ pub fn exec_step(
         .resolve(&p, &graph)
         .map_err(|d| anyhow::anyhow!("{d}"))?;
     let ex = Executor::new(&p, &run, &runs_root, graph, scope);
-    tracing::info!(
-        "▶ {step_id} ({}) attempt {attempt} in {}",
-        step.kind(),
-        run.path.display()
-    );
-    ex.run_attempt(i, m)?;
-    tracing::info!("✓ {step_id} done");
+    // No rank starts (and may finish, and rewrite the manifest) before every rank has checked.
+    dist.barrier();
+    if dist.is_root() {
+        let on = if dist.world() > 1 {
+            format!(" on {} ranks", dist.world())
+        } else {
+            String::new()
+        };
+        tracing::info!(
+            "▶ {step_id} ({}) attempt {attempt} in {}{on}",
+            step.kind(),
+            run.path.display()
+        );
+    }
+    ex.run_attempt(i, m, dist)?;
+    if dist.is_root() {
+        tracing::info!("✓ {step_id} done");
+    }
     drop(lock);
     Ok(())
 }

@@ -48,6 +48,21 @@ pub struct ExecutorSettings {
     /// binary running the pipeline.
     #[serde(default)]
     pub runner: Option<PathBuf>,
+    /// How `srun` starts the ranks of a step with more than one (`srun --mpi=...`): the
+    /// PMI plugin your MPI library was built for.
+    #[serde(default = "d_srun_mpi")]
+    pub srun_mpi: String,
+    /// The MPI launcher the local executor starts a step's ranks with (`mpirun -n W ...`).
+    #[serde(default = "d_mpirun")]
+    pub mpirun: String,
+}
+
+fn d_srun_mpi() -> String {
+    "pmix".into()
+}
+
+fn d_mpirun() -> String {
+    "mpirun".into()
 }
 
 fn d_poll_secs() -> f64 {
@@ -64,6 +79,8 @@ impl Default for ExecutorSettings {
             sbatch_args: Vec::new(),
             poll_secs: d_poll_secs(),
             runner: None,
+            srun_mpi: d_srun_mpi(),
+            mpirun: d_mpirun(),
         }
     }
 }
@@ -100,6 +117,15 @@ impl ExecutorSettings {
                     "must be between 0.1 and 3600 seconds (got {})",
                     self.poll_secs
                 ),
+            ));
+        }
+        if let Some(why) = plain_word(&self.srun_mpi) {
+            out.push(("srun_mpi".into(), why));
+        }
+        if self.mpirun.trim().is_empty() {
+            out.push((
+                "mpirun".into(),
+                "must name the MPI launcher, e.g. \"mpirun\"".into(),
             ));
         }
         for (key, value) in [
@@ -140,12 +166,26 @@ impl ExecutorSettings {
     /// Where a step runs, for `runner plan`.
     pub fn describe(&self, resources: &Resources) -> String {
         match self.kind {
+            ExecutorKind::Local if resources.ranks() > 1 => {
+                format!(
+                    "local: {} ranks ({} -n {})",
+                    resources.ranks(),
+                    self.mpirun,
+                    resources.ranks()
+                )
+            }
             ExecutorKind::Local => "local".into(),
             ExecutorKind::Slurm => {
                 let mut parts = vec![format!(
                     "partition {}",
                     self.partition.as_deref().unwrap_or("(default)")
                 )];
+                if resources.ranks() > 1 {
+                    parts.push(format!(
+                        "{} nodes × {} ranks",
+                        resources.nodes, resources.tasks_per_node
+                    ));
+                }
                 if let Some(c) = resources.cpus_per_task {
                     parts.push(format!("{c} cpus"));
                 }
@@ -164,9 +204,17 @@ impl ExecutorSettings {
     }
 }
 
-/// `[step.resources]`: what a step's Slurm job asks for (the local executor ignores it).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[step.resources]`: how many ranks a step runs with, and what its Slurm job asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
+    /// Nodes of the step's job (`--nodes`; Slurm executor).
+    #[serde(default = "d_one")]
+    pub nodes: u32,
+    /// Ranks per node (`--ntasks-per-node`): with `nodes`, how many processes share the step's
+    /// work (data-parallel training; needs a build with the `mpi` feature when above 1).
+    /// Locally the ranks are started with `mpirun`.
+    #[serde(default = "d_one")]
+    pub tasks_per_node: u32,
     /// CPUs for the step's process (`--cpus-per-task`).
     #[serde(default)]
     pub cpus_per_task: Option<u32>,
@@ -181,10 +229,42 @@ pub struct Resources {
     pub time: Option<String>,
 }
 
+fn d_one() -> u32 {
+    1
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            nodes: 1,
+            tasks_per_node: 1,
+            cpus_per_task: None,
+            gpus_per_node: None,
+            mem: None,
+            time: None,
+        }
+    }
+}
+
 impl Resources {
+    /// How many processes run the step.
+    pub fn ranks(&self) -> usize {
+        self.nodes as usize * self.tasks_per_node as usize
+    }
+
     /// Values that decode but cannot work, as (key under `step.<id>.resources`, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        for (key, v) in [
+            ("nodes", self.nodes),
+            ("tasks_per_node", self.tasks_per_node),
+        ] {
+            if v == 0 {
+                out.push((key.into(), "must be at least 1".into()));
+            } else if v > 4096 {
+                out.push((key.into(), format!("{v} is more than 4096")));
+            }
+        }
         if self.cpus_per_task == Some(0) {
             out.push(("cpus_per_task".into(), "must be at least 1".into()));
         }
@@ -289,9 +369,9 @@ pub fn batch_script(spec: &JobSpec) -> String {
         s.push_str(&line);
         s.push('\n');
     };
-    opt("--nodes=1".into());
-    opt("--ntasks-per-node=1".into());
     let r = spec.resources;
+    opt(format!("--nodes={}", r.nodes));
+    opt(format!("--ntasks-per-node={}", r.tasks_per_node));
     if let Some(c) = r.cpus_per_task {
         opt(format!("--cpus-per-task={c}"));
     }
@@ -317,7 +397,7 @@ pub fn batch_script(spec: &JobSpec) -> String {
     s.push_str(&format!(
         "# Step `{step}`, attempt {attempt}: written by the runner.\n\
          jobs={jobs}\n\
-         srun --kill-on-bad-exit=1 {runner} exec-step {run} {step_q} {attempt}\n\
+         srun --kill-on-bad-exit=1{mpi} {runner} exec-step {run} {step_q} {attempt}\n\
          rc=$?\n\
          printf '%s\\n' \"$rc\" > \"$jobs/$SLURM_JOB_ID.exit.tmp\" \\\n  \
          && mv -f \"$jobs/$SLURM_JOB_ID.exit.tmp\" \"$jobs/$SLURM_JOB_ID.exit\"\n\
@@ -328,6 +408,11 @@ pub fn batch_script(spec: &JobSpec) -> String {
         runner = shell_quote(&spec.runner.to_string_lossy()),
         run = shell_quote(&spec.run_dir.to_string_lossy()),
         step_q = shell_quote(spec.step),
+        mpi = if r.ranks() > 1 {
+            format!(" --mpi={}", spec.settings.srun_mpi)
+        } else {
+            String::new()
+        },
     ));
     s
 }
@@ -652,6 +737,8 @@ mod tests {
             ..Default::default()
         };
         let resources = Resources {
+            nodes: 2,
+            tasks_per_node: 4,
             cpus_per_task: Some(8),
             gpus_per_node: Some(1),
             mem: Some("32G".into()),
@@ -674,7 +761,9 @@ mod tests {
             "#SBATCH --mem=32G",
             "#SBATCH --time=4:00:00",
             "#SBATCH --partition=gpu",
-            "srun --kill-on-bad-exit=1 '/opt/runner' exec-step '/shared/runs/p/it'\\''s $HOME' 'stage1' 2",
+            "#SBATCH --nodes=2",
+            "#SBATCH --ntasks-per-node=4",
+            "srun --kill-on-bad-exit=1 --mpi=pmix '/opt/runner' exec-step '/shared/runs/p/it'\\''s $HOME' 'stage1' 2",
         ] {
             assert!(script.contains(line), "{line} not in\n{script}");
         }

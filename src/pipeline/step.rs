@@ -44,6 +44,12 @@ pub trait Step: std::fmt::Debug + Send + Sync {
         true
     }
 
+    /// How many ranks (processes sharing the work, `[step.resources]`) the step can use with
+    /// these settings, and what bounds it (for the message when more are asked for).
+    fn max_ranks(&self) -> (usize, String) {
+        (1, format!("`{}` steps run in one process", self.kind()))
+    }
+
     /// Runs the step, writing its artifacts to `ctx.out_dir`.
     fn run(&self, ctx: &StepContext) -> anyhow::Result<()>;
 }
@@ -132,8 +138,11 @@ pub struct StepContext {
     pub deps: BTreeMap<String, PathBuf>,
     pub seed: u64,
     pub device: Device,
-    /// Weights & Biases logging, when the pipeline enables it.
+    /// Weights & Biases logging, when the pipeline enables it (rank 0 only).
     pub wandb: Option<crate::wandb::WandbRun>,
+    /// This process's rank among the step's ranks (one rank unless `[step.resources]` asks
+    /// for more). Only rank 0 writes artifacts, checkpoints and metrics.
+    pub dist: crate::dist::Dist,
 }
 
 impl StepContext {

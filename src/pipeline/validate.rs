@@ -339,6 +339,30 @@ pub fn validate(raw: RawPipeline, kinds: &[StepKind]) -> Result<Pipeline, Diagno
                     .key(format!("step.{}.resources.{key}", step.id)),
             );
         }
+        let ranks = step.resources.ranks();
+        if ranks > 1 {
+            // The key's line, or the table's when the value comes from a default.
+            let at = |key: &str| map.locate(&kp(&["step", &step.id, "resources", key]));
+            let (max, why) = step.settings.max_ranks();
+            if !crate::dist::available() {
+                diags.push(
+                    Diagnostic::new(
+                        at("tasks_per_node"),
+                        format!("{ranks} ranks need a runner built with MPI"),
+                    )
+                    .key(format!("step.{}.resources", step.id))
+                    .help("build with `--features mpi` (needs an MPI library such as OpenMPI, and libclang), or ask for one rank"),
+                );
+            } else if ranks > max {
+                diags.push(
+                    Diagnostic::new(
+                        at("tasks_per_node"),
+                        format!("{ranks} ranks asked for, but {why}"),
+                    )
+                    .key(format!("step.{}.resources", step.id)),
+                );
+            }
+        }
         for (key, message) in step.settings.problems() {
             let mut path = kp(&["step", &step.id]);
             path.extend(key.split('.').map(String::from));

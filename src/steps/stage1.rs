@@ -72,6 +72,10 @@ impl Step for Stage1Settings {
         self.train.problems()
     }
 
+    fn max_ranks(&self) -> (usize, String) {
+        super::student_out::max_ranks(&self.train)
+    }
+
     fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
         run(self, ctx)
     }

@@ -117,6 +117,10 @@ impl Step for Stage2Settings {
         Stage2Settings::problems(self)
     }
 
+    fn max_ranks(&self) -> (usize, String) {
+        super::student_out::max_ranks(&self.train)
+    }
+
     fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
         run(self, ctx)
     }

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Trains `student` on the `train` split of `data` with the shared loop (checkpoints, resume,
-/// metrics, W&B with `settings` as the run's config).
+/// metrics, W&B with `settings` as the run's config), on the step's ranks.
 pub fn train_student(
     ctx: &StepContext,
     train: &TrainSettings,
@@ -38,6 +38,7 @@ pub fn train_student(
         checkpoints: &ctx.checkpoints,
         step_id: &ctx.id,
         trainable,
+        dist: ctx.dist,
     };
     trainer.run(student, &mut loader, ctx.wandb_sink(settings)?, loss)
 }
@@ -51,6 +52,9 @@ pub fn write_student(
     label: &str,
     eval: Option<(&Transformer, &Path, usize)>,
 ) -> Result<()> {
+    if !ctx.dist.is_root() {
+        return Ok(()); // rank 0 writes the step's artifacts
+    }
     student.save(&ctx.out_dir, SaveDtype::F32)?;
     copy_tokenizer_files(tokenizer_from, &ctx.out_dir)?;
     let metrics = ctx.out_dir.join("metrics.jsonl");
@@ -108,4 +112,16 @@ pub fn write_eval(
         }),
     )?;
     Ok(())
+}
+
+/// How many ranks a training step can share its optimizer steps among: one micro-batch each
+/// at least.
+pub fn max_ranks(train: &TrainSettings) -> (usize, String) {
+    (
+        train.grad_accum.max(1),
+        format!(
+            "train.grad_accum = {} micro-batches per optimizer step are shared among the ranks (at least one each); raise it",
+            train.grad_accum
+        ),
+    )
 }

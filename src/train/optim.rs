@@ -72,6 +72,37 @@ impl NamedGrads {
         }
     }
 
+    /// Sums the gradients over the ranks of `dist` (in place, on every rank). Every rank must
+    /// hold gradients of the same parameters with the same sizes (checked).
+    pub fn sum_over(&mut self, dist: &crate::dist::Dist) -> anyhow::Result<()> {
+        // A fingerprint of the layout (names and sizes), below 2^52 so it survives the f64 sum.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (k, (_, g)) in &self.grads {
+            for b in k.bytes().chain((g.len() as u64).to_le_bytes()) {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        let fingerprint = h >> 12;
+        let all = dist.gather_u64(fingerprint);
+        anyhow::ensure!(
+            all.iter().all(|&f| f == fingerprint),
+            "the ranks computed gradients of different parameters"
+        );
+        let total: usize = self.grads.values().map(|(_, g)| g.len()).sum();
+        let mut flat = Vec::with_capacity(total);
+        for (_, g) in self.grads.values() {
+            flat.extend_from_slice(g);
+        }
+        dist.sum_f32(&mut flat);
+        let mut at = 0;
+        for (_, g) in self.grads.values_mut() {
+            let n = g.len();
+            g.copy_from_slice(&flat[at..at + n]);
+            at += n;
+        }
+        Ok(())
+    }
+
     pub fn all_finite(&self) -> bool {
         self.grads
             .values()

@@ -10,6 +10,7 @@ use super::optim::{
 use super::schedule::LrSchedule;
 use crate::checkpoint::Checkpoints;
 use crate::data::loader::{Batch, Loader, LoaderCursor};
+use crate::dist::Dist;
 use crate::model::safetensors_io::{SafetensorsReader, SaveDtype, write_safetensors};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
@@ -145,6 +146,10 @@ pub struct Trainer<'a> {
     pub step_id: &'a str,
     /// Names of trainable parameters (module paths) to save in checkpoints.
     pub trainable: BTreeSet<String>,
+    /// The ranks sharing each optimizer step's micro-batches (rank `r` of `W` takes micro-batches
+    /// `r, r + W, ...`; every rank reads the whole stream, so the order is one rank's). Rank 0
+    /// writes metrics and checkpoints.
+    pub dist: Dist,
 }
 
 /// `metrics.jsonl` lives beside the checkpoints so it survives a resumed attempt.
@@ -278,7 +283,16 @@ impl Trainer<'_> {
         mut loss_fn: impl FnMut(&M, &Batch) -> Result<LossOutput>,
     ) -> Result<M> {
         let s = self.settings;
+        let dist = self.dist;
+        let root = dist.is_root();
         anyhow::ensure!(s.max_tokens > 0, "train.max_tokens must be positive");
+        anyhow::ensure!(
+            dist.world() <= s.grad_accum.max(1),
+            "{} ranks share train.grad_accum = {} micro-batches per optimizer step: at most {} ranks",
+            dist.world(),
+            s.grad_accum,
+            s.grad_accum
+        );
         let schedule = LrSchedule {
             lr_init: s.lr_init,
             lr_final: s.lr_final,
@@ -297,14 +311,16 @@ impl Trainer<'_> {
             model = m;
             state = st;
             loader.restore(state.cursor);
-            truncate_metrics(&metrics_file, state.step)?;
+            if root {
+                truncate_metrics(&metrics_file, state.step)?;
+            }
             tracing::info!(
                 "{}: resumed from step {} ({} tokens)",
                 self.step_id,
                 state.step,
                 state.tokens
             );
-        } else {
+        } else if root {
             std::fs::create_dir_all(self.checkpoints.dir())?;
             let _ = std::fs::remove_file(&metrics_file);
         }
@@ -313,10 +329,18 @@ impl Trainer<'_> {
         } else {
             u64::MAX
         };
-        let bar = crate::progress::bar(s.max_tokens, self.step_id, "tokens")
-            .recording(self.checkpoints.progress_file());
+        let bar = crate::progress::bar(s.max_tokens, self.step_id, "tokens");
+        let bar = if root {
+            bar.recording(self.checkpoints.progress_file())
+        } else {
+            bar.without_lines()
+        };
         bar.set_position(state.tokens.min(s.max_tokens));
-        let mut metrics = MetricsLog::open(&metrics_file, wandb)?;
+        let mut metrics = if root {
+            Some(MetricsLog::open(&metrics_file, wandb)?)
+        } else {
+            None
+        };
         while state.step < budget_steps && state.tokens < s.max_tokens {
             let t0 = Instant::now();
             let lr = schedule.lr(state.step, state.tokens);
@@ -326,9 +350,12 @@ impl Trainer<'_> {
             let mut loss_sum = 0.0;
             let mut extra: BTreeMap<String, f64> = BTreeMap::new();
             let mut step_tokens = 0;
-            for _ in 0..s.grad_accum.max(1) {
+            for m in 0..s.grad_accum.max(1) {
                 let batch = loader.next_batch();
                 step_tokens += batch.tokens as u64;
+                if m % dist.world() != dist.rank() {
+                    continue; // another rank's micro-batch
+                }
                 let out = loss_fn(&model, &batch)?;
                 let loss = out.loss.clone().into_scalar_f64();
                 if !loss.is_finite() {
@@ -346,6 +373,22 @@ impl Trainer<'_> {
                 let grads = out.loss.backward();
                 acc.accumulate(collect_grads(&model, &grads));
             }
+            if dist.world() > 1 {
+                acc.sum_over(&dist)?;
+                let mut scalars: Vec<f64> = std::iter::once(loss_sum)
+                    .chain(extra.values().copied())
+                    .collect();
+                let counts = dist.gather_u64(scalars.len() as u64);
+                anyhow::ensure!(
+                    counts.iter().all(|&c| c == scalars.len() as u64),
+                    "the ranks report different metrics ({counts:?} values)"
+                );
+                dist.sum_f64(&mut scalars);
+                loss_sum = scalars[0];
+                for (v, sum) in extra.values_mut().zip(&scalars[1..]) {
+                    *v = *sum;
+                }
+            }
             let accum = s.grad_accum.max(1) as f64;
             let norm = acc.global_norm() / accum;
             let update = Update {
@@ -359,6 +402,9 @@ impl Trainer<'_> {
             state.cursor = loader.cursor();
             state.optimizer_step = opt.step;
             let secs = t0.elapsed().as_secs_f64();
+            let Some(metrics) = metrics.as_mut() else {
+                continue; // only rank 0 logs and saves
+            };
             metrics.log(&StepMetrics {
                 step: state.step,
                 tokens: state.tokens,
@@ -378,7 +424,9 @@ impl Trainer<'_> {
             }
         }
         bar.finish_and_clear();
-        metrics.finish()?;
+        if let Some(metrics) = metrics {
+            metrics.finish()?;
+        }
         Ok(model)
     }
 

@@ -110,3 +110,31 @@ pub fn manifest(step_dir: &Path) -> serde_json::Value {
         std::fs::read_to_string(step_dir.join("manifest.json")).unwrap_or_else(|_| "null".into());
     serde_json::from_str(&text).unwrap()
 }
+
+/// Where a running Slurm accepts jobs from this machine: `SLURM_CONF`, else the configuration
+/// `scripts/local-slurm.sh start` wrote. An error (the reason) when there is none.
+pub fn slurm_conf() -> Result<PathBuf, String> {
+    let conf = match std::env::var_os("SLURM_CONF") {
+        Some(c) => PathBuf::from(c),
+        None => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/local-slurm.sh");
+            let out = std::process::Command::new(script)
+                .arg("conf")
+                .output()
+                .map_err(|e| format!("scripts/local-slurm.sh: {e}"))?;
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+    };
+    let sinfo = std::process::Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .env("SLURM_CONF", &conf)
+        .output();
+    match sinfo {
+        Err(e) => Err(format!("Slurm's client is not installed (sinfo: {e})")),
+        Ok(o) if !o.status.success() => Err(format!(
+            "no Slurm controller answers ({}); start one with `sudo scripts/local-slurm.sh start`",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Ok(_) => Ok(conf),
+    }
+}
