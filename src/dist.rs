@@ -41,37 +41,32 @@ impl Dist {
     }
 
     /// Sums `buf` element-wise over the ranks, in place, on every rank.
-    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
     pub fn sum_f32(&self, buf: &mut [f32]) {
-        if self.world == 1 {
-            return;
-        }
-        #[cfg(feature = "mpi")]
-        {
-            use mpi::collective::{CommunicatorCollectives, SystemOperation};
-            let comm = mpi::topology::SimpleCommunicator::world();
-            for chunk in buf.chunks_mut(CHUNK) {
-                let send = chunk.to_vec();
-                comm.all_reduce_into(&send[..], chunk, SystemOperation::sum());
-            }
-        }
+        self.sum(buf)
     }
 
     /// Sums `buf` element-wise over the ranks, in place, on every rank.
-    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
     pub fn sum_f64(&self, buf: &mut [f64]) {
+        self.sum(buf)
+    }
+
+    #[cfg(feature = "mpi")]
+    fn sum<T: mpi::datatype::Equivalence + Copy>(&self, buf: &mut [T]) {
+        use mpi::collective::{CommunicatorCollectives, SystemOperation};
         if self.world == 1 {
             return;
         }
-        #[cfg(feature = "mpi")]
-        {
-            use mpi::collective::{CommunicatorCollectives, SystemOperation};
-            let comm = mpi::topology::SimpleCommunicator::world();
-            for chunk in buf.chunks_mut(CHUNK) {
-                let send = chunk.to_vec();
-                comm.all_reduce_into(&send[..], chunk, SystemOperation::sum());
-            }
+        let comm = mpi::topology::SimpleCommunicator::world();
+        for chunk in buf.chunks_mut(CHUNK) {
+            let send = chunk.to_vec();
+            comm.all_reduce_into(&send[..], chunk, SystemOperation::sum());
         }
+    }
+
+    /// Without MPI there is one rank: nothing to sum.
+    #[cfg(not(feature = "mpi"))]
+    fn sum<T>(&self, _buf: &mut [T]) {
+        debug_assert_eq!(self.world, 1);
     }
 
     /// Waits until every rank is here.

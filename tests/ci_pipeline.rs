@@ -99,6 +99,23 @@ fn tolerance(key: &str, want: f64) -> f64 {
     }
 }
 
+/// Every number of `report` is within its tolerance of `tests/data/ci_expected.json` (the
+/// local executor's flex-backend numbers); `what` made the report.
+fn check_expected(report: &Value, what: &str) {
+    let got = numbers(report);
+    let expected_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ci_expected.json");
+    let expected: serde_json::Map<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (k, v) in &got {
+        let want = expected[k].as_f64().unwrap();
+        assert!(
+            (v - want).abs() <= tolerance(k, want),
+            "{k}: {what} {v} vs expected {want}"
+        );
+    }
+}
+
 /// Runs the runner to success; returns its stdout and stderr.
 fn ok(c: &mut std::process::Command) -> (String, String) {
     let o = c.output().expect("runner starts");
@@ -301,18 +318,7 @@ fn ci_pipeline_on_libtorch_matches_the_flex_numbers() {
             "--quiet",
         ],
     ));
-    let got = numbers(&report(&run_dir(&runs)));
-    let expected_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ci_expected.json");
-    let expected: serde_json::Map<String, Value> =
-        serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
-    assert_eq!(got.len(), expected.len());
-    for (k, v) in &got {
-        let want = expected[k].as_f64().unwrap();
-        assert!(
-            (v - want).abs() <= tolerance(k, want),
-            "{k}: LibTorch {v} vs flex {want}"
-        );
-    }
+    check_expected(&report(&run_dir(&runs)), "LibTorch");
 }
 
 /// `pipelines/ci.toml` with `executor.kind = "slurm"` on a real (local) Slurm: every step runs
@@ -422,16 +428,5 @@ fn ci_pipeline_on_slurm_survives_scancel_and_matches_the_local_numbers() {
                 .unwrap_or_else(|e| panic!("{step}: job {job} left no exit status: {e}"));
         assert_eq!(exit.trim(), "0", "{step}");
     }
-    let got = numbers(&report(&run));
-    let expected_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ci_expected.json");
-    let expected: serde_json::Map<String, Value> =
-        serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
-    assert_eq!(got.len(), expected.len());
-    for (k, v) in &got {
-        let want = expected[k].as_f64().unwrap();
-        assert!(
-            (v - want).abs() <= tolerance(k, want),
-            "{k}: Slurm {v} vs local {want}"
-        );
-    }
+    check_expected(&report(&run), "the Slurm executor");
 }

@@ -25,6 +25,16 @@ const BATCH: &[&str] = &[
     "step.stage2.train.micro_batch=1",
 ];
 
+/// Returns from the test, saying why, when the runner cannot start several ranks here.
+macro_rules! skip_without_mpi {
+    () => {
+        if let Some(why) = why_skip() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
 fn why_skip() -> Option<String> {
     if !cfg!(feature = "mpi") {
         return Some("the runner is built without `--features mpi`".into());
@@ -45,9 +55,8 @@ fn pipeline() -> String {
         .into_owned()
 }
 
-/// `runner run pipelines/ci.toml --until stage2` with `extra` settings in `runs`; returns the
-/// run directory.
-fn run_until_stage2(p: &Project, runs: &Path, extra: &[&str], env: &[(&str, &Path)]) -> PathBuf {
+/// `runner run pipelines/ci.toml --until stage2 --quiet` in `runs`, with [`BATCH`] and `extra`.
+fn until_stage2(p: &Project, runs: &Path, extra: &[&str]) -> std::process::Command {
     let pipe = pipeline();
     let mut args = vec![
         "run",
@@ -62,6 +71,12 @@ fn run_until_stage2(p: &Project, runs: &Path, extra: &[&str], env: &[(&str, &Pat
     args.extend_from_slice(extra);
     let mut c = p.cmd(&args);
     c.env("RUNNER_PYTHON", python());
+    c
+}
+
+/// Runs [`until_stage2`] to success, with `env`; returns the run directory.
+fn run_until_stage2(p: &Project, runs: &Path, extra: &[&str], env: &[(&str, &Path)]) -> PathBuf {
+    let mut c = until_stage2(p, runs, extra);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -88,7 +103,7 @@ fn metrics(run: &Path, step: &str) -> Vec<Value> {
 }
 
 /// The first `n` steps agree within `tol` relative (loss, gradient norm) and exactly (tokens);
-/// returns the mean tokens/s of both.
+/// returns the mean tokens/s of both (0 for steps that do not count tokens).
 fn compare(one: &[Value], two: &[Value], n: usize, tol: f64, what: &str) -> (f64, f64) {
     assert!(one.len() >= n && two.len() >= n, "{what}: too few steps");
     for (a, b) in one.iter().zip(two).take(n) {
@@ -105,7 +120,7 @@ fn compare(one: &[Value], two: &[Value], n: usize, tol: f64, what: &str) -> (f64
     }
     let rate = |m: &[Value]| {
         m.iter()
-            .map(|v| v["tokens_per_s"].as_f64().unwrap())
+            .map(|v| v["tokens_per_s"].as_f64().unwrap_or(0.0))
             .sum::<f64>()
             / m.len() as f64
     };
@@ -114,10 +129,7 @@ fn compare(one: &[Value], two: &[Value], n: usize, tol: f64, what: &str) -> (f64
 
 #[test]
 fn two_ranks_with_mpirun_train_like_one() {
-    if let Some(why) = why_skip() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_without_mpi!();
     let p = Project::new();
     let one = run_until_stage2(&p, &p.path().join("one"), &[], &[]);
     let two = run_until_stage2(
@@ -141,10 +153,7 @@ fn two_ranks_with_mpirun_train_like_one() {
 
 #[test]
 fn two_ranks_under_slurm_train_like_one() {
-    if let Some(why) = why_skip() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_without_mpi!();
     let conf = match common::slurm_conf() {
         Ok(c) => c,
         Err(why) => {
@@ -205,10 +214,7 @@ fn rank_pid(run: &Path, rank: usize) -> Option<i32> {
 
 #[test]
 fn killing_a_rank_fails_the_step_and_resume_continues_on_other_ranks() {
-    if let Some(why) = why_skip() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_without_mpi!();
     let p = Project::new();
     let longer = [
         "--set",
@@ -217,21 +223,9 @@ fn killing_a_rank_fails_the_step_and_resume_continues_on_other_ranks() {
         "step.stage2.train.checkpoint_every=2",
     ];
     let runs = p.path().join("runs");
-    let pipe = pipeline();
-    let mut args = vec![
-        "run",
-        pipe.as_str(),
-        "--until",
-        "stage2",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--quiet",
-        "--set",
-        "step.stage2.resources.tasks_per_node=2",
-    ];
-    args.extend_from_slice(BATCH);
+    let mut args = vec!["--set", "step.stage2.resources.tasks_per_node=2"];
     args.extend_from_slice(&longer);
-    let mut child = p.cmd(&args).env("RUNNER_PYTHON", python()).spawn().unwrap();
+    let mut child = until_stage2(&p, &runs, &args).spawn().unwrap();
     let latest = || {
         std::fs::read_dir(runs.join("ci"))
             .ok()
@@ -292,4 +286,67 @@ fn killing_a_rank_fails_the_step_and_resume_continues_on_other_ranks() {
     assert_eq!(a.len(), b.len(), "every step once");
     compare(&a, &b, 2, 1e-5, "stage2 resumed");
     compare(&a, &b, a.len(), 1e-3, "stage2 resumed");
+}
+
+/// GRPO on 2 ranks: each rank samples, scores and trains on its share of the prompts; the first
+/// step's rollouts are the same completions (each prompt has its own sampling stream), so its
+/// rewards are equal and its loss and gradient norm agree within 1e-5.
+#[test]
+fn grpo_on_two_ranks_samples_and_learns_like_one() {
+    skip_without_mpi!();
+    let p = Project::new();
+    let pipe = pipeline();
+    let runs = p.path().join("runs");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            pipe.as_str(),
+            "--until",
+            "grpo",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = p
+            .cmd(&args)
+            .env("RUNNER_PYTHON", python())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        let mut v: Vec<PathBuf> = std::fs::read_dir(runs.join("ci"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        (v.pop().unwrap(), stderr)
+    };
+    let (one, _) = run(&[]);
+    // The same run directory's cache gives the steps before GRPO; GRPO itself runs again.
+    let (two, log) = run(&[
+        "--force",
+        "grpo",
+        "--set",
+        "step.grpo.resources.tasks_per_node=2",
+    ]);
+    assert_ne!(one, two);
+    assert!(
+        log.contains("grpo (grpo) attempt 1") && log.contains("on 2 ranks"),
+        "{log}"
+    );
+    let (a, b) = (metrics(&one, "grpo"), metrics(&two, "grpo"));
+    assert_eq!(a.len(), b.len());
+    for k in [
+        "reward",
+        "accuracy",
+        "completion_tokens",
+        "truncated_fraction",
+    ] {
+        assert_eq!(a[0][k], b[0][k], "step 1 {k}");
+    }
+    compare(&a, &b, 1, 1e-5, "grpo");
+    let rollouts = |r: &Path| std::fs::read_to_string(r.join("grpo/out/rollouts.jsonl")).unwrap();
+    let first = |t: String| t.lines().next().unwrap().to_string();
+    assert_eq!(first(rollouts(&one)), first(rollouts(&two)));
 }

@@ -241,12 +241,13 @@ pub fn plan_cmd(
             ),
             PlanEntry::NotSelected => ("skip", "not selected".to_string()),
         };
+        // Where it runs, when that is not simply here.
+        let step = &p.steps[p.step_index(id).expect("planned steps exist")];
         let place = match p.header.executor.kind {
-            crate::pipeline::slurm::ExecutorKind::Local => String::new(),
-            _ => {
-                let step = &p.steps[p.step_index(id).expect("planned steps exist")];
-                format!("  [{}]", p.header.executor.describe(&step.resources))
+            crate::pipeline::slurm::ExecutorKind::Local if step.resources.ranks() == 1 => {
+                String::new()
             }
+            _ => format!("  [{}]", p.header.executor.describe(&step.resources)),
         };
         println!("{id:<width$}  {what:<6}  {why}{place}");
     }

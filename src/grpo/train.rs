@@ -3,15 +3,17 @@
 //! state), scores them, normalises advantages within each group, takes log-probabilities of
 //! the rollout policy and of the frozen reference (the student at the start of the step), and
 //! makes `updates_per_batch` updates of the clipped surrogate with the k3 KL penalty (SPEC §6).
-//! Rollouts are seeded by (seed, step), so a resumed run repeats them exactly. Writes the
-//! student directory, `metrics.jsonl`, `rollouts.jsonl`, `reward.svg` and `eval.json`
-//! (held-out accuracy before and after).
+//! Rollouts are seeded by (seed, step, prompt), so a resumed run repeats them exactly, on any
+//! number of ranks (rank `r` of `W` takes prompts `r, r + W, ...`; gradients and metrics are
+//! summed over the ranks). Writes the student directory, `metrics.jsonl`, `rollouts.jsonl`,
+//! `reward.svg` and `eval.json` (held-out accuracy before and after).
 
 use super::objective::{Surrogate, group_advantages, surrogate_loss, token_logprobs};
 use super::problems::{Accuracy, load_problems};
 use super::rollout::{Completion, sample_completions};
 use super::settings::GrpoPaths;
 use crate::checkpoint::Checkpoints;
+use crate::dist::Dist;
 use crate::evaluate::math::MathEval;
 use crate::generate::{Sampler, SamplingConfig};
 use crate::model::hybrid::Hybrid;
@@ -76,6 +78,9 @@ pub struct RunIo<'a> {
     pub wandb: Option<WandbSink>,
     /// The tensor device (without autodiff).
     pub device: Device,
+    /// The ranks sharing each step's prompts (rank `r` of `W` samples, scores and trains on
+    /// prompts `r, r + W, ...`); rank 0 writes logs, checkpoints and artifacts.
+    pub dist: Dist,
 }
 
 /// Counters saved in each checkpoint.
@@ -201,6 +206,12 @@ fn rollout_seed(seed: u64, step: u64) -> u64 {
     seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The sampling seed of prompt `j` of a step: each group draws from its own stream, so the
+/// rollouts are the same whichever rank samples them.
+fn group_seed(seed: u64, step: u64, j: usize) -> u64 {
+    rollout_seed(seed, step) ^ (j as u64 + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+}
+
 /// Trains the student at `s.student` with GRPO, writing the trained student and its reports to
 /// `io.out_dir` (see the module documentation).
 pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
@@ -211,7 +222,9 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         out_dir,
         wandb,
         device: inner,
+        dist,
     } = io;
+    let root = dist.is_root();
     if let Some((k, m)) = s.problems_found().into_iter().next() {
         bail!("{k}: {m}");
     }
@@ -253,11 +266,13 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         state = st;
         opt.step = state.optimizer_step;
         tracing::info!("{}: resumed from step {}", id, state.step);
-    } else {
+    } else if root {
         let _ = std::fs::remove_file(&before_path);
     }
-    truncate_metrics(&metrics_path, state.step)?;
-    truncate_metrics(&rollouts_path, state.step)?;
+    if root {
+        truncate_metrics(&metrics_path, state.step)?;
+        truncate_metrics(&rollouts_path, state.step)?;
+    }
 
     let held_out = MathEval {
         problems: &test,
@@ -265,7 +280,7 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         max_new_tokens: s.eval_max_new_tokens,
         tolerance: s.rewards.tolerance,
     };
-    let before: Option<Accuracy> = if test.is_empty() {
+    let before: Option<Accuracy> = if test.is_empty() || !root {
         None
     } else if let Some(b) = crate::util::fsx::read_json::<serde_json::Value>(&before_path)? {
         Some(serde_json::from_value(b).context("accuracy_before.json")?)
@@ -275,16 +290,26 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         Some(acc)
     };
 
-    let mut metrics = MetricsLog::open(&metrics_path, wandb)?;
-    let mut rollouts_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&rollouts_path)?;
+    // Rank 0's logs.
+    let mut logs = if root {
+        let rollouts = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&rollouts_path)?;
+        Some((MetricsLog::open(&metrics_path, wandb)?, rollouts))
+    } else {
+        None
+    };
     let surrogate = Surrogate {
         epsilon: s.epsilon,
         beta: s.beta,
     };
-    let bar = crate::progress::bar(s.steps, id, "steps").recording(checkpoints.progress_file());
+    let bar = crate::progress::bar(s.steps, id, "steps");
+    let bar = if root {
+        bar.recording(checkpoints.progress_file())
+    } else {
+        bar.without_lines()
+    };
     bar.set_position(state.step);
     while state.step < s.steps {
         let t0 = Instant::now();
@@ -295,19 +320,20 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         };
         // Rollouts with the current policy.
         let policy = student.clone().valid();
-        let mut sampler = Sampler::new(SamplingConfig {
-            temperature: s.temperature as f32,
-            seed: rollout_seed(seed, state.step),
-            ..Default::default()
-        });
         let mut groups = Vec::new();
         let mut rewards_all = Vec::new();
         let mut components: BTreeMap<&'static str, f64> = BTreeMap::new();
         let (mut correct, mut truncated, mut completion_tokens) = (0usize, 0usize, 0usize);
-        for (j, &pi) in step_problems(state.step, s.prompts_per_step, train.len(), seed)
-            .iter()
-            .enumerate()
-        {
+        let step_problems = step_problems(state.step, s.prompts_per_step, train.len(), seed);
+        for (j, &pi) in step_problems.iter().enumerate() {
+            if j % dist.world() != dist.rank() {
+                continue; // another rank's prompt
+            }
+            let mut sampler = Sampler::new(SamplingConfig {
+                temperature: s.temperature as f32,
+                seed: group_seed(seed, state.step, j),
+                ..Default::default()
+            });
             let problem = &train[pi];
             let prompt = s.prompt.tokens(&tokenizer, &problem.question)?;
             let completions = sample_completions(
@@ -329,7 +355,7 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
                 completion_tokens += c.ids.len();
                 rewards.push(r.total);
             }
-            if j == 0 {
+            if let (0, Some((_, rollouts_log))) = (j, logs.as_mut()) {
                 let line = serde_json::json!({
                     "step": state.step + 1, "question": problem.question, "answer": problem.answer,
                     "completions": completions.iter().zip(&rewards).map(|(c, r)| serde_json::json!({"text": c.text, "reward": r})).collect::<Vec<_>>(),
@@ -341,7 +367,8 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
             groups.push(GroupBatch::new(&prompt, &completions, adv, pad));
         }
         let rollout_secs = t0.elapsed().as_secs_f64();
-        let n_completions = rewards_all.len();
+        // Every rank's completions (the surrogate is a mean over all of them).
+        let n_completions = step_problems.len() * s.group_size;
 
         // Log-probabilities of the rollout policy and of the reference, without gradients.
         let lp = |g: &GroupBatch, model: &Hybrid| {
@@ -402,6 +429,9 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
                     acc.accumulate(collect_grads(&student, &grads));
                 }
             }
+            if dist.world() > 1 {
+                acc.sum_over(&dist)?;
+            }
             let norm = acc.global_norm();
             norm_sum += norm;
             let update = Update {
@@ -440,6 +470,38 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
             }
         }
         drop(after);
+        let mut reward_sum = rewards_all.iter().sum::<f64>();
+        if dist.world() > 1 {
+            // This rank's sums, summed over the ranks.
+            let mut v: Vec<f64> = vec![
+                reward_sum,
+                correct as f64,
+                truncated as f64,
+                completion_tokens as f64,
+                loss_sum,
+                kl_sum,
+                clipped,
+                tokens,
+                above.0,
+                above.1,
+                below.0,
+                below.1,
+            ];
+            v.extend(components.values());
+            let counts = dist.gather_u64(v.len() as u64);
+            anyhow::ensure!(
+                counts.iter().all(|&c| c == v.len() as u64),
+                "the ranks report different reward components ({counts:?} values)"
+            );
+            dist.sum_f64(&mut v);
+            reward_sum = v[0];
+            (correct, truncated, completion_tokens) = (v[1] as usize, v[2] as usize, v[3] as usize);
+            (loss_sum, kl_sum, clipped, tokens) = (v[4], v[5], v[6], v[7]);
+            (above, below) = ((v[8], v[9]), (v[10], v[11]));
+            for (c, sum) in components.values_mut().zip(&v[12..]) {
+                *c = *sum;
+            }
+        }
         let mean = |(sum, n): (f64, f64)| (n > 0.0).then(|| sum / n);
         state.step += 1;
         state.optimizer_step = opt.step;
@@ -448,7 +510,7 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         let line = GrpoMetrics {
             step: state.step,
             lr,
-            reward: rewards_all.iter().sum::<f64>() / n,
+            reward: reward_sum / n,
             accuracy: correct as f64 / n,
             loss: loss_sum / mu,
             kl: kl_sum / (mu * n),
@@ -466,6 +528,9 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
                 .map(|(k, v)| (format!("reward_{k}"), v / n))
                 .collect(),
         };
+        let Some((metrics, rollouts_log)) = logs.as_mut() else {
+            continue; // only rank 0 logs and saves
+        };
         rollouts_log.flush()?;
         metrics.log(&line)?;
         bar.set_message(format!("reward {:.3}", line.reward));
@@ -475,6 +540,9 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    let Some((metrics, _)) = logs else {
+        return Ok(()); // rank 0 writes the artifacts
+    };
     metrics.finish()?;
 
     // Artifacts.

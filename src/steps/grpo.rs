@@ -31,6 +31,16 @@ impl Step for GrpoSettings {
         self.problems_found()
     }
 
+    fn max_ranks(&self) -> (usize, String) {
+        (
+            self.prompts_per_step.max(1),
+            format!(
+                "prompts_per_step = {} prompts per step are shared among the ranks (at least one each); raise it",
+                self.prompts_per_step
+            ),
+        )
+    }
+
     fn run(&self, ctx: &StepContext) -> Result<()> {
         let paths = self.map_paths(|r| r.resolve(ctx))?;
         let io = RunIo {
@@ -40,6 +50,7 @@ impl Step for GrpoSettings {
             out_dir: &ctx.out_dir,
             wandb: ctx.wandb_sink(serde_json::to_value(self)?)?,
             device: ctx.tensor_device()?,
+            dist: ctx.dist,
         };
         train(&paths, io)
     }
