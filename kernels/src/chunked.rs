@@ -88,10 +88,12 @@ fn axpy<const N: usize>(y: &mut [f32; N], s: f32, x: &[f32; N]) {
     }
 }
 
+#[inline(always)]
 fn tok_offset<const N: usize>(d: Dims, b: usize, t: usize, h: usize) -> usize {
     ((b * d.seq + t) * d.heads + h) * N
 }
 
+#[inline(always)]
 fn load_chunk<const N: usize>(
     d: Dims,
     x: &Inputs,
@@ -150,6 +152,7 @@ fn load_chunk<const N: usize>(
 }
 
 /// `out[t][s] = x_t · y_s` for `s < t` (`strict`) or `s ≤ t`.
+#[inline(always)]
 fn lower_products<const N: usize>(x: &[f32], y: &[f32], len: usize, strict: bool) -> Vec<f32> {
     let mut out = vec![0.0f32; len * len];
     for t in 0..len {
@@ -162,6 +165,7 @@ fn lower_products<const N: usize>(x: &[f32], y: &[f32], len: usize, strict: bool
 }
 
 /// `out[t][i] = Σ_j S[i][j] x[t][j]` (rows of `x` through `Sᵀ`).
+#[inline(always)]
 fn through_state<const N: usize>(s: &[f32], x: &[f32], len: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; len * N];
     for t in 0..len {
@@ -175,6 +179,7 @@ fn through_state<const N: usize>(s: &[f32], x: &[f32], len: usize) -> Vec<f32> {
 }
 
 /// The chunk's `U` (the `S_{t−1} α_t` of each token) from the starting state `s`.
+#[inline(always)]
 fn solve_u<const N: usize>(c: &ChunkData<N>, s: &[f32], mab: &[f32], mak: &[f32]) -> Vec<f32> {
     let len = c.len;
     let mut u = through_state::<N>(s, &c.a, len);
@@ -191,6 +196,7 @@ fn solve_u<const N: usize>(c: &ChunkData<N>, s: &[f32], mab: &[f32], mak: &[f32]
 
 /// `S ← (S + Uᵀ B + Vᵀ K) diag(g)` (or without the decay when `g` is `None`: the `Z` of the
 /// backward).
+#[inline(always)]
 fn state_update<const N: usize>(c: &ChunkData<N>, s: &mut [f32], u: &[f32], decay: bool) {
     for i in 0..N {
         let si = row_mut::<N>(s, i);
@@ -216,6 +222,7 @@ struct Products {
     u: Vec<f32>,
 }
 
+#[inline(always)]
 fn products<const N: usize>(c: &ChunkData<N>, s: &[f32]) -> Products {
     let len = c.len;
     let mab = lower_products::<N>(&c.a, &c.b, len, true);
@@ -230,6 +237,7 @@ fn products<const N: usize>(c: &ChunkData<N>, s: &[f32]) -> Products {
     }
 }
 
+#[inline(always)]
 fn forward_chunk<const N: usize>(c: &ChunkData<N>, s: &mut [f32], ys: &mut [f32]) {
     let len = c.len;
     let Products { p, q, u, .. } = products::<N>(c, s);
@@ -260,20 +268,60 @@ fn forward_n<const N: usize>(
     s0: &[f32],
     save: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    crate::cpu::forward_heads::<N>(d, s0, save, |b, h, s, mut sv, ys| {
-        for (ci, t0) in (0..d.seq).step_by(CHUNK).enumerate() {
-            if let Some(sv) = sv.as_deref_mut() {
-                sv[ci * N * N..(ci + 1) * N * N].copy_from_slice(s);
-            }
-            let len = CHUNK.min(d.seq - t0);
-            let c = load_chunk::<N>(d, &x, b, h, t0, len);
-            forward_chunk::<N>(&c, s, &mut ys[t0 * N..(t0 + len) * N]);
-        }
-        if let Some(sv) = sv {
-            let last = d.n_saved() - 1;
-            sv[last * N * N..(last + 1) * N * N].copy_from_slice(s);
-        }
+    crate::cpu::forward_heads::<N>(d, s0, save, |b, h, s, sv, ys| {
+        head_forward_simd::<N>(d, &x, b, h, s, sv, ys)
     })
+}
+
+crate::cpu::simd_kernel!(
+    /// [`head_forward`] for the best instruction set.
+    head_forward_simd => head_forward(
+        d: Dims,
+        x: &Inputs,
+        b: usize,
+        h: usize,
+        s: &mut [f32],
+        sv: Option<&mut [f32]>,
+        ys: &mut [f32],
+    )
+);
+
+crate::cpu::simd_kernel!(
+    /// [`head_backward`] for the best instruction set.
+    head_backward_simd => head_backward(
+        d: Dims,
+        x: &Inputs,
+        b: usize,
+        h: usize,
+        saved: &[f32],
+        dy_all: &[f32],
+        ds: &mut [f32],
+    ) -> HeadGrads
+);
+
+/// Forward over one (batch, head), chunk by chunk.
+#[inline(always)]
+fn head_forward<const N: usize>(
+    d: Dims,
+    x: &Inputs,
+    b: usize,
+    h: usize,
+    s: &mut [f32],
+    mut sv: Option<&mut [f32]>,
+    ys: &mut [f32],
+) {
+    for (ci, t0) in (0..d.seq).step_by(CHUNK).enumerate() {
+        if let Some(sv) = sv.as_deref_mut() {
+            sv[ci * N * N..(ci + 1) * N * N].copy_from_slice(s);
+        }
+        let len = CHUNK.min(d.seq - t0);
+        let c = load_chunk::<N>(d, x, b, h, t0, len);
+        forward_chunk::<N>(&c, s, &mut ys[t0 * N..(t0 + len) * N]);
+    }
+    if let Some(sv) = sv {
+        let last = d.n_saved() - 1;
+        sv[last * N * N..(last + 1) * N * N].copy_from_slice(s);
+    }
 }
 
 /// Backward pass; the same contract as [`crate::cpu::backward`], with `saved` from this
@@ -290,7 +338,7 @@ fn backward_n<const N: usize>(
     ds_final: &[f32],
 ) -> Grads {
     crate::cpu::backward_heads::<N>(d, saved, ds_final, |b, h, sv, ds| {
-        head_backward::<N>(d, &x, b, h, sv, dy, ds)
+        head_backward_simd::<N>(d, &x, b, h, sv, dy, ds)
     })
 }
 
@@ -328,6 +376,7 @@ fn head_backward<const N: usize>(
 
 /// One chunk's backward: `ds` holds dL/dS' on entry and dL/dS (the chunk's starting state) on
 /// exit; returns the chunk's token gradients (r, w, k, v, α, β).
+#[inline(always)]
 fn chunk_backward<const N: usize>(
     c: &ChunkData<N>,
     s: &[f32],

@@ -125,31 +125,92 @@ macro_rules! dispatch_n {
 }
 pub(crate) use dispatch_n;
 
-/// Runs `f` compiled for the best instruction set this CPU has.
-#[inline(always)]
-pub(crate) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+/// The best instruction set of this CPU the kernels are compiled for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum SimdLevel {
+    Avx512,
+    Avx2Fma,
+    /// The target's baseline (SSE2 on x86-64).
+    Base,
+}
+
+pub(crate) fn simd_level() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the enabled features (checked just above).
-            return unsafe { avx512(f) };
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            return SimdLevel::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            // SAFETY: as above.
-            return unsafe { avx2(f) };
+            return SimdLevel::Avx2Fma;
         }
     }
-    f()
+    SimdLevel::Base
 }
+
+/// Defines `$name::<N>`, which runs the `#[inline(always)]` kernel `$kernel::<N>` compiled
+/// for the best instruction set this CPU has: the kernel (and the `#[inline(always)]` helpers
+/// it calls) is inlined into functions built with those features. A closure called through
+/// such a function is not compiled with them — it keeps the baseline (measured: SSE `mulps`
+/// where AVX2 was meant) — so the kernels are named functions, wrapped here. The arithmetic is
+/// the same in every build (no reassociation, no fused multiply-adds): results are identical.
+macro_rules! simd_kernel {
+    ($(#[$doc:meta])* $name:ident => $kernel:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name<const N: usize>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512<const N: usize>($($arg: $ty),*) $(-> $ret)? {
+                    $kernel::<N>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<const N: usize>($($arg: $ty),*) $(-> $ret)? {
+                    $kernel::<N>($($arg),*)
+                }
+                match $crate::cpu::simd_level() {
+                    // SAFETY: the CPU has the enabled features (simd_level checked them).
+                    $crate::cpu::SimdLevel::Avx512 => return unsafe { avx512::<N>($($arg),*) },
+                    $crate::cpu::SimdLevel::Avx2Fma => return unsafe { avx2::<N>($($arg),*) },
+                    $crate::cpu::SimdLevel::Base => {}
+                }
+            }
+            $kernel::<N>($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_kernel;
+
+simd_kernel!(
+    /// [`head_forward`] for the best instruction set.
+    head_forward_simd => head_forward(
+        d: Dims,
+        x: &Inputs,
+        b: usize,
+        h: usize,
+        s: &mut [f32],
+        saved: Option<&mut [f32]>,
+        ys: &mut [f32],
+    )
+);
+
+simd_kernel!(
+    /// [`head_backward`] for the best instruction set.
+    head_backward_simd => head_backward(
+        d: Dims,
+        x: &Inputs,
+        b: usize,
+        h: usize,
+        saved: &[f32],
+        dy_all: &[f32],
+        ds: &mut [f32],
+    ) -> HeadGrads
+);
 
 /// Forward pass. Returns `y` `[B,T,H,N]`, the final state `[B,H,N,N]`, and, when `save` is set,
 /// the states saved for backward `[B,H,n_saved,N,N]` (key-major, internal to this module).
@@ -166,7 +227,7 @@ fn forward_n<const N: usize>(
     save: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     forward_heads::<N>(d, s0, save, |b, h, s, sv, ys| {
-        head_forward::<N>(d, &x, b, h, s, sv, ys)
+        head_forward_simd::<N>(d, &x, b, h, s, sv, ys)
     })
 }
 
@@ -204,7 +265,7 @@ pub(crate) fn forward_heads<const N: usize>(
         .enumerate()
         .map(|(bh, (s, sv))| {
             let mut ys = vec![0.0f32; d.seq * N];
-            with_simd(|| head(bh / hs, bh % hs, s, sv, &mut ys));
+            head(bh / hs, bh % hs, s, sv, &mut ys);
             ys
         })
         .collect();
@@ -377,7 +438,7 @@ fn backward_n<const N: usize>(
     ds_final: &[f32],
 ) -> Grads {
     backward_heads::<N>(d, saved, ds_final, |b, h, sv, ds| {
-        head_backward::<N>(d, &x, b, h, sv, dy, ds)
+        head_backward_simd::<N>(d, &x, b, h, sv, dy, ds)
     })
 }
 
@@ -402,7 +463,7 @@ pub(crate) fn backward_heads<const N: usize>(
         .enumerate()
         .map(|(bh, ds)| {
             let sv = &saved[bh * per_saved..(bh + 1) * per_saved];
-            with_simd(|| head(bh / hs, bh % hs, sv, ds))
+            head(bh / hs, bh % hs, sv, ds)
         })
         .collect();
     let z = || vec![0.0f32; d.seq_len()];

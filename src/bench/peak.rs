@@ -1,18 +1,19 @@
 //! The machine's f32 arithmetic peak, measured rather than assumed: every thread runs
-//! independent chains of fused multiply-adds on registers (12 vectors of 16 lanes, compiled
-//! for AVX-512 or AVX2 when the CPU has them), and the best of three runs is the peak in
-//! GFLOP/s (2 FLOP per FMA). Benchmarks report their GFLOP/s as a fraction of it.
+//! independent chains of fused multiply-adds on registers (12 vectors of the widest width the
+//! CPU has: 16 lanes with AVX-512, 8 with AVX2, so all chains fit in the register file — 24
+//! AVX2 chains do not, and spill), and the best of three runs is the peak in GFLOP/s (2 FLOP
+//! per FMA). Benchmarks report their GFLOP/s as a fraction of it.
 
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Instant;
 
 const CHAINS: usize = 12;
-const LANES: usize = 16;
 
+/// `CHAINS` chains of `L` lanes; returns their sum (so nothing is optimised away).
 #[inline(always)]
-fn chains(iters: usize, seed: f32) -> f32 {
-    let mut acc = [[seed; LANES]; CHAINS];
+fn chains<const L: usize>(iters: usize, seed: f32) -> f32 {
+    let mut acc = [[seed; L]; CHAINS];
     let (m, a) = (black_box(0.999_f32), black_box(1e-3_f32));
     for _ in 0..iters {
         for c in acc.iter_mut() {
@@ -25,46 +26,47 @@ fn chains(iters: usize, seed: f32) -> f32 {
 }
 
 /// Calls [`chains`] from functions compiled with AVX-512 / AVX2 + FMA, so `mul_add` is the
-/// hardware instruction. Not the kernels' `with_simd`: a closure passed through it was not
-/// inlined into the feature-enabled function, and `mul_add` compiled without FMA became a
-/// software `fmaf` call per element (measured: 2 GFLOP/s instead of 117).
-fn chains_best_isa(iters: usize, seed: f32) -> f32 {
+/// hardware instruction (the kernels' `simd_kernel` does the same for their named kernels).
+/// A closure called through such a function is not inlined into it, and `mul_add` compiled
+/// without FMA is a software `fmaf` call per element (measured: 2 GFLOP/s instead of 117).
+/// Returns the sum and the lanes per chain.
+fn chains_best_isa(iters: usize, seed: f32) -> (f32, usize) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx2,fma")]
         unsafe fn avx512(iters: usize, seed: f32) -> f32 {
-            chains(iters, seed)
+            chains::<16>(iters, seed)
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2(iters: usize, seed: f32) -> f32 {
-            chains(iters, seed)
+            chains::<8>(iters, seed)
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the features (checked just above).
-            return unsafe { avx512(iters, seed) };
+            return (unsafe { avx512(iters, seed) }, 16);
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: as above.
-            return unsafe { avx2(iters, seed) };
+            return (unsafe { avx2(iters, seed) }, 8);
         }
     }
-    chains(iters, seed)
+    (chains::<4>(iters, seed), 4)
 }
 
 /// Peak f32 GFLOP/s of all the pool's threads together (best of three runs of ~0.1 s).
 pub fn fma_peak_gflops() -> f64 {
     let threads = rayon::current_num_threads();
-    let iters = 4_000_000;
-    let flops = (threads * iters * CHAINS * LANES * 2) as f64;
+    let iters = 8_000_000;
     (0..3)
         .map(|run| {
             let t0 = Instant::now();
-            let s: f32 = (0..threads)
+            let (s, lanes): (f32, usize) = (0..threads)
                 .into_par_iter()
                 .map(|i| chains_best_isa(iters, (i + run) as f32 * 1e-3))
-                .sum();
+                .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1.max(b.1)));
             black_box(s);
+            let flops = (threads * iters * CHAINS * lanes * 2) as f64;
             flops / t0.elapsed().as_secs_f64() / 1e9
         })
         .fold(0.0, f64::max)
