@@ -132,6 +132,21 @@ run = 'sleep 6; echo done > \"$RUNNER_OUT/x\"'
 outputs = [\"x\"]
 ";
 
+/// Waits for the job of step `slow` to be in Slurm's queue in a state `ok` accepts; its id.
+fn slow_job(p: &Project, conf: &Path, ok: impl Fn(&str) -> bool) -> String {
+    let mut job = String::new();
+    p.wait_for(60, "the job of `slow`", || {
+        let m = p
+            .runs("sl")
+            .pop()
+            .map(|r| common::manifest(&r.join("slow")))
+            .unwrap_or_default();
+        job = m["job"].as_str().unwrap_or_default().to_string();
+        !job.is_empty() && squeue(conf, &job).is_some_and(|s| ok(&s))
+    });
+    job
+}
+
 #[test]
 fn resume_reattaches_to_a_running_job_after_kill_9() {
     let conf = slurm_or_skip!();
@@ -140,16 +155,7 @@ fn resume_reattaches_to_a_running_job_after_kill_9() {
     let mut child = runner(&p, &conf, &["run", "p.toml", "--quiet"])
         .spawn()
         .unwrap();
-    let mut job = String::new();
-    p.wait_for(60, "the job to run", || {
-        let m = p
-            .runs("sl")
-            .pop()
-            .map(|r| common::manifest(&r.join("slow")))
-            .unwrap_or_default();
-        job = m["job"].as_str().unwrap_or_default().to_string();
-        !job.is_empty() && squeue(&conf, &job).as_deref() == Some("RUNNING")
-    });
+    let job = slow_job(&p, &conf, |state| state == "RUNNING");
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     assert_eq!(
@@ -189,20 +195,11 @@ fn ctrl_c_cancels_the_runs_jobs() {
     let conf = slurm_or_skip!();
     let p = Project::new();
     p.write("p.toml", &format!("{HEADER}{SLOW}"));
-    let mut child = runner(&p, &conf, &["run", "p.toml"])
+    let child = runner(&p, &conf, &["run", "p.toml"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut job = String::new();
-    p.wait_for(60, "the job to be submitted", || {
-        let m = p
-            .runs("sl")
-            .pop()
-            .map(|r| common::manifest(&r.join("slow")))
-            .unwrap_or_default();
-        job = m["job"].as_str().unwrap_or_default().to_string();
-        !job.is_empty() && squeue(&conf, &job).is_some()
-    });
+    let job = slow_job(&p, &conf, |_| true);
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -273,31 +273,7 @@ fn forward_n<const N: usize>(
     })
 }
 
-crate::cpu::simd_kernel!(
-    /// [`head_forward`] for the best instruction set.
-    head_forward_simd => head_forward(
-        d: Dims,
-        x: &Inputs,
-        b: usize,
-        h: usize,
-        s: &mut [f32],
-        sv: Option<&mut [f32]>,
-        ys: &mut [f32],
-    )
-);
-
-crate::cpu::simd_kernel!(
-    /// [`head_backward`] for the best instruction set.
-    head_backward_simd => head_backward(
-        d: Dims,
-        x: &Inputs,
-        b: usize,
-        h: usize,
-        saved: &[f32],
-        dy_all: &[f32],
-        ds: &mut [f32],
-    ) -> HeadGrads
-);
+crate::cpu::simd_head_kernels!();
 
 /// Forward over one (batch, head), chunk by chunk.
 #[inline(always)]

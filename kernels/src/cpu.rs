@@ -186,31 +186,39 @@ macro_rules! simd_kernel {
 }
 pub(crate) use simd_kernel;
 
-simd_kernel!(
-    /// [`head_forward`] for the best instruction set.
-    head_forward_simd => head_forward(
-        d: Dims,
-        x: &Inputs,
-        b: usize,
-        h: usize,
-        s: &mut [f32],
-        saved: Option<&mut [f32]>,
-        ys: &mut [f32],
-    )
-);
+/// Defines `head_forward_simd` and `head_backward_simd` over the calling module's
+/// `head_forward` and `head_backward` (the per-token and the chunked forms share the contract).
+macro_rules! simd_head_kernels {
+    () => {
+        $crate::cpu::simd_kernel!(
+            /// `head_forward` for the best instruction set.
+            head_forward_simd => head_forward(
+                d: $crate::cpu::Dims,
+                x: &$crate::cpu::Inputs,
+                b: usize,
+                h: usize,
+                s: &mut [f32],
+                saved: Option<&mut [f32]>,
+                ys: &mut [f32],
+            )
+        );
+        $crate::cpu::simd_kernel!(
+            /// `head_backward` for the best instruction set.
+            head_backward_simd => head_backward(
+                d: $crate::cpu::Dims,
+                x: &$crate::cpu::Inputs,
+                b: usize,
+                h: usize,
+                saved: &[f32],
+                dy_all: &[f32],
+                ds: &mut [f32],
+            ) -> $crate::cpu::HeadGrads
+        );
+    };
+}
+pub(crate) use simd_head_kernels;
 
-simd_kernel!(
-    /// [`head_backward`] for the best instruction set.
-    head_backward_simd => head_backward(
-        d: Dims,
-        x: &Inputs,
-        b: usize,
-        h: usize,
-        saved: &[f32],
-        dy_all: &[f32],
-        ds: &mut [f32],
-    ) -> HeadGrads
-);
+simd_head_kernels!();
 
 /// Forward pass. Returns `y` `[B,T,H,N]`, the final state `[B,H,N,N]`, and, when `save` is set,
 /// the states saved for backward `[B,H,n_saved,N,N]` (key-major, internal to this module).
