@@ -218,3 +218,38 @@ fn ctrl_c_cancels_the_runs_jobs() {
     let m = common::manifest(&step_dir(&p, "slow"));
     assert_ne!(m["status"], "complete");
 }
+
+#[test]
+fn resume_cancels_a_job_that_runs_an_earlier_version_of_the_step() {
+    let conf = slurm_or_skip!();
+    let p = Project::new();
+    p.write("p.toml", &format!("{HEADER}{SLOW}"));
+    let mut child = runner(&p, &conf, &["run", "p.toml", "--quiet"])
+        .spawn()
+        .unwrap();
+    let old = slow_job(&p, &conf, |state| state == "RUNNING");
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    // The run's configuration changes the step (its key) while the old job still runs.
+    let run = p.runs("sl").pop().unwrap();
+    let resolved = run.join("pipeline.toml");
+    let text = std::fs::read_to_string(&resolved).unwrap();
+    let edited = text.replace("sleep 6; echo done", "sleep 1; echo again");
+    assert_ne!(text, edited);
+    std::fs::write(&resolved, edited).unwrap();
+    let o = runner(&p, &conf, &["resume", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cancelling Slurm job {old}")),
+        "{stderr}"
+    );
+    let m = common::manifest(&run.join("slow"));
+    assert_ne!(m["job"], old.as_str());
+    assert_eq!(
+        std::fs::read_to_string(run.join("slow/out/x")).unwrap(),
+        "again\n"
+    );
+}

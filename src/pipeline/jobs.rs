@@ -33,18 +33,25 @@ impl Executor<'_> {
         let step = &self.pipeline().steps[i];
         if let Some(m) = previous
             .as_ref()
-            .filter(|m| m.key == key && m.status == StepStatus::Running && m.job.is_some())
+            .filter(|m| m.status == StepStatus::Running)
+            && let Some(job) = &m.job
+            && let Ok(JobState::Alive(state)) = Slurm::state(job)
         {
-            let job = m.job.clone().unwrap_or_default();
-            if let Ok(JobState::Alive(state)) = Slurm::state(&job) {
+            if m.key == key {
                 tracing::info!(
                     "↻ {} re-attached to Slurm job {job} ({})",
                     step.id,
                     state.to_lowercase()
                 );
-                slurm::track(&job);
-                return self.wait_job(i, &job, m.attempts);
+                slurm::track(job);
+                return self.wait_job(i, job, m.attempts);
             }
+            // The step changed since that job was submitted: its result would be stale.
+            tracing::warn!(
+                "  {}: cancelling Slurm job {job}, which runs an earlier version of the step",
+                step.id
+            );
+            Slurm::cancel(job)?;
         }
         let mut manifest = self.begin_attempt(i, key, inputs, previous)?;
         let step_dir = self.run().step_dir(&step.id);
@@ -327,8 +334,15 @@ fn exec_rank(
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
-    if dist.is_root() && lock.try_lock().is_err() {
-        bail!("another job is running step `{step_id}` of this run; nothing was done");
+    // A cancelled job may still be ending (Slurm's KillWait): give it a little time.
+    if dist.is_root() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while lock.try_lock().is_err() {
+            if std::time::Instant::now() >= deadline {
+                bail!("another job is running step `{step_id}` of this run; nothing was done");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let want = p.steps[i].resources.ranks();
     if dist.world() != want {
