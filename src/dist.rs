@@ -69,6 +69,18 @@ impl Dist {
         debug_assert_eq!(self.world, 1);
     }
 
+    /// Sums `buf` over the ranks like [`Self::sum_f64`], after checking that every rank holds
+    /// as many values (`what` names them in the error).
+    pub fn sum_f64_checked(&self, buf: &mut [f64], what: &str) -> anyhow::Result<()> {
+        let counts = self.gather_u64(buf.len() as u64);
+        anyhow::ensure!(
+            counts.iter().all(|&c| c == buf.len() as u64),
+            "the ranks report different {what} ({counts:?} values)"
+        );
+        self.sum_f64(buf);
+        Ok(())
+    }
+
     /// Waits until every rank is here.
     pub fn barrier(&self) {
         if self.world == 1 {

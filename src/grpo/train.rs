@@ -488,12 +488,7 @@ pub fn train(s: &GrpoPaths, io: RunIo) -> Result<()> {
                 below.1,
             ];
             v.extend(components.values());
-            let counts = dist.gather_u64(v.len() as u64);
-            anyhow::ensure!(
-                counts.iter().all(|&c| c == v.len() as u64),
-                "the ranks report different reward components ({counts:?} values)"
-            );
-            dist.sum_f64(&mut v);
+            dist.sum_f64_checked(&mut v, "reward components")?;
             reward_sum = v[0];
             (correct, truncated, completion_tokens) = (v[1] as usize, v[2] as usize, v[3] as usize);
             (loss_sum, kl_sum, clipped, tokens) = (v[4], v[5], v[6], v[7]);

@@ -58,10 +58,7 @@ impl Executor<'_> {
         let jobs = slurm::jobs_dir(&step_dir);
         std::fs::create_dir_all(&jobs).with_context(|| format!("creating {}", jobs.display()))?;
         let settings = &self.pipeline().header.executor;
-        let runner = match &settings.runner {
-            Some(r) => r.clone(),
-            None => std::env::current_exe().context("finding the runner binary for the job")?,
-        };
+        let runner = settings.runner_binary()?;
         let script_path = jobs.join(format!("attempt-{}.sh", manifest.attempts));
         let script = slurm::batch_script(&JobSpec {
             run_dir: &self.run().path,
@@ -133,10 +130,15 @@ impl Executor<'_> {
                     }
                     ended = None;
                 }
-                Ok(JobState::Ended { state, exit }) => {
-                    let how = match exit {
-                        Some(e) => format!("{state}, exit code {e}"),
-                        None => state,
+                Ok(over) => {
+                    // Ended or gone: give the job's manifest SETTLE to appear, then stop.
+                    let how = match over {
+                        JobState::Ended {
+                            state,
+                            exit: Some(e),
+                        } => format!("{state}, exit code {e}"),
+                        JobState::Ended { state, exit: None } => state,
+                        _ => "no longer known to Slurm".into(),
                     };
                     match &ended {
                         Some((at, how)) if at.elapsed() >= SETTLE => break how.clone(),
@@ -144,11 +146,6 @@ impl Executor<'_> {
                         None => ended = Some((Instant::now(), how)),
                     }
                 }
-                Ok(JobState::Gone) => match &ended {
-                    Some((at, how)) if at.elapsed() >= SETTLE => break how.clone(),
-                    Some(_) => {}
-                    None => ended = Some((Instant::now(), "no longer known to Slurm".into())),
-                },
                 Err(e) => {
                     if !warned {
                         tracing::warn!("  {}: {e:#}; asking again", step.id);
@@ -226,10 +223,7 @@ impl Executor<'_> {
         let ranks = step.resources.ranks();
         let manifest = self.begin_attempt(i, key, inputs, previous)?;
         let settings = &self.pipeline().header.executor;
-        let runner = match &settings.runner {
-            Some(r) => r.clone(),
-            None => std::env::current_exe().context("finding the runner binary")?,
-        };
+        let runner = settings.runner_binary()?;
         let mut words = settings.mpirun.split_whitespace();
         let launcher = words.next().unwrap_or("mpirun");
         let mut cmd = std::process::Command::new(launcher);

@@ -163,6 +163,14 @@ impl ExecutorSettings {
         out
     }
 
+    /// The runner binary a step's job or ranks run: `runner`, else this process's own.
+    pub fn runner_binary(&self) -> anyhow::Result<PathBuf> {
+        match &self.runner {
+            Some(r) => Ok(r.clone()),
+            None => std::env::current_exe().context("finding the runner binary"),
+        }
+    }
+
     /// Where a step runs, for `runner plan`.
     pub fn describe(&self, resources: &Resources) -> String {
         match self.kind {
@@ -475,14 +483,6 @@ pub fn parse_scontrol(line: &str) -> Option<JobState> {
 pub struct Slurm;
 
 impl Slurm {
-    /// Whether `sbatch` can be run at all (for validation and tests).
-    pub fn available() -> bool {
-        Command::new("sbatch")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
     fn run(cmd: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
         Command::new(cmd).args(args).output().with_context(|| {
             format!(

@@ -378,12 +378,7 @@ impl Trainer<'_> {
                 let mut scalars: Vec<f64> = std::iter::once(loss_sum)
                     .chain(extra.values().copied())
                     .collect();
-                let counts = dist.gather_u64(scalars.len() as u64);
-                anyhow::ensure!(
-                    counts.iter().all(|&c| c == scalars.len() as u64),
-                    "the ranks report different metrics ({counts:?} values)"
-                );
-                dist.sum_f64(&mut scalars);
+                dist.sum_f64_checked(&mut scalars, "metrics")?;
                 loss_sum = scalars[0];
                 for (v, sum) in extra.values_mut().zip(&scalars[1..]) {
                     *v = *sum;
