@@ -327,13 +327,7 @@ fn ci_pipeline_on_libtorch_matches_the_flex_numbers() {
 /// evaluation matches the local executor's expectations.
 #[test]
 fn ci_pipeline_on_slurm_survives_scancel_and_matches_the_local_numbers() {
-    let conf = match common::slurm_conf() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("skipped: {why} (.ci/run installs and starts one)");
-            return;
-        }
-    };
+    let conf = common::slurm_or_skip!();
     let p = Project::new();
     let pipe = pipeline();
     let runs = p.path().join("runs-slurm");

@@ -154,13 +154,7 @@ fn two_ranks_with_mpirun_train_like_one() {
 #[test]
 fn two_ranks_under_slurm_train_like_one() {
     skip_without_mpi!();
-    let conf = match common::slurm_conf() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
+    let conf = common::slurm_or_skip!();
     let p = Project::new();
     let one = run_until_stage2(&p, &p.path().join("one"), &[], &[]);
     let two = run_until_stage2(

@@ -11,18 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-macro_rules! slurm_or_skip {
-    () => {
-        match common::slurm_conf() {
-            Ok(c) => c,
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                return;
-            }
-        }
-    };
-}
-
 const HEADER: &str = "[pipeline]\nname = \"sl\"\nmax_parallel = 2\n\n\
     [pipeline.executor]\nkind = \"slurm\"\npoll_secs = 0.3\n";
 
@@ -49,7 +37,7 @@ fn step_dir(p: &Project, step: &str) -> PathBuf {
 
 #[test]
 fn parallel_jobs_and_a_failing_one() {
-    let conf = slurm_or_skip!();
+    let conf = common::slurm_or_skip!();
     let p = Project::new();
     p.write(
         "p.toml",
@@ -147,17 +135,24 @@ fn slow_job(p: &Project, conf: &Path, ok: impl Fn(&str) -> bool) -> String {
     job
 }
 
-#[test]
-fn resume_reattaches_to_a_running_job_after_kill_9() {
-    let conf = slurm_or_skip!();
-    let p = Project::new();
+/// Runs the `slow` pipeline and kills the runner with `kill -9` once the step's job runs;
+/// returns the job's id.
+fn orphaned_slow_job(p: &Project, conf: &Path) -> String {
     p.write("p.toml", &format!("{HEADER}{SLOW}"));
-    let mut child = runner(&p, &conf, &["run", "p.toml", "--quiet"])
+    let mut child = runner(p, conf, &["run", "p.toml", "--quiet"])
         .spawn()
         .unwrap();
-    let job = slow_job(&p, &conf, |state| state == "RUNNING");
+    let job = slow_job(p, conf, |state| state == "RUNNING");
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
+    job
+}
+
+#[test]
+fn resume_reattaches_to_a_running_job_after_kill_9() {
+    let conf = common::slurm_or_skip!();
+    let p = Project::new();
+    let job = orphaned_slow_job(&p, &conf);
     assert_eq!(
         squeue(&conf, &job).as_deref(),
         Some("RUNNING"),
@@ -192,7 +187,7 @@ fn resume_reattaches_to_a_running_job_after_kill_9() {
 
 #[test]
 fn ctrl_c_cancels_the_runs_jobs() {
-    let conf = slurm_or_skip!();
+    let conf = common::slurm_or_skip!();
     let p = Project::new();
     p.write("p.toml", &format!("{HEADER}{SLOW}"));
     let child = runner(&p, &conf, &["run", "p.toml"])
@@ -221,15 +216,9 @@ fn ctrl_c_cancels_the_runs_jobs() {
 
 #[test]
 fn resume_cancels_a_job_that_runs_an_earlier_version_of_the_step() {
-    let conf = slurm_or_skip!();
+    let conf = common::slurm_or_skip!();
     let p = Project::new();
-    p.write("p.toml", &format!("{HEADER}{SLOW}"));
-    let mut child = runner(&p, &conf, &["run", "p.toml", "--quiet"])
-        .spawn()
-        .unwrap();
-    let old = slow_job(&p, &conf, |state| state == "RUNNING");
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
+    let old = orphaned_slow_job(&p, &conf);
     // The run's configuration changes the step (its key) while the old job still runs.
     let run = p.runs("sl").pop().unwrap();
     let resolved = run.join("pipeline.toml");

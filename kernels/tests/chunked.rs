@@ -40,15 +40,7 @@ fn raw(d: Dims, seed: u64, w_range: (f32, f32), gaps: bool) -> Raw {
     let dy = u(-1.0, 1.0, len);
     let ds = u(-1.0, 1.0, d.state_len());
     let (a, b) = common::removal_terms(&kk, &icl, d.head_size);
-    let mask = (0..d.batch * d.seq)
-        .map(|i| {
-            if gaps && (i % 7 == 3 || i % 13 == 5) {
-                0.0
-            } else {
-                1.0
-            }
-        })
-        .collect();
+    let mask = common::gap_mask(d.batch * d.seq, gaps, 13);
     Raw {
         r,
         w,

@@ -44,15 +44,7 @@ fn raw(c: &Case, seed: u64, gaps: bool) -> Raw {
     let icl = u(0.0, 1.0, len);
     let s0 = u(-0.5, 0.5, c.b * c.h * c.n * c.n);
     let (a, b) = common::removal_terms(&kk_raw, &icl, c.n);
-    let mask = (0..c.b * c.t)
-        .map(|i| {
-            if gaps && (i % 7 == 3 || i % 11 == 5) {
-                0.0
-            } else {
-                1.0
-            }
-        })
-        .collect();
+    let mask = common::gap_mask(c.b * c.t, gaps, 11);
     Raw {
         r,
         w,

@@ -138,3 +138,20 @@ pub fn slurm_conf() -> Result<PathBuf, String> {
         Ok(_) => Ok(conf),
     }
 }
+
+/// The configuration of a running Slurm ([`slurm_conf`]), or return from the test saying why
+/// there is none (`.ci/run` installs and starts one).
+#[allow(unused_macros)]
+macro_rules! slurm_or_skip {
+    () => {
+        match $crate::common::slurm_conf() {
+            Ok(conf) => conf,
+            Err(why) => {
+                eprintln!("skipped: {why} (.ci/run installs and starts one)");
+                return;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use slurm_or_skip;
