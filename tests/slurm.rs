@@ -11,6 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+/// The tests take turns: the one-node cluster has few CPUs, and a test that checks two jobs
+/// run side by side must not find them queued behind another test's jobs.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const HEADER: &str = "[pipeline]\nname = \"sl\"\nmax_parallel = 2\n\n\
     [pipeline.executor]\nkind = \"slurm\"\npoll_secs = 0.3\n";
 
@@ -38,6 +46,7 @@ fn step_dir(p: &Project, step: &str) -> PathBuf {
 #[test]
 fn parallel_jobs_and_a_failing_one() {
     let conf = common::slurm_or_skip!();
+    let _turn = take_turn();
     let p = Project::new();
     p.write(
         "p.toml",
@@ -151,6 +160,7 @@ fn orphaned_slow_job(p: &Project, conf: &Path) -> String {
 #[test]
 fn resume_reattaches_to_a_running_job_after_kill_9() {
     let conf = common::slurm_or_skip!();
+    let _turn = take_turn();
     let p = Project::new();
     let job = orphaned_slow_job(&p, &conf);
     assert_eq!(
@@ -188,6 +198,7 @@ fn resume_reattaches_to_a_running_job_after_kill_9() {
 #[test]
 fn ctrl_c_cancels_the_runs_jobs() {
     let conf = common::slurm_or_skip!();
+    let _turn = take_turn();
     let p = Project::new();
     p.write("p.toml", &format!("{HEADER}{SLOW}"));
     let child = runner(&p, &conf, &["run", "p.toml"])
@@ -217,6 +228,7 @@ fn ctrl_c_cancels_the_runs_jobs() {
 #[test]
 fn resume_cancels_a_job_that_runs_an_earlier_version_of_the_step() {
     let conf = common::slurm_or_skip!();
+    let _turn = take_turn();
     let p = Project::new();
     let old = orphaned_slow_job(&p, &conf);
     // The run's configuration changes the step (its key) while the old job still runs.
