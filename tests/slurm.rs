@@ -144,6 +144,16 @@ fn slow_job(p: &Project, conf: &Path, ok: impl Fn(&str) -> bool) -> String {
     job
 }
 
+/// `runner resume RUN` to success; its log.
+fn resume(p: &Project, conf: &Path, run: &Path) -> String {
+    let o = runner(p, conf, &["resume", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    stderr
+}
+
 /// Runs the `slow` pipeline and kills the runner with `kill -9` once the step's job runs;
 /// returns the job's id.
 fn orphaned_slow_job(p: &Project, conf: &Path) -> String {
@@ -180,11 +190,7 @@ fn resume_reattaches_to_a_running_job_after_kill_9() {
             .any(|l| l.starts_with("slow") && l.contains("running")),
         "{status}"
     );
-    let o = runner(&p, &conf, &["resume", run.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{stderr}");
+    let stderr = resume(&p, &conf, &run);
     assert!(
         stderr.contains(&format!("re-attached to Slurm job {job}")),
         "{stderr}"
@@ -238,11 +244,7 @@ fn resume_cancels_a_job_that_runs_an_earlier_version_of_the_step() {
     let edited = text.replace("sleep 6; echo done", "sleep 1; echo again");
     assert_ne!(text, edited);
     std::fs::write(&resolved, edited).unwrap();
-    let o = runner(&p, &conf, &["resume", run.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{stderr}");
+    let stderr = resume(&p, &conf, &run);
     assert!(
         stderr.contains(&format!("cancelling Slurm job {old}")),
         "{stderr}"
