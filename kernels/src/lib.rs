@@ -9,7 +9,9 @@
 //!
 //! - [`reference`]: the per-token loop in Burn tensor ops — the oracle;
 //! - [`cpu`]: the same math on slices, parallel over (batch, head), with its own backward;
-//! - [`op`]: the Burn backend extension (Flex + Autodiff) that makes [`cpu`] one graph node;
+//! - `cube` (feature `wgpu`): the same recurrence as CubeCL kernels for Burn's GPU backends;
+//! - [`op`]: the Burn backend extension (Flex, Cube, Autodiff) that makes the kernels one
+//!   graph node;
 //! - [`wkv7`], [`wkv7_step`]: the functions models call.
 //!
 //! The attention layers kept from the teacher get the same treatment: [`attention_cpu`]
@@ -22,6 +24,8 @@ pub mod attention_op;
 mod backward_node;
 pub mod chunked;
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod cube;
 mod flex_io;
 pub mod op;
 pub mod reference;
@@ -73,7 +77,7 @@ pub fn wkv7(
     let device = x.r.device();
     let mask = mask.unwrap_or_else(|| Tensor::ones([batch, seq], &device));
     let state = state.unwrap_or_else(|| Tensor::zeros([batch, heads, n, n], &device));
-    if imp == Wkv7Impl::Reference || !fused_available(&device) {
+    if imp == Wkv7Impl::Reference || !wkv7_fused_available(&device, n) {
         return reference::wkv7(x, mask, state);
     }
     let (y, s, _) = <burn::backend::Dispatch as Wkv7Ops>::wkv7_forward(
@@ -115,13 +119,29 @@ pub fn wkv7_step(
     (y.reshape([batch, heads, n]), s)
 }
 
-/// Whether the fused op exists for this device's backend (the CPU backend, Flex, with or
-/// without autodiff).
+/// Whether the fused ops exist for this device's backend: the CPU backend, Flex, with or
+/// without autodiff. (The attention op runs there only; see [`wkv7_fused_available`].)
 pub fn fused_available(device: &burn::tensor::Device) -> bool {
     matches!(
         device.clone().without_autodiff().as_dispatch(),
         burn::backend::DispatchDevice::Flex(_)
     )
+}
+
+/// Whether the fused WKV-7 op runs on this device for head size `n`: on the CPU for every
+/// compiled head size, on a CubeCL GPU (feature `wgpu`) up to `cube::MAX_HEAD_SIZE`.
+pub fn wkv7_fused_available(device: &burn::tensor::Device, n: usize) -> bool {
+    if fused_available(device) {
+        return cpu::HEAD_SIZES.contains(&n);
+    }
+    #[cfg(feature = "wgpu")]
+    if matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        burn::backend::DispatchDevice::Cube(_)
+    ) {
+        return n <= cube::MAX_HEAD_SIZE;
+    }
+    false
 }
 
 /// Causal softmax attention: `q [B, H, Tq, D]`, `k`/`v` `[B, Hkv, Tk, D]` with `H` a multiple

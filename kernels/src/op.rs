@@ -1,5 +1,5 @@
 //! The fused WKV-7 op as a Burn backend extension: the Flex (CPU) implementation calls
-//! [`crate::cpu`], the Autodiff implementation records one graph node whose backward calls the
+//! [`crate::cpu`], the CubeCL one (GPUs, with the `wgpu` feature) `crate::cube`, the Autodiff implementation records one graph node whose backward calls the
 //! fused backward. Backends without an implementation use [`crate::reference`] (see
 //! [`crate::wkv7`]).
 
@@ -22,7 +22,7 @@ const OP: &str = "wkv7";
 /// Fused WKV-7 recurrence (see the crate docs for the math and layouts). The ops take one
 /// parameter per tensor (hence the `too_many_arguments` allows): `backend_extension` generates
 /// the backend dispatch from the tensor parameters of these signatures.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Autodiff)]
 pub trait Wkv7Ops: Backend {
     /// Returns `(y [B,T,H,N], final state [B,H,N,N], saved states)`; `saved` is empty unless
     /// `save` is set. `mask` is `[B,T]` (1 keep, 0 skip); `s0` is `[B,H,N,N]`.
@@ -179,6 +179,46 @@ impl Wkv7Ops for Flex {
             flex(g.b, seq),
             flex(g.s0, [d.batch, d.heads, d.head_size, d.head_size]),
         )
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl Wkv7Ops for burn_cubecl::CubeBackend {
+    fn wkv7_forward(
+        r: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        s0: FloatTensor<Self>,
+        save: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        crate::cube::forward(r, w, k, v, a, b, mask, s0, save)
+    }
+
+    fn wkv7_backward(
+        r: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        ds: FloatTensor<Self>,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        crate::cube::backward(r, w, k, v, a, b, mask, saved, dy, ds)
     }
 }
 

@@ -94,8 +94,8 @@ struct Run {
     grads: Vec<(&'static str, Vec<f32>)>,
 }
 
-fn run(c: &Case, x: &Raw, imp: Wkv7Impl, with_mask: bool) -> Run {
-    let d = Device::flex().autodiff();
+fn run(c: &Case, x: &Raw, imp: Wkv7Impl, with_mask: bool, device: &Device) -> Run {
+    let d = device.clone().autodiff();
     let sh = [c.b, c.t, c.h, c.n];
     let sh_s = [c.b, c.h, c.n, c.n];
     let leaf = |v: &[f32], s: [usize; 4]| t4(v, s, &d).require_grad();
@@ -146,23 +146,25 @@ fn run(c: &Case, x: &Raw, imp: Wkv7Impl, with_mask: bool) -> Run {
 }
 
 fn check_case(c: Case, seed: u64, gaps: bool) {
+    check_case_on(c, seed, gaps, &Device::flex(), TOL);
+}
+
+/// The fused op on `device` against the reference on the CPU, within `tol`.
+fn check_case_on(c: Case, seed: u64, gaps: bool, device: &Device, tol: f32) {
     let x = raw(&c, seed, gaps);
-    let fused = run(&c, &x, Wkv7Impl::Fused, true);
-    let reference = run(&c, &x, Wkv7Impl::Reference, true);
-    let tag = format!("B={} T={} H={} N={} gaps={gaps}", c.b, c.t, c.h, c.n);
-    assert!(
-        rel(&fused.y, &reference.y) < TOL,
-        "{tag}: y rel err {}",
-        rel(&fused.y, &reference.y)
+    let fused = run(&c, &x, Wkv7Impl::Fused, true, device);
+    let reference = run(&c, &x, Wkv7Impl::Reference, true, &Device::flex());
+    let tag = format!(
+        "B={} T={} H={} N={} gaps={gaps} on {device:?}",
+        c.b, c.t, c.h, c.n
     );
-    assert!(
-        rel(&fused.s, &reference.s) < TOL,
-        "{tag}: state rel err {}",
-        rel(&fused.s, &reference.s)
-    );
+    let e = rel(&fused.y, &reference.y);
+    assert!(e < tol, "{tag}: y rel err {e}");
+    let e = rel(&fused.s, &reference.s);
+    assert!(e < tol, "{tag}: state rel err {e}");
     for ((name, gf), (_, gr)) in fused.grads.iter().zip(&reference.grads) {
         let e = rel(gf, gr);
-        assert!(e < TOL, "{tag}: d{name} rel err {e}");
+        assert!(e < tol, "{tag}: d{name} rel err {e}");
         assert!(
             gr.iter().any(|v| *v != 0.0),
             "{tag}: d{name} is all zero — the test would not catch anything"
@@ -351,4 +353,161 @@ fn the_fused_path_is_taken_on_flex() {
         "{:?}",
         Device::flex().autodiff()
     );
+}
+
+/// The CubeCL kernels on the wgpu device (in CI: Mesa's software Vulkan driver, lavapipe)
+/// against the same CPU reference. lavapipe does not fuse multiply-adds and sums in another
+/// order than the reference, hence a tolerance a little above the CPU's.
+#[cfg(feature = "wgpu")]
+mod gpu {
+    use super::*;
+    use burn::tensor::DeviceKind;
+
+    const GPU_TOL: f32 = 2e-4;
+
+    fn gpu() -> Device {
+        Device::wgpu(DeviceKind::DefaultDevice)
+    }
+
+    #[test]
+    fn the_fused_path_is_taken_on_wgpu_up_to_head_size_64() {
+        assert!(rwkv_kernels::wkv7_fused_available(&gpu(), 64));
+        assert!(rwkv_kernels::wkv7_fused_available(&gpu().autodiff(), 8));
+        assert!(!rwkv_kernels::wkv7_fused_available(&gpu(), 128));
+        assert!(!rwkv_kernels::fused_available(&gpu()), "attention stays on tensor ops");
+    }
+
+    #[test]
+    fn gpu_kernels_match_reference_small_heads_with_gaps() {
+        check_case_on(
+            Case {
+                b: 2,
+                t: 37,
+                h: 3,
+                n: 8,
+            },
+            1,
+            true,
+            &gpu(),
+            GPU_TOL,
+        );
+        check_case_on(
+            Case {
+                b: 1,
+                t: 16,
+                h: 2,
+                n: 16,
+            },
+            2,
+            false,
+            &gpu(),
+            GPU_TOL,
+        );
+    }
+
+    #[test]
+    fn gpu_kernels_match_reference_head_size_64() {
+        check_case_on(
+            Case {
+                b: 2,
+                t: 21,
+                h: 2,
+                n: 64,
+            },
+            3,
+            true,
+            &gpu(),
+            GPU_TOL,
+        );
+        check_case_on(
+            Case {
+                b: 1,
+                t: 48,
+                h: 1,
+                n: 64,
+            },
+            4,
+            false,
+            &gpu(),
+            GPU_TOL,
+        );
+        // Long enough that a kernel whose 64-step loops were not unrolled would be cut short
+        // by lavapipe's 65,535-iteration loop limit (its last tokens came back unwritten).
+        check_case_on(
+            Case {
+                b: 1,
+                t: 130,
+                h: 2,
+                n: 64,
+            },
+            5,
+            true,
+            &gpu(),
+            GPU_TOL,
+        );
+    }
+
+    /// The forward alone (no states saved), several times in a row with new inputs.
+    #[test]
+    fn gpu_forward_without_autodiff_matches_the_cpu_every_time() {
+        let c = Case {
+            b: 2,
+            t: 300,
+            h: 3,
+            n: 64,
+        };
+        for seed in [21, 22, 23] {
+            let x = raw(&c, seed, true);
+            let go = |d: &Device| {
+                let mask = Tensor::<2>::from_data(TensorData::new(x.mask.clone(), [c.b, c.t]), d);
+                let s0 = t4(&x.s0, [c.b, c.h, c.n, c.n], d);
+                let (y, s) = wkv7(tensors(&c, &x, d), Some(mask), Some(s0), Wkv7Impl::Fused);
+                (vec_of(y), vec_of(s))
+            };
+            let (yg, sg) = go(&gpu());
+            let (yc, sc) = go(&Device::flex());
+            assert!(rel(&yg, &yc) < GPU_TOL, "seed {seed}: y rel err {}", rel(&yg, &yc));
+            assert!(rel(&sg, &sc) < GPU_TOL, "seed {seed}: state rel err {}", rel(&sg, &sc));
+        }
+    }
+
+    #[test]
+    fn gpu_single_token_steps_match_the_cpu() {
+        let c = Case {
+            b: 2,
+            t: 5,
+            h: 3,
+            n: 64,
+        };
+        let x = raw(&c, 6, false);
+        let step_all = |d: &Device| {
+            let input = tensors(&c, &x, d);
+            let tok = |t: &Tensor<4>, i: usize| {
+                t.clone()
+                    .slice([0..c.b, i..i + 1, 0..c.h, 0..c.n])
+                    .reshape([c.b, c.h, c.n])
+            };
+            let mut state = t4(&x.s0, [c.b, c.h, c.n, c.n], d);
+            let mut ys = Vec::new();
+            for i in 0..c.t {
+                let (yt, st) = wkv7_step(
+                    tok(&input.r, i),
+                    tok(&input.w, i),
+                    tok(&input.k, i),
+                    tok(&input.v, i),
+                    tok(&input.a, i),
+                    tok(&input.b, i),
+                    state,
+                    Wkv7Impl::Fused,
+                );
+                state = st;
+                ys.extend(vec_of(yt));
+            }
+            (ys, vec_of(state))
+        };
+        let (yg, sg) = step_all(&gpu());
+        let (yc, sc) = step_all(&Device::flex());
+        assert!(rel(&yg, &yc) < GPU_TOL, "y rel err {}", rel(&yg, &yc));
+        assert!(rel(&sg, &sc) < GPU_TOL, "state rel err {}", rel(&sg, &sc));
+    }
 }
