@@ -19,6 +19,8 @@ pub mod pipeline;
 pub mod progress;
 pub mod serve;
 pub mod steps;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod text;
 pub mod train;
 pub mod util;

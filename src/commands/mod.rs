@@ -14,11 +14,10 @@ use burn::tensor::Device;
 use clap::Args;
 use std::path::Path;
 
-/// `--device`: `cpu` (default) or `tch` (builds with the `tch` feature).
+/// `--device`: `cpu` (default), `wgpu` / `wgpu:N` (builds with the `wgpu` feature) or `tch`
+/// (builds with the `tch` feature).
 pub fn parse_device(s: &str) -> Result<burn::tensor::Device, String> {
-    let d: crate::pipeline::schema::Device =
-        serde_json::from_value(serde_json::Value::String(s.to_string()))
-            .map_err(|_| format!("unknown device `{s}` (cpu, tch)"))?;
+    let d: crate::pipeline::schema::Device = s.parse()?;
     d.tensor_device().map_err(|e| e.to_string())
 }
 

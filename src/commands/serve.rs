@@ -12,8 +12,8 @@ pub struct ServeArgs {
     /// `hf://ORG/NAME[@REVISION]` (downloaded into the Hugging Face cache).
     #[arg(long)]
     pub model: PathBuf,
-    /// Where to compute: `cpu` (Burn's flex backend) or `tch` (LibTorch; builds with the
-    /// `tch` feature).
+    /// Where to compute: `cpu` (Burn's flex backend), `wgpu` / `wgpu:N` (a GPU; builds with the
+    /// `wgpu` feature) or `tch` (LibTorch; builds with the `tch` feature).
     #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
     pub device: burn::tensor::Device,
     /// Address to listen on (`0.0.0.0` to accept other machines).

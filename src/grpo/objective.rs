@@ -131,7 +131,7 @@ mod tests {
     use super::*;
     use crate::model::weights::to_vec;
     use burn::module::{Module, Param};
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::TensorData;
 
     #[test]
     fn advantages_are_normalised_per_group() {
@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn token_logprobs_match_a_direct_log_softmax_in_any_chunking() {
-        let device = Device::flex();
+        let device = crate::testing::device();
         let hidden = Tensor::<3>::random(
             [2, 5, 7],
             burn::tensor::Distribution::Normal(0.0, 1.0),
@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn one_update_raises_above_mean_completions_and_lowers_the_others() {
-        let device = Device::flex().autodiff();
+        let device = crate::testing::device().autodiff();
         let init = Tensor::<3>::random(
             [2, 3, 6],
             burn::tensor::Distribution::Normal(0.0, 0.1),
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn the_ratio_is_clipped_where_the_policy_moved_too_far() {
-        let device = Device::flex();
+        let device = crate::testing::device();
         let old = Tensor::<2>::zeros([2, 2], &device);
         // ρ = e^{0.5} ≈ 1.65 on the first token of each completion, 1 on the second.
         let logp = Tensor::<2>::from_data(
@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn k3_kl_is_zero_at_the_reference_and_positive_elsewhere() {
-        let device = Device::flex();
+        let device = crate::testing::device();
         let reference =
             Tensor::<2>::from_data(TensorData::new(vec![-1.0f32, -2.0], [1, 2]), &device);
         let adv = Tensor::<1>::zeros([1], &device);

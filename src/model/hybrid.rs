@@ -592,7 +592,7 @@ mod tests {
 
     #[test]
     fn rwkv_init_values() {
-        let device = Device::flex();
+        let device = crate::testing::device();
         let cfg = TransformerConfig::from_json(json!({
             "model_type": "llama", "vocab_size": 32, "hidden_size": 64, "intermediate_size": 32,
             "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1

@@ -478,7 +478,7 @@ mod tests {
     /// queries after cached keys.
     #[test]
     fn masked_attention_equals_the_fused_op() {
-        let device = Device::flex();
+        let device = crate::testing::device();
         device.seed(9);
         let r =
             |shape: [usize; 4]| Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
@@ -512,7 +512,7 @@ mod tests {
 
     #[test]
     fn every_layer_loads_what_it_puts() {
-        let mut rng = TensorRng::new(3, &Device::flex());
+        let mut rng = TensorRng::new(3, &crate::testing::device());
         for bias in [false, true] {
             let l = Linear::init(&mut rng, 5, 3, bias);
             assert_round_trip(Linear::put, &l, |w| Linear::load(w, 5, 3, bias));
@@ -530,7 +530,7 @@ mod tests {
 
     #[test]
     fn hugging_face_names_and_layouts() {
-        let mut rng = TensorRng::new(4, &Device::flex());
+        let mut rng = TensorRng::new(4, &crate::testing::device());
         let a = Attention::init(&mut rng, &config(true));
         let (_dir, reader, out) =
             crate::model::weights::testing::written(|t| a.put(&mut t.pp("self_attn")));

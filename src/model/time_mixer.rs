@@ -656,7 +656,7 @@ mod round_trip_tests {
 
     #[test]
     fn the_mixer_loads_what_it_puts() {
-        let device = Device::flex();
+        let device = crate::testing::device();
         for (gate, gn) in [(GateForm::Sigmoid, true), (GateForm::None, false)] {
             let s = shape(gate, gn);
             let m = TimeMixer::init_rwkv(&s, 1, 3, 5, &device);

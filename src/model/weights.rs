@@ -275,7 +275,7 @@ pub mod testing {
         load: impl FnOnce(&Weights) -> T,
     ) {
         let (dir, reader, first) = written(|t| put(original, t));
-        let loader = WeightLoader::new(&reader, &Device::flex());
+        let loader = WeightLoader::new(&reader, &crate::testing::device());
         let loaded = load(&loader.root().pp("m"));
         loader.finish(dir.path()).unwrap();
         let mut again = BTreeMap::new();

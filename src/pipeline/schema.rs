@@ -6,17 +6,64 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Where tensors live: `cpu` (Burn's flex backend, with the fused kernels), or `tch` (LibTorch
-/// on the CPU; only in builds with the `tch` feature). `cuda` and `wgpu` are names kept for GPU
-/// builds and are rejected by validation.
+/// Where tensors live: `cpu` (Burn's flex backend, with the fused kernels); `wgpu` or `wgpu:N`
+/// (a GPU through Burn's CubeCL wgpu backend, with the fused WKV-7 kernels; builds with the
+/// `wgpu` feature; `N` picks the N-th discrete GPU, plain `wgpu` the adapter wgpu prefers);
+/// `tch` (LibTorch on the CPU; builds with the `tch` feature). `cuda` is a name kept for CUDA
+/// builds, which cannot be made offline (CubeCL's CUDA runtime downloads an LLVM bundle at
+/// build time) and is rejected by validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum Device {
     #[default]
     Cpu,
     Tch,
     Cuda,
-    Wgpu,
+    /// `None`: the adapter wgpu prefers; `Some(n)`: the n-th discrete GPU.
+    Wgpu(Option<usize>),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Tch => f.write_str("tch"),
+            Device::Cuda => f.write_str("cuda"),
+            Device::Wgpu(None) => f.write_str("wgpu"),
+            Device::Wgpu(Some(n)) => write!(f, "wgpu:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "tch" => Ok(Device::Tch),
+            "cuda" => Ok(Device::Cuda),
+            "wgpu" => Ok(Device::Wgpu(None)),
+            _ => match s.strip_prefix("wgpu:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Device::Wgpu(Some(n))),
+                _ => Err(format!(
+                    "unknown device `{s}` (use \"cpu\", \"wgpu\", \"wgpu:N\" or \"tch\")"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> String {
+        d.to_string()
+    }
 }
 
 impl Device {
@@ -25,7 +72,21 @@ impl Device {
         match self {
             Device::Cpu => true,
             Device::Tch => cfg!(feature = "tch"),
-            Device::Cuda | Device::Wgpu => false,
+            Device::Wgpu(_) => cfg!(feature = "wgpu"),
+            Device::Cuda => false,
+        }
+    }
+
+    /// What to do when this build lacks the device.
+    pub fn build_hint(self) -> &'static str {
+        match self {
+            Device::Tch => "LibTorch needs a build with `--features tch` (see the README)",
+            Device::Wgpu(_) => "GPUs need a build with `--features wgpu` (see the README's GPU section)",
+            Device::Cuda => {
+                "CUDA builds are not available (CubeCL's CUDA runtime downloads LLVM at build \
+                 time); use device = \"wgpu\" on NVIDIA GPUs (Vulkan), see the README's GPU section"
+            }
+            Device::Cpu => "",
         }
     }
 
@@ -36,10 +97,17 @@ impl Device {
             #[cfg(feature = "tch")]
             #[allow(deprecated)] // burn-tch is the LibTorch option the user asked for
             Device::Tch => Ok(burn::tensor::Device::libtorch()),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(index) => {
+                use burn::tensor::DeviceKind;
+                Ok(burn::tensor::Device::wgpu(match index {
+                    None => DeviceKind::DefaultDevice,
+                    Some(n) => DeviceKind::DiscreteGpu(n),
+                }))
+            }
             other => anyhow::bail!(
-                "device `{}` is not available in this build (build with `--features tch` for \
-                 LibTorch)",
-                format!("{other:?}").to_lowercase()
+                "device `{other}` is not available in this build: {}",
+                other.build_hint()
             ),
         }
     }

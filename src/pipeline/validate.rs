@@ -7,7 +7,7 @@ use super::decode::decode;
 use super::diagnostics::{Diagnostic, Diagnostics, did_you_mean};
 use super::graph::StepGraph;
 use super::paths;
-use super::schema::{self, Device, Pipeline, PipelineHeader, StepDef};
+use super::schema::{self, Pipeline, PipelineHeader, StepDef};
 use super::source::{KeyPath, RawPipeline};
 use super::step::StepKind;
 use serde::Deserialize;
@@ -104,25 +104,24 @@ pub fn validate(raw: RawPipeline, kinds: &[StepKind]) -> Result<Pipeline, Diagno
     }
     if let Some(h) = &header {
         if !h.device.available() {
-            let tch = if cfg!(feature = "tch") {
-                ", \"tch\""
-            } else {
-                ""
-            };
+            let mut devices = vec!["\"cpu\""];
+            if cfg!(feature = "wgpu") {
+                devices.push("\"wgpu\"");
+            }
+            if cfg!(feature = "tch") {
+                devices.push("\"tch\"");
+            }
             diags.push(
                 Diagnostic::new(
                     map.locate(&kp(&["pipeline", "device"])),
                     format!(
-                        "device `{}` is not available in this build (devices: \"cpu\"{tch})",
-                        format!("{:?}", h.device).to_lowercase()
+                        "device `{}` is not available in this build (devices: {})",
+                        h.device,
+                        devices.join(", ")
                     ),
                 )
                 .key("pipeline.device")
-                .help(if h.device == Device::Tch {
-                    "LibTorch needs a build with `--features tch` (see the README)"
-                } else {
-                    "remove the key or set device = \"cpu\""
-                }),
+                .help(h.device.build_hint()),
             );
         }
         let name = h

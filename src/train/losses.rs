@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn distillation_kl_and_adaptive_kl_match_a_scalar_reference() {
-        let device = Device::flex();
+        let device = crate::testing::device();
         device.seed(7);
         let (b, t, v) = (2, 3, 9);
         // The teacher has a larger vocabulary (cut to the student's); one padded position.
@@ -323,7 +323,7 @@ mod tests {
     /// inputs shifted once: position t's logits are scored against token t+1.
     #[test]
     fn loss_counts_only_masked_in_targets_shifted_once() {
-        let device = Device::flex();
+        let device = crate::testing::device();
         device.seed(3);
         let logits = Tensor::<3>::random([1, 6, 11], Distribution::Uniform(-2.0, 2.0), &device);
         let att = Tensor::<2>::ones([1, 6], &device);
