@@ -6,7 +6,8 @@ at toy size, and a byte-level BPE tokenizer without merges (256 byte tokens + Ch
 tokens), so the whole Qwen code path can be tested without downloading anything.
 
     python3 scripts/make_tiny_qwen2.py OUT_DIR [--seed 0] [--dtype f32|bf16] [--layers 2]
-                                       [--gguf FILE]
+                                       [--hidden 64] [--heads 4] [--kv-heads 2]
+                                       [--intermediate 160] [--vocab N] [--gguf FILE]
 
 Needs only numpy; `--gguf` (the same weights and tokenizer as a llama.cpp `qwen2` GGUF file,
 f32) also needs the `gguf` package.
@@ -74,12 +75,15 @@ def main():
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--intermediate", type=int, default=160)
+    ap.add_argument("--vocab", type=int, default=0,
+                    help="embedding rows (default: the tokenizer's 259, padded to 16); larger "
+                         "values give a real model's embedding size, the extra rows unused")
     ap.add_argument("--gguf", help="also write the model as a qwen2 GGUF file here")
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
     vocab = 256 + len(SPECIAL)
-    vocab_padded = (vocab + 15) // 16 * 16
+    vocab_padded = max((vocab + 15) // 16 * 16, args.vocab)
     c, h, kv = args.hidden, args.heads, args.kv_heads
     d = c // h
     f = args.intermediate

@@ -639,6 +639,34 @@ fn libtorch_device_needs_the_tch_build() {
     assert!(r.stderr.contains("--features tch"), "{}", r.stderr);
 }
 
+/// `device = "wgpu"` in a build without the GPU backend says which feature to build with; a
+/// misspelt device names the ones that exist, with its line.
+#[test]
+fn gpu_device_needs_the_wgpu_build_and_bad_names_are_rejected() {
+    let p = Project::new();
+    let pipeline = |device: &str| {
+        format!(
+            "[pipeline]\nname = \"p\"\ndevice = \"{device}\"\n\n[[step]]\nid = \"a\"\nkind = \"command\"\nrun = \"true\"\n"
+        )
+    };
+    p.write("bad.toml", &pipeline("wgpu:x"));
+    let r = p.run(&["validate", "bad.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("unknown device `wgpu:x`"), "{}", r.stderr);
+    assert!(r.stderr.contains("bad.toml:3"), "{}", r.stderr);
+    if cfg!(feature = "wgpu") {
+        return;
+    }
+    p.write("p.toml", &pipeline("wgpu:1"));
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("device `wgpu:1` is not available"), "{}", r.stderr);
+    assert!(r.stderr.contains("--features wgpu"), "{}", r.stderr);
+    let r = p.run(&["bench", "wkv", "--device", "wgpu", "--quick"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--features wgpu"), "{}", r.stderr);
+}
+
 #[test]
 fn slurm_executor_and_resources_are_checked_with_their_lines() {
     let p = Project::new();

@@ -49,6 +49,10 @@ pub enum BenchCommand {
         /// Python with torch and transformers for the reference (skipped when missing).
         #[arg(long, env = "RUNNER_PYTHON", default_value = "python3")]
         python: String,
+        /// Where to compute: `cpu` (with the PyTorch comparison), or `wgpu` / `wgpu:N` (builds
+        /// with the `wgpu` feature: the step's time and arithmetic rate only).
+        #[arg(long, default_value = "cpu", value_parser = crate::commands::parse_device)]
+        device: burn::tensor::Device,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -112,10 +116,36 @@ pub enum BenchCommand {
         /// Only the first shape.
         #[arg(long)]
         quick: bool,
+        /// First check the fused op on `--device` against the CPU op (outputs, final state and
+        /// every gradient, B=2 T=100 H=4 N=64 with masked tokens); exit 1 above 1e-3 relative.
+        #[arg(long)]
+        check: bool,
+        /// Measure this shape instead, `B,T,H,N` (e.g. `8,4096,64,64`).
+        #[arg(long, value_parser = parse_shape)]
+        shape: Option<crate::bench::wkv::Shape>,
+        /// Where to compute: `cpu`, `wgpu` / `wgpu:N` (builds with the `wgpu` feature), `tch`.
+        /// The PyTorch column and the FMA peak are measured on the CPU only.
+        #[arg(long, default_value = "cpu", value_parser = crate::commands::parse_device)]
+        device: burn::tensor::Device,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+/// `--shape B,T,H,N`.
+fn parse_shape(s: &str) -> Result<crate::bench::wkv::Shape, String> {
+    let dims: Vec<usize> = s
+        .split(',')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("`{s}` is not B,T,H,N (four positive integers)"))?;
+    match dims[..] {
+        [b, t, h, n] if b > 0 && t > 0 && h > 0 && n > 0 => {
+            Ok(crate::bench::wkv::Shape { b, t, h, n })
+        }
+        _ => Err(format!("`{s}` is not B,T,H,N (four positive integers)")),
+    }
 }
 
 /// Runs one benchmark command.
@@ -135,8 +165,15 @@ pub fn run(command: &BenchCommand) -> Result<(), Error> {
             seq,
             steps,
             python,
+            device,
             json,
-        } => bench_stage2(model, layers, *batch, *seq, *steps, python, json.as_deref()),
+        } => {
+            if rwkv_kernels::fused_available(device) {
+                bench_stage2(model, layers, *batch, *seq, *steps, python, json.as_deref())
+            } else {
+                bench_stage2_on(model, layers, *batch, *seq, *steps, device, json.as_deref())
+            }
+        }
         BenchCommand::Hybrid {
             model,
             layers,
@@ -165,8 +202,21 @@ pub fn run(command: &BenchCommand) -> Result<(), Error> {
             python,
             no_reference,
             quick,
+            check,
+            shape,
+            device,
             json,
-        } => bench_wkv(*reps, python, *no_reference, *quick, json.as_deref()),
+        } => {
+            if *check {
+                check_wkv(device)?;
+            }
+            let shapes = match (shape, quick) {
+                (Some(s), _) => vec![*s],
+                (None, true) => crate::bench::wkv::SHAPES[..1].to_vec(),
+                (None, false) => crate::bench::wkv::SHAPES.to_vec(),
+            };
+            bench_wkv(&shapes, *reps, python, *no_reference, device, json.as_deref())
+        }
     }
 }
 
@@ -210,6 +260,62 @@ fn bench_tokenize(
             );
         }
         Err(e) => println!("  python tokenizers: not measured: {e}"),
+    }
+    Ok(())
+}
+
+/// `bench stage2` on a device other than the CPU: the step's time, tokens/s and arithmetic
+/// rate (no CPU references beside it).
+fn bench_stage2_on(
+    model_dir: &Path,
+    layers: &str,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    device: &burn::tensor::Device,
+    json: Option<&Path>,
+) -> Result<(), Error> {
+    let config = crate::model::TransformerConfig::from_dir(model_dir)
+        .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))?;
+    let wkv_layers = parse_layers(layers, config.num_hidden_layers)?;
+    println!(
+        "one stage-2 optimizer step on {device:?}: batch {batch} × {seq} tokens, {} of {} layers converted",
+        wkv_layers.len(),
+        config.num_hidden_layers
+    );
+    let ours = crate::bench::stage2::measure_ours(
+        model_dir,
+        wkv_layers.clone(),
+        batch,
+        seq,
+        steps,
+        device,
+    )
+    .map_err(Error::Other)?;
+    let flops = crate::bench::stage2::step_flops(&config, wkv_layers.len(), batch, seq);
+    let gflops = flops / ours.step_s / 1e9;
+    println!(
+        "  runner  {:>8.3} s/step  {:>10.1} tok/s  KL {:.4}  {:.1} GFLOP/step  {gflops:.1} GFLOP/s  host peak RSS {:.0} MiB",
+        ours.step_s,
+        ours.tokens_per_s,
+        ours.loss,
+        flops / 1e9,
+        ours.peak_rss_mib
+    );
+    for (name, secs) in crate::bench::stage2::PHASES.iter().zip(ours.phases_s) {
+        println!("    {name:<24} {secs:>8.3} s");
+    }
+    if let Some(path) = json {
+        let out = serde_json::json!({
+            "device": format!("{device:?}"),
+            "ours": ours,
+            "batch": batch,
+            "seq": seq,
+            "layers": wkv_layers,
+            "flops_per_step": flops,
+            "gflops": gflops,
+        });
+        crate::util::fsx::atomic_write_json(path, &out)?;
     }
     Ok(())
 }
@@ -443,19 +549,44 @@ fn bench_generate(
     Ok(())
 }
 
+/// `bench wkv --check`: the fused op on `device` against the CPU op.
+fn check_wkv(device: &burn::tensor::Device) -> Result<(), Error> {
+    const TOL: f64 = 1e-3;
+    let shape = crate::bench::wkv::Shape {
+        b: 2,
+        t: 100,
+        h: 4,
+        n: 64,
+    };
+    let errors = crate::bench::wkv::check_against_cpu(shape, device);
+    println!("WKV-7 on {device:?} vs the CPU op, B=2 T=100 H=4 N=64 (max relative error):");
+    let mut worst: f64 = 0.0;
+    for (name, e) in &errors {
+        println!("  {name:<7} {e:.2e}");
+        worst = worst.max(if e.is_nan() { f64::INFINITY } else { *e });
+    }
+    if worst > TOL {
+        return Err(Error::Other(anyhow::anyhow!(
+            "the WKV-7 kernels on {device:?} differ from the CPU op by {worst:.2e} (tolerance {TOL:.0e})"
+        )));
+    }
+    println!("  ok (tolerance {TOL:.0e})");
+    Ok(())
+}
+
 fn bench_wkv(
+    shapes: &[crate::bench::wkv::Shape],
     reps: usize,
     python: &str,
     no_reference: bool,
-    quick: bool,
+    device: &burn::tensor::Device,
     json: Option<&Path>,
 ) -> Result<(), Error> {
-    use crate::bench::wkv::{self, SHAPES};
+    use crate::bench::wkv;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/bench/wkv_torch.py");
-    let shapes = if quick { &SHAPES[..1] } else { &SHAPES[..] };
     let mut results = Vec::new();
     for &s in shapes {
-        let result = wkv::measure(s, reps, !no_reference, python, &script);
+        let result = wkv::measure(s, reps, !no_reference, python, &script, device);
         println!("{}", result.render(reps));
         results.push(result.to_json());
     }

@@ -6,7 +6,7 @@
 //! update, S·r); forward+backward 39·N² (forward, the chunk recompute, and the backward).
 
 use super::mem;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Tensor};
 use rwkv_kernels::{Wkv7Impl, Wkv7Input, wkv7};
 use std::fmt::Write;
 use std::path::Path;
@@ -44,25 +44,10 @@ pub struct Timing {
     pub peak_rss_mib: f64,
 }
 
-fn inputs(s: Shape, device: &Device) -> Wkv7Input {
-    let dims = [s.b, s.t, s.h, s.n];
-    let u = |lo: f64, hi: f64| Tensor::<4>::random(dims, Distribution::Uniform(lo, hi), device);
-    let kk = u(-1.0, 1.0);
-    let norm = kk
-        .clone()
-        .powf_scalar(2.0)
-        .sum_dim(3)
-        .sqrt()
-        .clamp_min(1e-6);
-    let kk = kk / norm;
-    Wkv7Input {
-        r: u(-1.0, 1.0),
-        w: u(0.55, 0.999),
-        k: u(-1.0, 1.0),
-        v: u(-1.0, 1.0),
-        a: kk.clone().neg(),
-        b: kk * u(0.0, 1.0),
-    }
+/// Inputs shaped like a real layer's, made on the host and uploaded (the same numbers on
+/// every device).
+fn inputs(s: Shape, device: &Device, seed: u64) -> Wkv7Input {
+    SeededInputs::seeded(s, device, false, seed).x
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -71,11 +56,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Times one implementation: median of `reps` forward runs and `reps` forward+backward runs.
-pub fn time_burn(s: Shape, imp: Wkv7Impl, reps: usize) -> Timing {
+pub fn time_burn(s: Shape, imp: Wkv7Impl, reps: usize, device: &Device) -> Timing {
     mem::reset_peak();
-    let plain = Device::flex();
+    let plain = device.clone();
+    let calls = std::cell::Cell::new(0u64);
+    let next_seed = || {
+        calls.set(calls.get() + 1);
+        calls.get()
+    };
     let fwd = || {
-        let x = inputs(s, &plain);
+        let x = inputs(s, &plain, next_seed());
+        // A GPU runs ops asynchronously: let the inputs exist before the clock starts.
+        plain.sync().expect("device sync");
         let t0 = Instant::now();
         let (y, st) = wkv7(x, None, None, imp);
         let _ = (y.into_data(), st.into_data());
@@ -83,9 +75,9 @@ pub fn time_burn(s: Shape, imp: Wkv7Impl, reps: usize) -> Timing {
     };
     fwd(); // warm-up
     let fwd_ms = median((0..reps).map(|_| fwd()).collect());
-    let ad = Device::flex().autodiff();
+    let ad = device.clone().autodiff();
     let fwdbwd = || {
-        let x = inputs(s, &ad);
+        let x = inputs(s, &ad, next_seed());
         let x = Wkv7Input {
             r: x.r.require_grad(),
             w: x.w.require_grad(),
@@ -95,6 +87,7 @@ pub fn time_burn(s: Shape, imp: Wkv7Impl, reps: usize) -> Timing {
             b: x.b.require_grad(),
         };
         let leaves = x.clone();
+        ad.sync().expect("device sync");
         let t0 = Instant::now();
         let (y, st) = wkv7(x, None, None, imp);
         let grads = (y.sum() + st.sum()).backward();
@@ -153,13 +146,25 @@ pub fn measure(
     with_reference: bool,
     python: &str,
     script: &Path,
+    device: &Device,
 ) -> ShapeResult {
+    let on_cpu = rwkv_kernels::fused_available(device);
     ShapeResult {
         shape: s,
-        fused: time_burn(s, Wkv7Impl::Fused, reps),
-        reference: with_reference.then(|| time_burn(s, Wkv7Impl::Reference, reps.min(1))),
-        torch: time_torch(python, script, s, reps),
-        peak_gflops: super::peak::fma_peak_gflops(),
+        fused: time_burn(s, Wkv7Impl::Fused, reps, device),
+        reference: with_reference
+            .then(|| time_burn(s, Wkv7Impl::Reference, reps.min(1), device)),
+        // The PyTorch loop and the FMA peak are CPU figures: beside a GPU they say nothing.
+        torch: if on_cpu {
+            time_torch(python, script, s, reps)
+        } else {
+            Err("not measured beside a GPU".into())
+        },
+        peak_gflops: if on_cpu {
+            super::peak::fma_peak_gflops()
+        } else {
+            f64::NAN
+        },
     }
 }
 
@@ -169,11 +174,18 @@ impl ShapeResult {
         let s = self.shape;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let peak = self.peak_gflops;
-        let mut out = format!(
-            "WKV-7  B={} T={} H={} N={}  ({threads} threads, median of {reps}; measured f32 peak \
-             {peak:.0} GFLOP/s)\n",
-            s.b, s.t, s.h, s.n
-        );
+        let mut out = if peak.is_nan() {
+            format!(
+                "WKV-7  B={} T={} H={} N={}  (GPU, median of {reps}; peak RSS is the host's)\n",
+                s.b, s.t, s.h, s.n
+            )
+        } else {
+            format!(
+                "WKV-7  B={} T={} H={} N={}  ({threads} threads, median of {reps}; measured f32 \
+                 peak {peak:.0} GFLOP/s)\n",
+                s.b, s.t, s.h, s.n
+            )
+        };
         let _ = writeln!(
             out,
             "{:<16} {:>10} {:>12} {:>14} {:>20} {:>16}",
@@ -232,5 +244,114 @@ impl ShapeResult {
             "pytorch": self.torch.as_ref().ok(),
             "peak_gflops": self.peak_gflops,
         })
+    }
+}
+
+/// Largest relative error (max |x − y| / max |y|) of the fused op on `device` against the
+/// fused CPU op (itself tested against the reference), per output and gradient, on random
+/// inputs of shape `s` with a few masked tokens.
+pub fn check_against_cpu(s: Shape, device: &Device) -> Vec<(&'static str, f64)> {
+    let run = |d: &Device| -> Vec<(&'static str, Vec<f32>)> {
+        let d = d.clone().autodiff();
+        SeededInputs::seeded(s, &d, true, 7).outputs_and_grads()
+    };
+    let ours = run(device);
+    let cpu = run(&Device::flex());
+    ours.into_iter()
+        .zip(cpu)
+        .map(|((name, x), (_, y))| {
+            let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let err = x
+                .iter()
+                .zip(&y)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            (name, f64::from(err / scale))
+        })
+        .collect()
+}
+
+/// Inputs made on the host from a fixed seed, so two devices get the same numbers.
+struct SeededInputs {
+    x: Wkv7Input,
+    mask: Tensor<2>,
+    s0: Tensor<4>,
+}
+
+impl SeededInputs {
+    /// `grad`: the inputs and the initial state are leaves that track gradients.
+    fn seeded(s: Shape, d: &Device, grad: bool, seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let dims = [s.b, s.t, s.h, s.n];
+        let len = s.b * s.t * s.h * s.n;
+        let mut u = |lo: f32, hi: f32, n: usize| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(lo..hi)).collect()
+        };
+        let t4 = |v: Vec<f32>, dims: [usize; 4]| {
+            Tensor::<4>::from_data(burn::tensor::TensorData::new(v, dims), d)
+        };
+        let (r, w, k, v) = (
+            u(-1.0, 1.0, len),
+            u(0.55, 0.999, len),
+            u(-1.0, 1.0, len),
+            u(-1.0, 1.0, len),
+        );
+        let kk = u(-1.0, 1.0, len);
+        let icl = u(0.0, 1.0, len);
+        let s0 = u(-0.5, 0.5, s.b * s.h * s.n * s.n);
+        // kk normalised per head; α = −kk, β = kk·a.
+        let mut a = vec![0.0f32; len];
+        let mut b = vec![0.0f32; len];
+        for (o, row) in kk.chunks(s.n).enumerate() {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+            for (j, x) in row.iter().enumerate() {
+                a[o * s.n + j] = -x / norm;
+                b[o * s.n + j] = x / norm * icl[o * s.n + j];
+            }
+        }
+        // Every 7th token masked out.
+        let mask: Vec<f32> = (0..s.b * s.t)
+            .map(|i| if i % 7 == 3 { 0.0 } else { 1.0 })
+            .collect();
+        let req = |t: Tensor<4>| if grad { t.require_grad() } else { t };
+        SeededInputs {
+            x: Wkv7Input {
+                r: req(t4(r, dims)),
+                w: req(t4(w, dims)),
+                k: req(t4(k, dims)),
+                v: req(t4(v, dims)),
+                a: req(t4(a, dims)),
+                b: req(t4(b, dims)),
+            },
+            mask: Tensor::from_data(burn::tensor::TensorData::new(mask, [s.b, s.t]), d),
+            s0: req(t4(s0, [s.b, s.h, s.n, s.n])),
+        }
+    }
+
+    /// `y`, the final state, and the gradients of a fixed weighted sum of both.
+    fn outputs_and_grads(self) -> Vec<(&'static str, Vec<f32>)> {
+        let leaves = self.x.clone();
+        let s0 = self.s0.clone();
+        let (y, st) = wkv7(self.x, Some(self.mask), Some(self.s0), Wkv7Impl::Fused);
+        let wy = y.clone().sin();
+        let ws = st.clone().cos();
+        let loss = (y.clone() * wy.detach()).sum() + (st.clone() * ws.detach()).sum();
+        let grads = loss.backward();
+        let v = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
+        let g = |t: &Tensor<4>, name: &str| {
+            v(t.grad(&grads)
+                .unwrap_or_else(|| panic!("no gradient of {name}")))
+        };
+        vec![
+            ("r", g(&leaves.r, "r")),
+            ("w", g(&leaves.w, "w")),
+            ("k", g(&leaves.k, "k")),
+            ("v", g(&leaves.v, "v")),
+            ("a", g(&leaves.a, "a")),
+            ("b", g(&leaves.b, "b")),
+            ("state0", g(&s0, "state")),
+            ("y", v(y)),
+            ("state", v(st)),
+        ]
     }
 }
