@@ -291,14 +291,21 @@ fn single_token_steps_equal_the_sequence_op() {
     let x = raw(&c, 6, false);
     let d = Device::flex();
     let s0 = t4(&x.s0, [c.b, c.h, c.n, c.n], &d);
-    let input = tensors(&c, &x, &d);
-    let (y, s) = wkv7(input.clone(), None, Some(s0.clone()), Wkv7Impl::Fused);
+    let (y, s) = wkv7(tensors(&c, &x, &d), None, Some(s0), Wkv7Impl::Fused);
+    let (ys, state) = token_by_token(&c, &x, &d);
+    assert_eq!(ys, vec_of(y));
+    assert_eq!(state, vec_of(s));
+}
+
+/// `(y, final state)` of the fused op run one [`wkv7_step`] at a time on `d`, from `x.s0`.
+fn token_by_token(c: &Case, x: &Raw, d: &Device) -> (Vec<f32>, Vec<f32>) {
+    let input = tensors(c, x, d);
     let tok = |t: &Tensor<4>, i: usize| {
         t.clone()
             .slice([0..c.b, i..i + 1, 0..c.h, 0..c.n])
             .reshape([c.b, c.h, c.n])
     };
-    let mut state = s0;
+    let mut state = t4(&x.s0, [c.b, c.h, c.n, c.n], d);
     let mut ys = Vec::new();
     for i in 0..c.t {
         let (yt, st) = wkv7_step(
@@ -314,8 +321,7 @@ fn single_token_steps_equal_the_sequence_op() {
         state = st;
         ys.push(yt.reshape([c.b, 1, c.h, c.n]));
     }
-    assert_eq!(vec_of(Tensor::cat(ys, 1)), vec_of(y));
-    assert_eq!(vec_of(state), vec_of(s));
+    (vec_of(Tensor::cat(ys, 1)), vec_of(state))
 }
 
 #[test]
@@ -480,33 +486,8 @@ mod gpu {
             n: 64,
         };
         let x = raw(&c, 6, false);
-        let step_all = |d: &Device| {
-            let input = tensors(&c, &x, d);
-            let tok = |t: &Tensor<4>, i: usize| {
-                t.clone()
-                    .slice([0..c.b, i..i + 1, 0..c.h, 0..c.n])
-                    .reshape([c.b, c.h, c.n])
-            };
-            let mut state = t4(&x.s0, [c.b, c.h, c.n, c.n], d);
-            let mut ys = Vec::new();
-            for i in 0..c.t {
-                let (yt, st) = wkv7_step(
-                    tok(&input.r, i),
-                    tok(&input.w, i),
-                    tok(&input.k, i),
-                    tok(&input.v, i),
-                    tok(&input.a, i),
-                    tok(&input.b, i),
-                    state,
-                    Wkv7Impl::Fused,
-                );
-                state = st;
-                ys.extend(vec_of(yt));
-            }
-            (ys, vec_of(state))
-        };
-        let (yg, sg) = step_all(&gpu());
-        let (yc, sc) = step_all(&Device::flex());
+        let (yg, sg) = token_by_token(&c, &x, &gpu());
+        let (yc, sc) = token_by_token(&c, &x, &Device::flex());
         assert!(rel(&yg, &yc) < GPU_TOL, "y rel err {}", rel(&yg, &yc));
         assert!(rel(&sg, &sc) < GPU_TOL, "state rel err {}", rel(&sg, &sc));
     }
