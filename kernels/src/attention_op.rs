@@ -1,5 +1,5 @@
 //! Fused causal attention as a Burn backend extension: the Flex (CPU) implementation calls
-//! [`crate::attention_cpu`]; the Autodiff implementation records one graph node (saving the
+//! [`crate::attention_cpu`], the CubeCL one (GPUs, feature `wgpu`) `crate::attention_cube`; the Autodiff implementation records one graph node (saving the
 //! inputs, the output and each row's log-sum-exp) whose backward calls the fused backward.
 //! Without it, autodiff builds attention from a dozen tensor ops over the full `[T, T]` score
 //! matrix, forward and backward.
@@ -20,7 +20,7 @@ const OP: &str = "attention";
 
 /// Causal attention with grouped key/value heads (see [`crate::attention_cpu`] for layouts
 /// and which keys each query sees).
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Autodiff)]
 pub trait AttentionOps: Backend {
     /// `(o [B, H, Tq, D], lse [B, H, Tq])` for `q [B, H, Tq, D]`, `k`/`v` `[B, Hkv, Tk, D]`
     /// and `mask [B, Tk]` (1 real key, 0 padding).
@@ -135,6 +135,32 @@ impl AttentionOps for Flex {
             flex(dk, kv),
             flex(dv, kv),
         )
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl AttentionOps for burn_cubecl::CubeBackend {
+    fn causal_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        crate::attention_cube::forward(q, k, v, mask, scale)
+    }
+
+    fn causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        crate::attention_cube::backward(q, k, v, mask, o, lse, d_o, scale)
     }
 }
 

@@ -299,7 +299,7 @@ fn wkv7_backward_kernel<F: Float>(
     }
 }
 
-type Ct = FloatTensor<CubeBackend>;
+pub(crate) type Ct = FloatTensor<CubeBackend>;
 
 fn dims4(t: &Ct) -> [usize; 4] {
     let shape = t.shape();
@@ -312,19 +312,19 @@ fn dims4(t: &Ct) -> [usize; 4] {
     shape.dims::<4>()
 }
 
-fn check_f32(tensors: &[(&Ct, &str)]) {
+pub(crate) fn check_f32(op: &str, tensors: &[(&Ct, &str)]) {
     for (t, name) in tensors {
         assert_eq!(
             t.dtype,
             DType::F32,
-            "wkv7: `{name}` must be f32 on a GPU (got {:?}); cast before calling",
+            "{op}: `{name}` must be f32 on a GPU (got {:?}); cast before calling",
             t.dtype
         );
     }
 }
 
-/// `[6, B, T, H, N]` from the six `[B, T, H, N]` inputs (a contiguous copy).
-fn stack(xs: [Ct; 6]) -> Ct {
+/// `[n, …]` from `n` tensors of one shape (a contiguous copy).
+pub(crate) fn stack<const M: usize>(xs: [Ct; M]) -> Ct {
     let parts = xs
         .into_iter()
         .map(|t| {
@@ -336,8 +336,8 @@ fn stack(xs: [Ct; 6]) -> Ct {
     into_contiguous(CubeBackend::float_cat(parts, 0))
 }
 
-/// Part `q` of a stacked `[6, …]` tensor, as `[…]`.
-fn part(stacked: &Ct, q: usize) -> Ct {
+/// Part `q` of a stacked `[n, …]` tensor, as `[…]`.
+pub(crate) fn part(stacked: &Ct, q: usize) -> Ct {
     let dims = stacked.shape().to_vec();
     let mut ranges: Vec<Slice> = dims.iter().map(|&d| Slice::from(0..d)).collect();
     ranges[0] = Slice::from(q..q + 1);
@@ -370,7 +370,9 @@ pub(crate) fn forward(
         n <= MAX_HEAD_SIZE,
         "wkv7: head size {n} is above the GPU kernel's {MAX_HEAD_SIZE}"
     );
-    check_f32(&[
+    check_f32(
+        "wkv7",
+        &[
         (&r, "r"),
         (&w, "w"),
         (&k, "k"),
@@ -379,7 +381,8 @@ pub(crate) fn forward(
         (&b, "b"),
         (&mask, "mask"),
         (&s0, "state"),
-    ]);
+        ],
+    );
     let xs = stack([r, w, k, v, a, b]);
     let (mask, s0) = (into_contiguous(mask), into_contiguous(s0));
     let client = xs.client.clone();
@@ -444,7 +447,7 @@ pub(crate) fn backward(
     ds: Ct,
 ) -> (Ct, Ct, Ct, Ct, Ct, Ct, Ct) {
     let [batch, seq, heads, n] = dims4(&r);
-    check_f32(&[(&dy, "dy"), (&ds, "ds")]);
+    check_f32("wkv7", &[(&dy, "dy"), (&ds, "ds")]);
     let xs = stack([r, w, k, v, a, b]);
     let (mask, saved, dy, ds) = (
         into_contiguous(mask),

@@ -20,6 +20,8 @@
 //! oracle is Burn's own attention built from tensor ops).
 
 pub mod attention_cpu;
+#[cfg(feature = "wgpu")]
+pub mod attention_cube;
 pub mod attention_op;
 mod backward_node;
 pub mod chunked;
@@ -119,13 +121,37 @@ pub fn wkv7_step(
     (y.reshape([batch, heads, n]), s)
 }
 
-/// Whether the fused ops exist for this device's backend: the CPU backend, Flex, with or
-/// without autodiff. (The attention op runs there only; see [`wkv7_fused_available`].)
+/// Whether this device is the CPU backend, Flex (with or without autodiff), where every fused
+/// op runs.
 pub fn fused_available(device: &burn::tensor::Device) -> bool {
     matches!(
         device.clone().without_autodiff().as_dispatch(),
         burn::backend::DispatchDevice::Flex(_)
     )
+}
+
+/// Whether this device is a CubeCL GPU the kernels are compiled for (feature `wgpu`).
+fn on_cube(device: &burn::tensor::Device) -> bool {
+    #[cfg(feature = "wgpu")]
+    if matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        burn::backend::DispatchDevice::Cube(_)
+    ) {
+        return true;
+    }
+    let _ = device;
+    false
+}
+
+/// Whether [`causal_attention`] runs as one fused op on this device for head size `d`: on the
+/// CPU, and on a CubeCL GPU up to `attention_cube::MAX_HEAD_DIM`.
+pub fn attention_fused_available(device: &burn::tensor::Device, d: usize) -> bool {
+    #[cfg(feature = "wgpu")]
+    if on_cube(device) {
+        return d <= attention_cube::MAX_HEAD_DIM;
+    }
+    let _ = d;
+    fused_available(device)
 }
 
 /// Whether the fused WKV-7 op runs on this device for head size `n`: on the CPU for every
@@ -135,10 +161,7 @@ pub fn wkv7_fused_available(device: &burn::tensor::Device, n: usize) -> bool {
         return cpu::HEAD_SIZES.contains(&n);
     }
     #[cfg(feature = "wgpu")]
-    if matches!(
-        device.clone().without_autodiff().as_dispatch(),
-        burn::backend::DispatchDevice::Cube(_)
-    ) {
+    if on_cube(device) {
         return n <= cube::MAX_HEAD_SIZE;
     }
     false
@@ -149,8 +172,8 @@ pub fn wkv7_fused_available(device: &burn::tensor::Device, n: usize) -> bool {
 /// all real). The queries are the last `Tq` positions; a padded key is hidden from every query
 /// but its own. Returns `[B, H, Tq, D]`.
 ///
-/// The fused op runs on Flex (with or without autodiff); elsewhere, `None`: the caller uses
-/// its tensor-op path.
+/// The fused op runs where [`attention_fused_available`] says; elsewhere, `None`: the caller
+/// uses its tensor-op path.
 pub fn causal_attention(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -159,10 +182,10 @@ pub fn causal_attention(
     scale: f64,
 ) -> Option<Tensor<4>> {
     let device = q.device();
-    if !fused_available(&device) {
+    let [batch, _, _, head_dim] = q.dims();
+    if !attention_fused_available(&device, head_dim) {
         return None;
     }
-    let [batch, _, _, _] = q.dims();
     let k_len = k.dims()[2];
     let mask = key_mask.unwrap_or_else(|| Tensor::ones([batch, k_len], &device));
     let (o, _) = <burn::backend::Dispatch as AttentionOps>::causal_attention_forward(

@@ -84,42 +84,53 @@ fn max_rel_err(a: Tensor<4>, b: Tensor<4>) -> f32 {
 }
 
 fn check(c: Case, seed: u64) {
-    let device = Device::flex().autodiff();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let q = random([c.b, c.h, c.tq, c.d], &mut rng, &device);
-    let k = random([c.b, c.hkv, c.tk, c.d], &mut rng, &device);
-    let v = random([c.b, c.hkv, c.tk, c.d], &mut rng, &device);
-    let d_o = random([c.b, c.h, c.tq, c.d], &mut rng, &device);
-    let mask = key_mask(&c);
-    let mask_t = Tensor::<2>::from_data(TensorData::new(mask.clone(), [c.b, c.tk]), &device);
+    check_on(c, seed, &Device::flex(), 2e-5);
+}
+
+/// The fused op on `device` against the oracle on the CPU: output and the gradients of q, k
+/// and v, within `tol` (max relative error).
+fn check_on(c: Case, seed: u64, device: &Device, tol: f32) {
     let scale = 1.0 / (c.d as f64).sqrt();
-    let mut outs = Vec::new();
-    for fused in [true, false] {
-        let (q, k, v) = (
-            q.clone().require_grad(),
-            k.clone().require_grad(),
-            v.clone().require_grad(),
-        );
+    let mask = key_mask(&c);
+    let run = |fused: bool| {
+        let device = if fused {
+            device.clone().autodiff()
+        } else {
+            Device::flex().autodiff()
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let q = random([c.b, c.h, c.tq, c.d], &mut rng, &device).require_grad();
+        let k = random([c.b, c.hkv, c.tk, c.d], &mut rng, &device).require_grad();
+        let v = random([c.b, c.hkv, c.tk, c.d], &mut rng, &device).require_grad();
+        let d_o = random([c.b, c.h, c.tq, c.d], &mut rng, &device);
+        let mask_t = Tensor::<2>::from_data(TensorData::new(mask.clone(), [c.b, c.tk]), &device);
         let o = if fused {
-            causal_attention(q.clone(), k.clone(), v.clone(), Some(mask_t.clone()), scale)
-                .expect("fused attention runs on Flex")
+            causal_attention(q.clone(), k.clone(), v.clone(), Some(mask_t), scale)
+                .expect("the fused attention runs on this device")
         } else {
             oracle(q.clone(), k.clone(), v.clone(), &mask, &c, scale)
         };
-        let grads = (o.clone() * d_o.clone()).sum().backward();
+        let grads = (o.clone() * d_o).sum().backward();
         let g = |x: &Tensor<4>| x.grad(&grads).expect("gradient");
-        outs.push([o.detach(), g(&q), g(&k), g(&v)]);
-    }
-    let (fused, want) = (&outs[0], &outs[1]);
-    for (name, (a, b)) in ["o", "dq", "dk", "dv"].iter().zip(fused.iter().zip(want)) {
+        [o.detach(), g(&q), g(&k), g(&v)]
+    };
+    let (fused, want) = (run(true), run(false));
+    for (name, (a, b)) in ["o", "dq", "dk", "dv"].iter().zip(fused.iter().zip(&want)) {
         let err = max_rel_err(a.clone(), b.clone());
-        assert!(err < 2e-5, "{c:?}: {name} max relative error {err:e}");
+        assert!(err < tol, "{c:?} on {device:?}: {name} max relative error {err:e}");
     }
 }
 
 #[test]
 fn matches_burn_attention_with_grouped_heads_padding_and_long_sequences() {
-    let cases = [
+    for (i, c) in cases().into_iter().enumerate() {
+        check(c, 11 + i as u64);
+    }
+}
+
+/// Grouped heads, padding, sequences longer than one row block, queries after a cache.
+fn cases() -> [Case; 5] {
+    [
         Case {
             b: 1,
             h: 2,
@@ -166,9 +177,17 @@ fn matches_burn_attention_with_grouped_heads_padding_and_long_sequences() {
             d: 4,
             padded: true,
         },
-    ];
-    for (i, c) in cases.into_iter().enumerate() {
-        check(c, 11 + i as u64);
+    ]
+}
+
+/// The CubeCL kernels on the wgpu device (in CI: lavapipe) against the same oracle.
+#[cfg(feature = "wgpu")]
+#[test]
+fn gpu_kernels_match_burn_attention() {
+    let gpu = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+    assert!(rwkv_kernels::attention_fused_available(&gpu, 64));
+    for (i, c) in cases().into_iter().enumerate() {
+        check_on(c, 11 + i as u64, &gpu, 1e-4);
     }
 }
 

@@ -380,7 +380,7 @@ mod gpu {
         assert!(rwkv_kernels::wkv7_fused_available(&gpu(), 64));
         assert!(rwkv_kernels::wkv7_fused_available(&gpu().autodiff(), 8));
         assert!(!rwkv_kernels::wkv7_fused_available(&gpu(), 128));
-        assert!(!rwkv_kernels::fused_available(&gpu()), "attention stays on tensor ops");
+        assert!(!rwkv_kernels::fused_available(&gpu()), "fused_available names the CPU only");
     }
 
     #[test]

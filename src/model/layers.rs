@@ -9,7 +9,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use rwkv_kernels::{causal_attention, fused_available};
+use rwkv_kernels::{attention_fused_available, causal_attention};
 
 /// Seeded random parameters for tests and benchmarks (each layer's `init`).
 pub struct TensorRng {
@@ -373,7 +373,7 @@ impl Attention {
         }
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // The fused op (one graph node, grouped heads read in place) where the backend has it.
-        if fused_available(&q.device()) {
+        if attention_fused_available(&q.device(), self.head_dim) {
             let y = causal_attention(q, k, v, key_mask, scale).expect("fused attention");
             return self.o.forward(merge_heads(y));
         }
