@@ -660,7 +660,11 @@ fn gpu_device_needs_the_wgpu_build_and_bad_names_are_rejected() {
     p.write("p.toml", &pipeline("wgpu:1"));
     let r = p.run(&["validate", "p.toml"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("device `wgpu:1` is not available"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("device `wgpu:1` is not available"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("--features wgpu"), "{}", r.stderr);
     let r = p.run(&["bench", "wkv", "--device", "wgpu", "--quick"]);
     assert_eq!(r.code, 2, "{}", r.stderr);

@@ -14,14 +14,22 @@ use std::process::Command;
 fn gpu_check_dry_run_passes_parity_and_reports_numbers() {
     let out = tempfile::tempdir().unwrap();
     let result = Command::new(repo_root().join("scripts/gpu-check.sh"))
-        .args(["--dry-run", "--runner", env!("CARGO_BIN_EXE_runner"), "--out"])
+        .args([
+            "--dry-run",
+            "--runner",
+            env!("CARGO_BIN_EXE_runner"),
+            "--out",
+        ])
         .arg(out.path())
         .env("RUNNER_PYTHON", python())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&result.stdout);
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "gpu-check failed:\n{stdout}\n{stderr}");
+    assert!(
+        result.status.success(),
+        "gpu-check failed:\n{stdout}\n{stderr}"
+    );
     let summary: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("the summary is not JSON ({e}):\n{stdout}\n{stderr}"));
     assert_eq!(summary["dry_run"], true);

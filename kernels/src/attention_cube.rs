@@ -279,7 +279,10 @@ fn grid(rows: usize) -> (CubeCount, CubeDim) {
 /// `(o, lse)`; see [`crate::attention_op::AttentionOps::causal_attention_forward`].
 pub(crate) fn forward(q: Ct, k: Ct, v: Ct, mask: Ct, scale: f32) -> (Ct, Ct) {
     let (qd, kd) = dims(&q, &k);
-    check_f32("attention", &[(&q, "q"), (&k, "k"), (&v, "v"), (&mask, "mask")]);
+    check_f32(
+        "attention",
+        &[(&q, "q"), (&k, "k"), (&v, "v"), (&mask, "mask")],
+    );
     let q = into_contiguous(q);
     let kv = stack([k, v]);
     let mask = into_contiguous(mask);

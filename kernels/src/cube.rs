@@ -373,14 +373,14 @@ pub(crate) fn forward(
     check_f32(
         "wkv7",
         &[
-        (&r, "r"),
-        (&w, "w"),
-        (&k, "k"),
-        (&v, "v"),
-        (&a, "a"),
-        (&b, "b"),
-        (&mask, "mask"),
-        (&s0, "state"),
+            (&r, "r"),
+            (&w, "w"),
+            (&k, "k"),
+            (&v, "v"),
+            (&a, "a"),
+            (&b, "b"),
+            (&mask, "mask"),
+            (&s0, "state"),
         ],
     );
     let xs = stack([r, w, k, v, a, b]);
@@ -463,12 +463,7 @@ pub(crate) fn backward(
     );
     let client = xs.client.clone();
     let device = xs.device.clone();
-    let dxs = empty_device_dtype(
-        client.clone(),
-        device.clone(),
-        xs.shape(),
-        DType::F32,
-    );
+    let dxs = empty_device_dtype(client.clone(), device.clone(), xs.shape(), DType::F32);
     let work = empty_device_dtype(
         client.clone(),
         device,

@@ -117,7 +117,10 @@ fn check_on(c: Case, seed: u64, device: &Device, tol: f32) {
     let (fused, want) = (run(true), run(false));
     for (name, (a, b)) in ["o", "dq", "dk", "dv"].iter().zip(fused.iter().zip(&want)) {
         let err = max_rel_err(a.clone(), b.clone());
-        assert!(err < tol, "{c:?} on {device:?}: {name} max relative error {err:e}");
+        assert!(
+            err < tol,
+            "{c:?} on {device:?}: {name} max relative error {err:e}"
+        );
     }
 }
 

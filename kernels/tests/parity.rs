@@ -380,7 +380,10 @@ mod gpu {
         assert!(rwkv_kernels::wkv7_fused_available(&gpu(), 64));
         assert!(rwkv_kernels::wkv7_fused_available(&gpu().autodiff(), 8));
         assert!(!rwkv_kernels::wkv7_fused_available(&gpu(), 128));
-        assert!(!rwkv_kernels::fused_available(&gpu()), "fused_available names the CPU only");
+        assert!(
+            !rwkv_kernels::fused_available(&gpu()),
+            "fused_available names the CPU only"
+        );
     }
 
     #[test]
@@ -472,8 +475,16 @@ mod gpu {
             };
             let (yg, sg) = go(&gpu());
             let (yc, sc) = go(&Device::flex());
-            assert!(rel(&yg, &yc) < GPU_TOL, "seed {seed}: y rel err {}", rel(&yg, &yc));
-            assert!(rel(&sg, &sc) < GPU_TOL, "seed {seed}: state rel err {}", rel(&sg, &sc));
+            assert!(
+                rel(&yg, &yc) < GPU_TOL,
+                "seed {seed}: y rel err {}",
+                rel(&yg, &yc)
+            );
+            assert!(
+                rel(&sg, &sc) < GPU_TOL,
+                "seed {seed}: state rel err {}",
+                rel(&sg, &sc)
+            );
         }
     }
 

@@ -215,7 +215,14 @@ pub fn run(command: &BenchCommand) -> Result<(), Error> {
                 (None, true) => crate::bench::wkv::SHAPES[..1].to_vec(),
                 (None, false) => crate::bench::wkv::SHAPES.to_vec(),
             };
-            bench_wkv(&shapes, *reps, python, *no_reference, device, json.as_deref())
+            bench_wkv(
+                &shapes,
+                *reps,
+                python,
+                *no_reference,
+                device,
+                json.as_deref(),
+            )
         }
     }
 }

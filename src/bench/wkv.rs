@@ -152,8 +152,7 @@ pub fn measure(
     ShapeResult {
         shape: s,
         fused: time_burn(s, Wkv7Impl::Fused, reps, device),
-        reference: with_reference
-            .then(|| time_burn(s, Wkv7Impl::Reference, reps.min(1), device)),
+        reference: with_reference.then(|| time_burn(s, Wkv7Impl::Reference, reps.min(1), device)),
         // The PyTorch loop and the FMA peak are CPU figures: beside a GPU they say nothing.
         torch: if on_cpu {
             time_torch(python, script, s, reps)
@@ -337,7 +336,12 @@ impl SeededInputs {
         let ws = st.clone().cos();
         let loss = (y.clone() * wy.detach()).sum() + (st.clone() * ws.detach()).sum();
         let grads = loss.backward();
-        let v = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
+        let v = |t: Tensor<4>| {
+            t.into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32")
+        };
         let g = |t: &Tensor<4>, name: &str| {
             v(t.grad(&grads)
                 .unwrap_or_else(|| panic!("no gradient of {name}")))

@@ -104,7 +104,10 @@ mod tests {
 
     fn logits(rows: &[[f64; 3]]) -> Tensor<3> {
         let data: Vec<f32> = rows.iter().flatten().map(|&p| p.ln() as f32).collect();
-        Tensor::from_data(TensorData::new(data, [1, rows.len(), 3]), &crate::testing::device())
+        Tensor::from_data(
+            TensorData::new(data, [1, rows.len(), 3]),
+            &crate::testing::device(),
+        )
     }
 
     #[test]
@@ -127,7 +130,10 @@ mod tests {
     #[test]
     fn a_model_compared_with_itself_agrees_everywhere() {
         let t = logits(&[[0.1, 0.6, 0.3], [0.7, 0.2, 0.1]]);
-        let att = Tensor::from_data(TensorData::new(vec![1.0f32, 1.0], [1, 2]), &crate::testing::device());
+        let att = Tensor::from_data(
+            TensorData::new(vec![1.0f32, 1.0], [1, 2]),
+            &crate::testing::device(),
+        );
         let (kl, same) = batch_sums(t.clone(), t, att);
         assert!(kl.abs() < 1e-7, "{kl}");
         assert_eq!(same, 2.0);
@@ -144,7 +150,10 @@ mod tests {
             ),
             &crate::testing::device(),
         );
-        let att = Tensor::from_data(TensorData::new(vec![1.0f32], [1, 1]), &crate::testing::device());
+        let att = Tensor::from_data(
+            TensorData::new(vec![1.0f32], [1, 1]),
+            &crate::testing::device(),
+        );
         let (kl, _) = batch_sums(t, s, att);
         assert!(kl.abs() < 1e-6, "{kl}");
     }

@@ -81,7 +81,9 @@ impl Device {
     pub fn build_hint(self) -> &'static str {
         match self {
             Device::Tch => "LibTorch needs a build with `--features tch` (see the README)",
-            Device::Wgpu(_) => "GPUs need a build with `--features wgpu` (see the README's GPU section)",
+            Device::Wgpu(_) => {
+                "GPUs need a build with `--features wgpu` (see the README's GPU section)"
+            }
             Device::Cuda => {
                 "CUDA builds are not available (CubeCL's CUDA runtime downloads LLVM at build \
                  time); use device = \"wgpu\" on NVIDIA GPUs (Vulkan), see the README's GPU section"
