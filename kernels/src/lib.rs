@@ -51,6 +51,23 @@ pub struct Wkv7Input {
     pub b: Tensor<4>,
 }
 
+/// The removal key and in-context terms of each head from raw keys `kk` and rates `icl`
+/// (`[.., N]` rows): `α = −k̂`, `β = k̂ ⊙ icl` with `k̂` the row normalised to unit length — the
+/// inputs a real layer gives [`wkv7`], for tests and benchmarks that make their own.
+pub fn removal_terms(kk: &[f32], icl: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut a = vec![0.0; kk.len()];
+    let mut b = vec![0.0; kk.len()];
+    for (i, head) in kk.chunks(n).enumerate() {
+        let norm = head.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+        for j in 0..n {
+            let kkj = head[j] / norm;
+            a[i * n + j] = -kkj;
+            b[i * n + j] = kkj * icl[i * n + j];
+        }
+    }
+    (a, b)
+}
+
 /// Which implementation [`wkv7`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Wkv7Impl {
@@ -131,16 +148,12 @@ pub fn fused_available(device: &burn::tensor::Device) -> bool {
 }
 
 /// Whether this device is a CubeCL GPU the kernels are compiled for (feature `wgpu`).
+#[cfg(feature = "wgpu")]
 fn on_cube(device: &burn::tensor::Device) -> bool {
-    #[cfg(feature = "wgpu")]
-    if matches!(
+    matches!(
         device.clone().without_autodiff().as_dispatch(),
         burn::backend::DispatchDevice::Cube(_)
-    ) {
-        return true;
-    }
-    let _ = device;
-    false
+    )
 }
 
 /// Whether [`causal_attention`] runs as one fused op on this device for head size `d`: on the
@@ -157,14 +170,11 @@ pub fn attention_fused_available(device: &burn::tensor::Device, d: usize) -> boo
 /// Whether the fused WKV-7 op runs on this device for head size `n`: on the CPU for every
 /// compiled head size, on a CubeCL GPU (feature `wgpu`) up to `cube::MAX_HEAD_SIZE`.
 pub fn wkv7_fused_available(device: &burn::tensor::Device, n: usize) -> bool {
-    if fused_available(device) {
-        return cpu::HEAD_SIZES.contains(&n);
-    }
     #[cfg(feature = "wgpu")]
     if on_cube(device) {
         return n <= cube::MAX_HEAD_SIZE;
     }
-    false
+    fused_available(device) && cpu::HEAD_SIZES.contains(&n)
 }
 
 /// Causal softmax attention: `q [B, H, Tq, D]`, `k`/`v` `[B, Hkv, Tk, D]` with `H` a multiple

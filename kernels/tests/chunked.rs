@@ -39,7 +39,7 @@ fn raw(d: Dims, seed: u64, w_range: (f32, f32), gaps: bool) -> Raw {
     let s0 = u(-0.5, 0.5, d.state_len());
     let dy = u(-1.0, 1.0, len);
     let ds = u(-1.0, 1.0, d.state_len());
-    let (a, b) = common::removal_terms(&kk, &icl, d.head_size);
+    let (a, b) = rwkv_kernels::removal_terms(&kk, &icl, d.head_size);
     let mask = common::gap_mask(d.batch * d.seq, gaps, 13);
     Raw {
         r,

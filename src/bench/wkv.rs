@@ -298,16 +298,7 @@ impl SeededInputs {
         let kk = u(-1.0, 1.0, len);
         let icl = u(0.0, 1.0, len);
         let s0 = u(-0.5, 0.5, s.b * s.h * s.n * s.n);
-        // kk normalised per head; α = −kk, β = kk·a.
-        let mut a = vec![0.0f32; len];
-        let mut b = vec![0.0f32; len];
-        for (o, row) in kk.chunks(s.n).enumerate() {
-            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
-            for (j, x) in row.iter().enumerate() {
-                a[o * s.n + j] = -x / norm;
-                b[o * s.n + j] = x / norm * icl[o * s.n + j];
-            }
-        }
+        let (a, b) = rwkv_kernels::removal_terms(&kk, &icl, s.n);
         // Every 7th token masked out.
         let mask: Vec<f32> = (0..s.b * s.t)
             .map(|i| if i % 7 == 3 { 0.0 } else { 1.0 })
