@@ -43,7 +43,7 @@ fn raw(c: &Case, seed: u64, gaps: bool) -> Raw {
     let kk_raw = u(-1.0, 1.0, len);
     let icl = u(0.0, 1.0, len);
     let s0 = u(-0.5, 0.5, c.b * c.h * c.n * c.n);
-    let (a, b) = common::removal_terms(&kk_raw, &icl, c.n);
+    let (a, b) = rwkv_kernels::removal_terms(&kk_raw, &icl, c.n);
     let mask = common::gap_mask(c.b * c.t, gaps, 11);
     Raw {
         r,
@@ -188,52 +188,70 @@ fn check_case_on(c: Case, seed: u64, gaps: bool, device: &Device, tol: f32) {
     }
 }
 
+/// `(case, seed, gaps)` with small heads.
+fn small_head_cases() -> [(Case, u64, bool); 2] {
+    [
+        (
+            Case {
+                b: 2,
+                t: 37,
+                h: 3,
+                n: 8,
+            },
+            1,
+            true,
+        ),
+        (
+            Case {
+                b: 1,
+                t: 16,
+                h: 2,
+                n: 16,
+            },
+            2,
+            false,
+        ),
+    ]
+}
+
+/// `(case, seed, gaps)` with SmolLM2's and Qwen2.5's head size.
+fn head_64_cases() -> [(Case, u64, bool); 2] {
+    [
+        (
+            Case {
+                b: 2,
+                t: 21,
+                h: 2,
+                n: 64,
+            },
+            3,
+            true,
+        ),
+        (
+            Case {
+                b: 1,
+                t: 48,
+                h: 1,
+                n: 64,
+            },
+            4,
+            false,
+        ),
+    ]
+}
+
 #[test]
 fn fused_matches_reference_small_heads() {
-    check_case(
-        Case {
-            b: 2,
-            t: 37,
-            h: 3,
-            n: 8,
-        },
-        1,
-        true,
-    );
-    check_case(
-        Case {
-            b: 1,
-            t: 16,
-            h: 2,
-            n: 16,
-        },
-        2,
-        false,
-    );
+    for (c, seed, gaps) in small_head_cases() {
+        check_case(c, seed, gaps);
+    }
 }
 
 #[test]
 fn fused_matches_reference_head_size_64() {
-    check_case(
-        Case {
-            b: 2,
-            t: 21,
-            h: 2,
-            n: 64,
-        },
-        3,
-        true,
-    );
-    check_case(
-        Case {
-            b: 1,
-            t: 48,
-            h: 1,
-            n: 64,
-        },
-        4,
-        false,
-    );
+    for (c, seed, gaps) in head_64_cases() {
+        check_case(c, seed, gaps);
+    }
 }
 
 #[test]
@@ -388,58 +406,16 @@ mod gpu {
 
     #[test]
     fn gpu_kernels_match_reference_small_heads_with_gaps() {
-        check_case_on(
-            Case {
-                b: 2,
-                t: 37,
-                h: 3,
-                n: 8,
-            },
-            1,
-            true,
-            &gpu(),
-            GPU_TOL,
-        );
-        check_case_on(
-            Case {
-                b: 1,
-                t: 16,
-                h: 2,
-                n: 16,
-            },
-            2,
-            false,
-            &gpu(),
-            GPU_TOL,
-        );
+        for (c, seed, gaps) in small_head_cases() {
+            check_case_on(c, seed, gaps, &gpu(), GPU_TOL);
+        }
     }
 
     #[test]
     fn gpu_kernels_match_reference_head_size_64() {
-        check_case_on(
-            Case {
-                b: 2,
-                t: 21,
-                h: 2,
-                n: 64,
-            },
-            3,
-            true,
-            &gpu(),
-            GPU_TOL,
-        );
-        check_case_on(
-            Case {
-                b: 1,
-                t: 48,
-                h: 1,
-                n: 64,
-            },
-            4,
-            false,
-            &gpu(),
-            GPU_TOL,
-        );
+        for (c, seed, gaps) in head_64_cases() {
+            check_case_on(c, seed, gaps, &gpu(), GPU_TOL);
+        }
         // Long enough that a kernel whose 64-step loops were not unrolled would be cut short
         // by lavapipe's 65,535-iteration loop limit (its last tokens came back unwritten).
         check_case_on(
