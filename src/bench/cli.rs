@@ -282,9 +282,7 @@ fn bench_stage2_on(
     device: &burn::tensor::Device,
     json: Option<&Path>,
 ) -> Result<(), Error> {
-    let config = crate::model::TransformerConfig::from_dir(model_dir)
-        .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))?;
-    let wkv_layers = parse_layers(layers, config.num_hidden_layers)?;
+    let (config, wkv_layers) = config_and_layers(model_dir, layers)?;
     println!(
         "one stage-2 optimizer step on {device:?}: batch {batch} × {seq} tokens, {} of {} layers converted",
         wkv_layers.len(),
@@ -337,10 +335,7 @@ fn bench_stage2(
     json: Option<&Path>,
 ) -> Result<(), Error> {
     use crate::bench::stage2::{PHASES, measure_ours};
-    let config = crate::model::TransformerConfig::from_dir(model_dir)
-        .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))?;
-    let n_layers = config.num_hidden_layers;
-    let wkv_layers = parse_layers(layers, n_layers)?;
+    let (config, wkv_layers) = config_and_layers(model_dir, layers)?;
     println!(
         "one stage-2 optimizer step: batch {batch} × {seq} tokens, layers {wkv_layers:?} converted, {} threads",
         rayon::current_num_threads()
@@ -468,6 +463,17 @@ fn bench_stage2(
 }
 
 /// `--layers`: `all` or comma-separated indices, checked against the model.
+/// The model directory's configuration and the `--layers` it names, checked against it.
+fn config_and_layers(
+    model_dir: &Path,
+    layers: &str,
+) -> Result<(crate::model::TransformerConfig, Vec<usize>), Error> {
+    let config = crate::model::TransformerConfig::from_dir(model_dir)
+        .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))?;
+    let wkv_layers = parse_layers(layers, config.num_hidden_layers)?;
+    Ok((config, wkv_layers))
+}
+
 fn parse_layers(layers: &str, n_layers: usize) -> Result<Vec<usize>, Error> {
     use crate::model::hybrid::LayerSelection;
     let selection = if layers == "all" {
@@ -566,7 +572,10 @@ fn check_wkv(device: &burn::tensor::Device) -> Result<(), Error> {
         n: 64,
     };
     let errors = crate::bench::wkv::check_against_cpu(shape, device);
-    println!("WKV-7 on {device:?} vs the CPU op, B=2 T=100 H=4 N=64 (max relative error):");
+    println!(
+        "WKV-7 on {device:?} vs the CPU op, B={} T={} H={} N={} (max relative error):",
+        shape.b, shape.t, shape.h, shape.n
+    );
     let mut worst: f64 = 0.0;
     for (name, e) in &errors {
         println!("  {name:<7} {e:.2e}");
