@@ -4,10 +4,5 @@
 /// builds with that feature), so the same tests can be pointed at a GPU.
 pub fn device() -> burn::tensor::Device {
     let name = std::env::var("RUNNER_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
-    let device: crate::pipeline::schema::Device = name
-        .parse()
-        .unwrap_or_else(|e| panic!("RUNNER_TEST_DEVICE: {e}"));
-    device
-        .tensor_device()
-        .unwrap_or_else(|e| panic!("RUNNER_TEST_DEVICE: {e:#}"))
+    crate::commands::parse_device(&name).unwrap_or_else(|e| panic!("RUNNER_TEST_DEVICE: {e}"))
 }

@@ -9,9 +9,8 @@ use std::sync::Arc;
 /// Where tensors live: `cpu` (Burn's flex backend, with the fused kernels); `wgpu` or `wgpu:N`
 /// (a GPU through Burn's CubeCL wgpu backend, with the fused WKV-7 kernels; builds with the
 /// `wgpu` feature; `N` picks the N-th discrete GPU, plain `wgpu` the adapter wgpu prefers);
-/// `tch` (LibTorch on the CPU; builds with the `tch` feature). `cuda` is a name kept for CUDA
-/// builds, which cannot be made offline (CubeCL's CUDA runtime downloads an LLVM bundle at
-/// build time) and is rejected by validation.
+/// `tch` (LibTorch on the CPU; builds with the `tch` feature). `cuda` is a name kept for a CUDA
+/// backend the runner does not have yet (see the README's GPU section); validation rejects it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(try_from = "String", into = "String")]
 pub enum Device {
@@ -85,8 +84,8 @@ impl Device {
                 "GPUs need a build with `--features wgpu` (see the README's GPU section)"
             }
             Device::Cuda => {
-                "CUDA builds are not available (CubeCL's CUDA runtime downloads LLVM at build \
-                 time); use device = \"wgpu\" on NVIDIA GPUs (Vulkan), see the README's GPU section"
+                "the runner has no CUDA backend yet; use device = \"wgpu\" on NVIDIA GPUs \
+                 (Vulkan), see the README's GPU section"
             }
             Device::Cpu => "",
         }

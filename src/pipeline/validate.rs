@@ -7,7 +7,7 @@ use super::decode::decode;
 use super::diagnostics::{Diagnostic, Diagnostics, did_you_mean};
 use super::graph::StepGraph;
 use super::paths;
-use super::schema::{self, Pipeline, PipelineHeader, StepDef};
+use super::schema::{self, Device, Pipeline, PipelineHeader, StepDef};
 use super::source::{KeyPath, RawPipeline};
 use super::step::StepKind;
 use serde::Deserialize;
@@ -104,13 +104,11 @@ pub fn validate(raw: RawPipeline, kinds: &[StepKind]) -> Result<Pipeline, Diagno
     }
     if let Some(h) = &header {
         if !h.device.available() {
-            let mut devices = vec!["\"cpu\""];
-            if cfg!(feature = "wgpu") {
-                devices.push("\"wgpu\"");
-            }
-            if cfg!(feature = "tch") {
-                devices.push("\"tch\"");
-            }
+            let devices: Vec<String> = [Device::Cpu, Device::Wgpu(None), Device::Tch]
+                .into_iter()
+                .filter(|d| d.available())
+                .map(|d| format!("\"{d}\""))
+                .collect();
             diags.push(
                 Diagnostic::new(
                     map.locate(&kp(&["pipeline", "device"])),
