@@ -1,6 +1,7 @@
 //! Fused causal attention as a Burn backend extension: the Flex (CPU) implementation calls
-//! [`crate::attention_cpu`], the CubeCL one (GPUs, feature `wgpu`) `crate::attention_cube`; the Autodiff implementation records one graph node (saving the
-//! inputs, the output and each row's log-sum-exp) whose backward calls the fused backward.
+//! [`crate::attention_cpu`], the CubeCL one (GPUs, feature `wgpu`) `crate::attention_cube`;
+//! the Autodiff implementation records one graph node (saving the inputs, the output and each
+//! row's log-sum-exp) whose backward calls the fused backward.
 //! Without it, autodiff builds attention from a dozen tensor ops over the full `[T, T]` score
 //! matrix, forward and backward.
 
