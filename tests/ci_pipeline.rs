@@ -305,54 +305,47 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
     }
 }
 
+/// Runs `pipelines/ci.toml` to the end with `pipeline.device` set to `device`; returns its
+/// evaluation report.
+#[cfg(any(feature = "tch", feature = "wgpu"))]
+fn report_on_device(device: &str) -> Value {
+    let p = Project::new();
+    let pipe = pipeline();
+    let runs = p.path().join(format!("runs-{device}"));
+    let set = format!("pipeline.device=\"{device}\"");
+    ok(&mut runner(
+        &p,
+        &[
+            "run",
+            pipe.to_str().unwrap(),
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--set",
+            &set,
+            "--quiet",
+        ],
+    ));
+    report(&run_dir(&runs))
+}
+
 /// The same pipeline on LibTorch (`device = "tch"`, builds with `--features tch`): every
 /// evaluation number within the tolerance of the flex backend's expectations.
 #[cfg(feature = "tch")]
 #[test]
 fn ci_pipeline_on_libtorch_matches_the_flex_numbers() {
-    let p = Project::new();
-    let pipe = pipeline();
-    let runs = p.path().join("runs-tch");
-    ok(&mut runner(
-        &p,
-        &[
-            "run",
-            pipe.to_str().unwrap(),
-            "--runs-dir",
-            runs.to_str().unwrap(),
-            "--set",
-            "pipeline.device=\"tch\"",
-            "--quiet",
-        ],
-    ));
-    check_expected(&report(&run_dir(&runs)), "LibTorch");
+    check_expected(&report_on_device("tch"), "LibTorch");
 }
 
 /// The same pipeline on a GPU through wgpu (`device = "wgpu"`, builds with `--features wgpu`;
-/// in CI Mesa's software Vulkan driver): every evaluation number within the tolerance of the
-/// CPU's expectations (within three times the CPU's tolerance).
+/// in CI Mesa's software Vulkan driver): every evaluation number within three times the CPU's
+/// tolerance of its expectations.
 #[cfg(feature = "wgpu")]
 #[test]
 fn ci_pipeline_on_wgpu_matches_the_cpu_numbers() {
-    let p = Project::new();
-    let pipe = pipeline();
-    let runs = p.path().join("runs-wgpu");
-    ok(&mut runner(
-        &p,
-        &[
-            "run",
-            pipe.to_str().unwrap(),
-            "--runs-dir",
-            runs.to_str().unwrap(),
-            "--set",
-            "pipeline.device=\"wgpu\"",
-            "--quiet",
-        ],
-    ));
     // lavapipe rounds differently (no fused multiply-adds, other summation orders); over a
     // whole training run the difference grows to about 1 % in GRPO's numbers (sampled
     // completions can change), so the band is three times the CPU's.
-    check_expected_within(&report(&run_dir(&runs)), "wgpu", 3.0);
+    check_expected_within(&report_on_device("wgpu"), "wgpu", 3.0);
 }
 
 /// `pipelines/ci.toml` with `executor.kind = "slurm"` on a real (local) Slurm: every step runs
