@@ -41,6 +41,12 @@ impl Checkpoints {
         &self.dir
     }
 
+    /// The checkpoints of a loop inside the step (`<checkpoint>/<name>/`): kept by this
+    /// folder's pruning, and cleared with it when the step starts over.
+    pub fn nested(&self, name: &str) -> Checkpoints {
+        Checkpoints::new(self.dir.join(name), self.keep)
+    }
+
     /// The `progress.json` of the step's long work, beside its checkpoints (see
     /// [`crate::progress::Progress`]).
     pub fn progress_file(&self) -> PathBuf {
@@ -89,7 +95,8 @@ impl Checkpoints {
         fsx::remove_dir_if_exists(&self.dir)
     }
 
-    /// Keeps the newest `keep` complete checkpoints and removes leftovers of interrupted saves.
+    /// Keeps the newest `keep` complete checkpoints and removes leftovers of interrupted saves;
+    /// other folders of the step (sub-loops' own checkpoints) are left alone.
     fn prune(&self) -> std::io::Result<()> {
         let mut complete = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
@@ -100,9 +107,11 @@ impl Checkpoints {
             }
             if name.starts_with("ckpt-") && entry.path().join(COMPLETE).exists() {
                 complete.push(name);
-            } else {
+            } else if name.starts_with("ckpt-") || name.starts_with(".ckpt-") {
+                // An interrupted save: its temporary folder, or a folder without `COMPLETE`.
                 fsx::remove_dir_if_exists(&entry.path())?;
             }
+            // Other folders belong to the step (e.g. stage 1's layer probe) and are kept.
         }
         complete.sort();
         let excess = complete.len().saturating_sub(self.keep);
@@ -140,5 +149,26 @@ mod tests {
         c.save(1, |p| Ok(fs::write(p.join("s"), "1")?)).unwrap();
         assert!(c.save(2, |_| anyhow::bail!("disk full")).is_err());
         assert_eq!(c.latest().unwrap().tag, 1);
+    }
+
+    #[test]
+    fn pruning_removes_interrupted_saves_and_keeps_nested_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpoints::new(dir.path().join("checkpoint"), 1);
+        let probe = c.nested("probe");
+        probe.save(7, |p| Ok(fs::write(p.join("s"), "7")?)).unwrap();
+        fs::create_dir_all(c.dir().join("ckpt-0000000009")).unwrap(); // no COMPLETE
+        fs::create_dir_all(c.dir().join(".ckpt-0000000010.tmp-1-0")).unwrap();
+        c.save(1, |p| Ok(fs::write(p.join("s"), "1")?)).unwrap();
+        assert!(!c.dir().join("ckpt-0000000009").exists());
+        assert!(!c.dir().join(".ckpt-0000000010.tmp-1-0").exists());
+        assert_eq!(probe.latest().unwrap().tag, 7);
+        assert_eq!(c.latest().unwrap().tag, 1);
+        c.clear().unwrap();
+        assert_eq!(
+            probe.latest(),
+            None,
+            "clearing the step clears its nested loops"
+        );
     }
 }
