@@ -216,6 +216,22 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
 
     check_grpo_signal(&run_a);
 
+    // Stage 1 chose its two layers with the layer probe; the report shows every layer's score.
+    let choice = &got["layer_choices"][0];
+    assert_eq!(choice["step"], "stage1", "{choice}");
+    let layers = &choice["choice"]["layers"];
+    assert_eq!(layers.as_array().map(Vec::len), Some(2), "{choice}");
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(run_a.join("stage1/out/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        &config["wkv_layers"], layers,
+        "the student has the chosen layers"
+    );
+    let md = std::fs::read_to_string(run_a.join("eval/out/report.md")).unwrap();
+    assert!(md.contains("## Layers chosen by measurement"), "{md}");
+
     // Both exports load in transformers with the runner's logits (where torch is installed).
     if let Some(py) = common::python::torch_python() {
         let ids = vec![vec![256, 72, 101, 108, 108, 111, 258, 17, 200]];

@@ -40,6 +40,21 @@ pub fn batch_sums(t_logits: Tensor<3>, s_logits: Tensor<3>, att: Tensor<2>) -> (
     (to_vec(kl.sum())[0] as f64, to_vec(same.sum())[0] as f64)
 }
 
+/// The fixed held-out batches every comparison uses: the `heldout` split of `data` (else
+/// `train`) from its start, `batch_size` sequences each; with how many of up to `batches` it
+/// holds (at least one).
+pub fn heldout_batches(data: &Path, batch_size: usize, batches: usize) -> Result<(Loader, usize)> {
+    let manifest = crate::data::shards::read_manifest(data)?;
+    let split = if manifest.splits.contains_key("heldout") {
+        "heldout"
+    } else {
+        "train"
+    };
+    let (loader, _) = Loader::open(data, split, batch_size, BatchLength::Bucket(64), 0)?;
+    let n = batches.min(loader.len().div_ceil(batch_size)).max(1);
+    Ok((loader, n))
+}
+
 /// The teacher's perplexity and each student's [`Agreement`], over up to `batches` held-out
 /// batches of `batch_size` sequences (the `heldout` split, else `train`).
 pub fn compare(
@@ -51,14 +66,7 @@ pub fn compare(
     device: &Device,
     mut progress: impl FnMut(usize),
 ) -> Result<(f64, Vec<Agreement>, usize)> {
-    let manifest = crate::data::shards::read_manifest(data)?;
-    let split = if manifest.splits.contains_key("heldout") {
-        "heldout"
-    } else {
-        "train"
-    };
-    let (mut loader, _) = Loader::open(data, split, batch_size, BatchLength::Bucket(64), 0)?;
-    let n = batches.min(loader.len().div_ceil(batch_size)).max(1);
+    let (mut loader, n) = heldout_batches(data, batch_size, batches)?;
     let mut t_nll = 0.0;
     let mut weight = 0.0;
     let mut sums = vec![(0.0f64, 0.0f64, 0.0f64); students.len()];

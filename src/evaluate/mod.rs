@@ -2,5 +2,7 @@
 //! report (JSON, Markdown, HTML) the `eval` step writes.
 
 pub mod agreement;
+pub mod degenerate;
+pub mod layer_choice;
 pub mod math;
 pub mod report;

@@ -1,6 +1,7 @@
 //! The human report of an `eval` step, rendered from its `report.json`: a Markdown file (curves
 //! linked as SVG files beside it) and a self-contained HTML page (curves inlined).
 
+use super::layer_choice::LayerChoice;
 use crate::bench::hybrid::ContextSpeed;
 use crate::grpo::problems::Accuracy;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,16 @@ pub struct Report {
     pub speed: Vec<SpeedRow>,
     /// Training curves copied beside the report.
     pub curves: Vec<Curve>,
+    /// Layers chosen by measurement (`layers = { auto = K }`) in a listed step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_choices: Vec<StepLayerChoice>,
+}
+
+/// The layer probe's result of one step (its `layer_choice.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepLayerChoice {
+    pub step: String,
+    pub choice: LayerChoice,
 }
 
 /// Held-out agreement of every model with the teacher, on the same batches.
@@ -68,6 +79,18 @@ pub struct Generations {
     pub teacher_greedy: String,
     pub student_greedy: String,
     pub student_sampled: String,
+    /// Why a greedy reply is degenerate (see [`super::degenerate`]), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_degenerate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_degenerate: Option<String>,
+}
+
+impl Generations {
+    /// The student's greedy reply is degenerate where the teacher's is not.
+    pub fn student_failed(&self) -> bool {
+        self.student_degenerate.is_some() && self.teacher_degenerate.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -166,6 +189,77 @@ fn speed_rows(r: &Report) -> Vec<[String; 6]> {
         .collect()
 }
 
+/// Rows of a layer probe's table: (layer, KL, top-1, converted).
+fn layer_rows(c: &LayerChoice) -> Vec<[String; 4]> {
+    c.scores
+        .iter()
+        .map(|s| {
+            [
+                s.layer.to_string(),
+                f(s.kl, 4),
+                pct(s.top1),
+                if s.chosen { "yes" } else { "" }.to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn layer_note(c: &StepLayerChoice) -> String {
+    format!(
+        "`{}` converted the {} layers {:?} whose replacement cost least: each layer's \
+         held-out KL(teacher ‖ teacher with only that layer's attention replaced), after {} \
+         probe steps training a mixer in every layer ({} positions, {:.0} s).",
+        c.step,
+        c.choice.k,
+        c.choice.layers,
+        c.choice.probe_steps,
+        c.choice.positions,
+        c.choice.seconds
+    )
+}
+
+const LAYER_HEAD: [&str; 4] = [
+    "layer",
+    "KL when replaced alone",
+    "top-1 agreement",
+    "converted",
+];
+
+/// Each layer's KL as a bar (converted layers dark), inline SVG.
+fn layer_svg(c: &LayerChoice) -> String {
+    let (w, h, pad) = (640.0, 160.0, 24.0);
+    let max = c.scores.iter().map(|s| s.kl).fold(1e-12, f64::max);
+    let n = c.scores.len().max(1) as f64;
+    let bw = (w - 2.0 * pad) / n;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         font-size=\"9\" font-family=\"sans-serif\">"
+    );
+    for (i, s) in c.scores.iter().enumerate() {
+        let bh = (h - 2.0 * pad) * (s.kl / max).clamp(0.0, 1.0);
+        let x = pad + i as f64 * bw;
+        let fill = if s.chosen { "#1f5fa8" } else { "#b9c9dc" };
+        let _ = write!(
+            svg,
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{fill}\">\
+             <title>layer {}: KL {:.4}</title></rect>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            h - pad - bh,
+            (bw - 1.0).max(0.5),
+            s.layer,
+            s.kl,
+            x + bw / 2.0,
+            h - pad + 11.0,
+            s.layer
+        );
+    }
+    let _ = write!(
+        svg,
+        "<text x=\"{pad}\" y=\"12\">KL when replaced alone (max {max:.3}); dark: converted</text></svg>"
+    );
+    svg
+}
+
 const HELDOUT_HEAD: [&str; 5] = [
     "model",
     "perplexity",
@@ -225,12 +319,16 @@ fn intro(r: &Report) -> String {
     )
 }
 
-/// The three replies of a generation, labelled.
-fn replies(g: &Generations) -> [(&'static str, &str); 3] {
+/// The three replies of a generation, labelled (a degenerate greedy reply says why).
+fn replies(g: &Generations) -> [(String, &str); 3] {
+    let label = |who: &str, why: &Option<String>| match why {
+        Some(why) => format!("{who}, greedy — degenerate: {why}"),
+        None => format!("{who}, greedy"),
+    };
     [
-        ("teacher, greedy", &g.teacher_greedy),
-        ("student, greedy", &g.student_greedy),
-        ("student, sampled", &g.student_sampled),
+        (label("teacher", &g.teacher_degenerate), &g.teacher_greedy),
+        (label("student", &g.student_degenerate), &g.student_greedy),
+        ("student, sampled".to_string(), &g.student_sampled),
     ]
 }
 
@@ -253,6 +351,10 @@ pub fn markdown(r: &Report) -> String {
             "## Generation speed and memory vs context\n\n{SPEED_NOTE}\n"
         );
         md_table(&mut s, SPEED_HEAD, &speed);
+    }
+    for c in &r.layer_choices {
+        let _ = writeln!(s, "## Layers chosen by measurement\n\n{}\n", layer_note(c));
+        md_table(&mut s, LAYER_HEAD, &layer_rows(&c.choice));
     }
     if !r.curves.is_empty() {
         let _ = writeln!(s, "## Training curves\n");
@@ -303,6 +405,15 @@ pub fn html(r: &Report, dir: &Path) -> String {
         );
         html_table(&mut s, SPEED_HEAD, &speed);
     }
+    for c in &r.layer_choices {
+        let _ = writeln!(
+            s,
+            "<h2>Layers chosen by measurement</h2><p>{}</p><div>{}</div>",
+            esc(&layer_note(c)),
+            layer_svg(&c.choice)
+        );
+        html_table(&mut s, LAYER_HEAD, &layer_rows(&c.choice));
+    }
     if !r.curves.is_empty() {
         s.push_str("<h2>Training curves</h2>\n");
         for c in &r.curves {
@@ -318,7 +429,7 @@ pub fn html(r: &Report, dir: &Path) -> String {
                 let _ = write!(
                     s,
                     "<p><b>{}</b></p><div class=\"gen\">{}</div>",
-                    esc(label),
+                    esc(&label),
                     esc(text.trim())
                 );
             }
@@ -395,8 +506,15 @@ mod tests {
                 teacher_greedy: "Hello".into(),
                 student_greedy: "Hey".into(),
                 student_sampled: "Yo".into(),
+                teacher_degenerate: None,
+                student_degenerate: Some("\"Hey\" repeated 3 times".into()),
+            }],
+            layer_choices: vec![StepLayerChoice {
+                step: "stage1".into(),
+                choice: LayerChoice::from_scores(1, &[(0.5, 0.9), (0.125, 0.95)]),
             }],
         };
+        assert!(r.generations[0].student_failed());
         // The JSON form reads back to the same report.
         let again: Report = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
         assert_eq!(markdown(&again), markdown(&r));
@@ -411,9 +529,19 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("![stage1](curves/stage1.svg)"));
+        assert!(md.contains("| 1 | 0.1250 | 95.0% | yes |"), "{md}");
+        assert!(md.contains("| 0 | 0.5000 | 90.0% |  |"), "{md}");
+        assert!(
+            md.contains("*student, greedy — degenerate: \"Hey\" repeated 3 times*"),
+            "{md}"
+        );
         let page = html(&r, dir.path());
         assert!(page.contains("<svg id=\"c1\"></svg>"), "curves are inlined");
         assert!(page.contains("Hi &lt;b&gt;"), "text is escaped");
+        assert!(
+            page.contains("<title>layer 1: KL 0.1250</title>"),
+            "probe bars"
+        );
         // Without optional sections nothing is rendered for them.
         let bare = Report {
             heldout: Heldout {
@@ -424,5 +552,6 @@ mod tests {
         };
         let md = markdown(&bare);
         assert!(!md.contains("Math accuracy") && !md.contains("Training curves"));
+        assert!(!md.contains("Layers chosen"));
     }
 }

@@ -36,6 +36,9 @@ pub enum LayerSelection {
         #[serde(default)]
         offset: usize,
     },
+    /// The `auto` layers whose replacement costs least, measured by the step that converts
+    /// them (stage 1's layer probe).
+    Auto { auto: usize },
 }
 
 impl LayerSelection {
@@ -58,6 +61,9 @@ impl LayerSelection {
                 }
                 (*offset..n_layers).step_by(*every).collect()
             }
+            LayerSelection::Auto { auto } => bail!(
+                "layers = {{ auto = {auto} }} is chosen by measurement, which only a stage1 step does"
+            ),
         };
         if let Some(bad) = layers.iter().find(|&&l| l >= n_layers) {
             bail!(

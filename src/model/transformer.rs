@@ -68,10 +68,12 @@ pub struct Transformer {
     pub config: TransformerConfig,
 }
 
-/// The attention input (after the input norm) and output of one layer, `[B, T, C]` each.
+/// One layer's residual stream on entry, and its attention input (after the input norm) and
+/// output, `[B, T, C]` each.
 #[derive(Debug, Clone)]
 pub struct LayerCapture {
     pub layer: usize,
+    pub residual_in: Tensor<3>,
     pub attn_in: Tensor<3>,
     pub attn_out: Tensor<3>,
 }
@@ -243,7 +245,7 @@ impl Transformer {
 /// The decoder stack every model here shares (teacher and hybrid student): for each layer,
 /// `x + mix_i(norm₁(x))` then `x + mlp(norm₂(x))`, where `mix(i, h)` is layer `i`'s token mixer
 /// (attention or RWKV-7). Returns the residual stream (before the final norm) and, for the
-/// layers in `capture`, the mixer's input and output; with `stop_after = Some(l)` it stops
+/// layers in `capture`, the stream entering the layer and the mixer's input and output; with `stop_after = Some(l)` it stops
 /// right after layer `l`'s mixer.
 pub fn decoder_stack<'a>(
     mut x: Tensor<3>,
@@ -259,6 +261,7 @@ pub fn decoder_stack<'a>(
         if capture.contains(&i) {
             captures.push(LayerCapture {
                 layer: i,
+                residual_in: x.clone(),
                 attn_in: h,
                 attn_out: a.clone(),
             });

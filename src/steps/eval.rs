@@ -5,15 +5,21 @@
 //!   top-1 agreement, all on the same fixed batches;
 //! - math accuracy of teacher and final student (greedy, exact numeric answer), and the
 //!   before/after accuracies of any GRPO step among the students;
-//! - greedy and sampled generations for fixed prompts;
+//! - greedy and sampled generations for fixed prompts, and a check that fails the step (after
+//!   the report is written) when the final student's greedy replies are degenerate where the
+//!   teacher's are not (`generation_check`);
+//! - the layers a stage-1 step chose by measurement, with every layer's score;
 //! - decode speed and cache/state memory vs context length, teacher against student;
 //! - the training curves (`loss.svg`, `reward.svg`) of every listed student's step.
 
 use crate::bench::hybrid::measure;
 use crate::evaluate::agreement::compare;
+use crate::evaluate::degenerate::degenerate;
+use crate::evaluate::layer_choice::CHOICE_FILE;
 use crate::evaluate::math::MathEval;
 use crate::evaluate::report::{
     Curve, Generations, GrpoAccuracy, Heldout, Math, ModelAgreement, Report, SpeedRow,
+    StepLayerChoice,
 };
 use crate::generate::{GenerationLimits, LanguageModel, Sampler, SamplingConfig, generate};
 use crate::grpo::problems::{PromptFormat, load_problems};
@@ -95,6 +101,14 @@ pub struct EvalSettings {
     /// Tokens decoded after each context.
     #[serde(default = "d_decode")]
     pub decode_tokens: usize,
+    /// Fail the step (after writing the report) when a greedy reply of the final student to a
+    /// fixed prompt is degenerate — empty, or caught in a loop — while the teacher's is not.
+    #[serde(default = "d_yes")]
+    pub generation_check: bool,
+}
+
+fn d_yes() -> bool {
+    true
 }
 
 impl EvalSettings {
@@ -280,10 +294,14 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
             ..Default::default()
         };
         let n = s.generate_max_new_tokens;
+        let teacher_greedy = complete(&teacher, &teacher_tok, p, greedy.clone(), n)?;
+        let student_greedy = complete(&student, &student_tok, p, greedy, n)?;
         generations.push(Generations {
             prompt: p.clone(),
-            teacher_greedy: complete(&teacher, &teacher_tok, p, greedy.clone(), n)?,
-            student_greedy: complete(&student, &student_tok, p, greedy, n)?,
+            teacher_degenerate: degenerate(&teacher_greedy),
+            student_degenerate: degenerate(&student_greedy),
+            teacher_greedy,
+            student_greedy,
             student_sampled: complete(&student, &student_tok, p, sampled, n)?,
         });
     }
@@ -310,6 +328,17 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
         bar.set_position(i as u64 + 1);
     }
     bar.finish_and_clear();
+
+    // Layers chosen by measurement.
+    let mut layer_choices = Vec::new();
+    for (name, dir) in &stage_dirs {
+        if let Some(choice) = crate::util::fsx::read_json(&dir.join(CHOICE_FILE))? {
+            layer_choices.push(StepLayerChoice {
+                step: name.clone(),
+                choice,
+            });
+        }
+    }
 
     // Curves of every stage.
     let mut curves = Vec::new();
@@ -346,6 +375,7 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
         generations,
         speed,
         curves,
+        layer_choices,
     };
     crate::util::fsx::atomic_write_json(&out.join("report.json"), &report)?;
     crate::util::fsx::atomic_write(
@@ -361,5 +391,27 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
         ctx.id,
         out.join("report.html").display()
     );
+    let failed: Vec<String> = report
+        .generations
+        .iter()
+        .filter(|g| g.student_failed())
+        .map(|g| {
+            format!(
+                "  {:?}: {} — {:?}",
+                g.prompt,
+                g.student_degenerate.as_deref().unwrap_or_default(),
+                g.student_greedy.trim()
+            )
+        })
+        .collect();
+    if s.generation_check && !failed.is_empty() {
+        anyhow::bail!(
+            "the final student's greedy replies are degenerate where the teacher's are not:\n{}\n\
+             the report is in {}; train it differently (a look at the SFT/GRPO steps' curves is a \
+             start), or set `generation_check = false` in this step to accept it",
+            failed.join("\n"),
+            out.display()
+        );
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod fetch;
 pub mod grpo;
 pub mod import;
+pub mod layer_probe;
 pub mod model;
 pub mod sft;
 pub mod stage1;

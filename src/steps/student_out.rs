@@ -26,13 +26,6 @@ pub fn train_student(
     trainable: BTreeSet<String>,
     loss: impl FnMut(&Hybrid, &Batch) -> Result<LossOutput>,
 ) -> Result<Hybrid> {
-    let (mut loader, _) = Loader::open(
-        data,
-        "train",
-        train.micro_batch,
-        BatchLength::Bucket(train.bucket),
-        ctx.seed,
-    )?;
     let trainer = Trainer {
         settings: train,
         checkpoints: &ctx.checkpoints,
@@ -40,7 +33,34 @@ pub fn train_student(
         trainable,
         dist: ctx.dist,
     };
-    trainer.run(student, &mut loader, ctx.wandb_sink(settings)?, loss)
+    run_on_data(
+        ctx,
+        &trainer,
+        data,
+        student,
+        ctx.wandb_sink(settings)?,
+        loss,
+    )
+}
+
+/// Runs `trainer` from `student` on the `train` split of `data`, in micro-batches and buckets
+/// as its settings say, in the order the step's seed gives.
+pub fn run_on_data(
+    ctx: &StepContext,
+    trainer: &Trainer,
+    data: &Path,
+    student: Hybrid,
+    wandb: Option<crate::wandb::WandbSink>,
+    loss: impl FnMut(&Hybrid, &Batch) -> Result<LossOutput>,
+) -> Result<Hybrid> {
+    let (mut loader, _) = Loader::open(
+        data,
+        "train",
+        trainer.settings.micro_batch,
+        BatchLength::Bucket(trainer.settings.bucket),
+        ctx.seed,
+    )?;
+    trainer.run(student, &mut loader, wandb, loss)
 }
 
 /// Writes the trained student and its reports into the step's artifacts. `eval` is the

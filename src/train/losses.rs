@@ -33,13 +33,15 @@ pub fn batch_tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<
 
 /// Stage 1 (attention alignment): each converted layer's mixer runs on the teacher's attention
 /// input of that layer; its loss is the mean over real tokens of `‖o − mixer(h)‖₂ / √C`; the
-/// step loss is the mean over converted layers. `v_first` comes from the first converted
-/// layer's mixer, as in the student.
+/// step loss is the mean over converted layers. With `share_values`, `v_first` comes from the
+/// first converted layer's mixer, as in the student; without, every mixer is its own first
+/// (the layers then learn independently, as stage 1's layer probe needs).
 pub fn stage1_loss(
     teacher: &Transformer,
     student: &Hybrid,
     batch: &Batch,
     device: &Device,
+    share_values: bool,
 ) -> (Tensor<1>, BTreeMap<String, f64>) {
     let (ids, att, _) = batch_tensors(batch, device);
     let layers = &student.student.wkv_layers;
@@ -57,7 +59,7 @@ pub fn stage1_loss(
         let target = cap.attn_out.detach();
         let (out, vf, _) = m.forward(
             h,
-            v_first.take(),
+            v_first.take().filter(|_| share_values),
             None,
             Some(att.clone()),
             0,

@@ -21,7 +21,7 @@ pub struct Ran {
 }
 
 impl Ran {
-    fn from(o: Output) -> Ran {
+    pub fn from(o: Output) -> Ran {
         Ran {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
