@@ -26,12 +26,15 @@ pub struct Checkpoint {
 pub struct Checkpoints {
     dir: PathBuf,
     keep: usize,
+    /// The step's `progress.json` (a nested loop's too: `runner status` reads one per step).
+    progress: PathBuf,
 }
 
 impl Checkpoints {
     /// `keep` is how many complete checkpoints are kept (at least 1).
     pub fn new(dir: PathBuf, keep: usize) -> Self {
         Checkpoints {
+            progress: dir.join(crate::progress::PROGRESS_FILE),
             dir,
             keep: keep.max(1),
         }
@@ -42,15 +45,20 @@ impl Checkpoints {
     }
 
     /// The checkpoints of a loop inside the step (`<checkpoint>/<name>/`): kept by this
-    /// folder's pruning, and cleared with it when the step starts over.
+    /// folder's pruning, and cleared with it when the step starts over. Its progress is the
+    /// step's.
     pub fn nested(&self, name: &str) -> Checkpoints {
-        Checkpoints::new(self.dir.join(name), self.keep)
+        Checkpoints {
+            dir: self.dir.join(name),
+            keep: self.keep,
+            progress: self.progress.clone(),
+        }
     }
 
     /// The `progress.json` of the step's long work, beside its checkpoints (see
     /// [`crate::progress::Progress`]).
     pub fn progress_file(&self) -> PathBuf {
-        self.dir.join(crate::progress::PROGRESS_FILE)
+        self.progress.clone()
     }
 
     /// The newest complete checkpoint, if any.
@@ -163,6 +171,11 @@ mod tests {
         assert!(!c.dir().join("ckpt-0000000009").exists());
         assert!(!c.dir().join(".ckpt-0000000010.tmp-1-0").exists());
         assert_eq!(probe.latest().unwrap().tag, 7);
+        assert_eq!(
+            probe.progress_file(),
+            c.progress_file(),
+            "one progress per step"
+        );
         assert_eq!(c.latest().unwrap().tag, 1);
         c.clear().unwrap();
         assert_eq!(

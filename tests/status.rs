@@ -52,8 +52,14 @@ fn status_shows_a_running_step_progress_and_eta() {
         let text = std::fs::read_to_string(run.join("stage1/checkpoint/progress.json")).ok()?;
         serde_json::from_str(&text).ok()
     };
+    // Stage 1's training itself (its layer probe comes first, under another label).
     p.wait_for(120, "stage 1's progress record", || {
-        record().is_some_and(|r| r["position"].as_u64() > Some(0) && r["rate"].is_number())
+        record().is_some_and(|r| {
+            r["label"] == "stage1"
+                && r["unit"] == "tokens"
+                && r["position"].as_u64() > Some(0)
+                && r["rate"].is_number()
+        })
     });
     let run = std::fs::read_dir(runs.join("ci"))
         .unwrap()
