@@ -100,11 +100,7 @@ impl ProgressRecord {
             self.unit
         );
         if let Some(r) = self.rate {
-            s.push_str(&format!(
-                " · {} {}/s",
-                human_count(r.round() as u64),
-                self.unit
-            ));
+            s.push_str(&format!(" · {}", human_rate(r, &self.unit)));
         }
         s
     }
@@ -312,6 +308,18 @@ pub fn human_count(n: u64) -> String {
     }
 }
 
+/// A rate in units per second, readable when slow: `3.4k tokens/s`, `2.5 steps/s`,
+/// `5.5 layers/min`.
+pub fn human_rate(per_s: f64, unit: &str) -> String {
+    if per_s >= 10.0 {
+        format!("{} {unit}/s", human_count(per_s.round() as u64))
+    } else if per_s >= 1.0 {
+        format!("{per_s:.1} {unit}/s")
+    } else {
+        format!("{:.1} {unit}/min", per_s * 60.0)
+    }
+}
+
 /// `4000.0` → `1h06m40s`.
 pub fn human_secs(secs: f64) -> String {
     if !secs.is_finite() {
@@ -449,6 +457,9 @@ mod tests {
         assert_eq!(human_secs(59.4), "59s");
         assert_eq!(human_secs(61.0), "1m01s");
         assert_eq!(human_secs(4000.0), "1h06m40s");
+        assert_eq!(human_rate(3412.0, "tokens"), "3412 tokens/s");
+        assert_eq!(human_rate(2.46, "steps"), "2.5 steps/s");
+        assert_eq!(human_rate(0.0917, "layers scored"), "5.5 layers scored/min");
     }
 
     #[test]
