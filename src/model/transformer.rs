@@ -245,8 +245,8 @@ impl Transformer {
 /// The decoder stack every model here shares (teacher and hybrid student): for each layer,
 /// `x + mix_i(norm₁(x))` then `x + mlp(norm₂(x))`, where `mix(i, h)` is layer `i`'s token mixer
 /// (attention or RWKV-7). Returns the residual stream (before the final norm) and, for the
-/// layers in `capture`, the stream entering the layer and the mixer's input and output; with `stop_after = Some(l)` it stops
-/// right after layer `l`'s mixer.
+/// layers in `capture`, the stream entering the layer and the mixer's input and output; with
+/// `stop_after = Some(l)` it stops right after layer `l`'s mixer.
 pub fn decoder_stack<'a>(
     mut x: Tensor<3>,
     blocks: impl Iterator<Item = (&'a RmsNorm, &'a RmsNorm, &'a Mlp)>,

@@ -2,9 +2,10 @@
 //! what replacing each one costs.
 //!
 //! 1. A mixer is trained in *every* layer at once for a few stage-1 steps (`[step.probe]
-//!    steps`, the step's own batch sizes and learning rate). Each learns from its own layer's
-//!    attention input and output, with no other layer's values (`v_first`), so the layers learn
-//!    independently of each other and of which others end up converted.
+//!    steps`, the step's own batch sizes, its learning rates decayed over the probe). Each
+//!    learns from its own layer's attention input and output, with no other layer's values
+//!    (`v_first`), so the layers learn independently of each other and of which others end up
+//!    converted.
 //! 2. Each layer's cost is the held-out KL(teacher ‖ the teacher with only that layer's
 //!    attention replaced by its probe mixer), on the same fixed batches for every layer. The
 //!    teacher runs once per batch; each layer's variant starts from the teacher's residual
