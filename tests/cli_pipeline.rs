@@ -743,3 +743,117 @@ resources = { tasks_per_node = 2 }
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("pipeline.executor.kind"), "{}", r.stderr);
 }
+
+/// An `eval` report as `command` steps stand in for it: the final student converted `layers`
+/// of 4, with `ppl` as its perplexity ratio and `speed` × the teacher's decode speed at 64
+/// tokens of context.
+fn report_json(layers: &str, ppl: f64, speed: f64) -> String {
+    let at = |tok_s: f64, mib: f64| {
+        format!(
+            r#"{{"context":64,"prefill_s":0.1,"decode_tok_s":{tok_s},"state_mib":{mib},"recurrent_mib":0,"peak_rss_mib":null}}"#
+        )
+    };
+    format!(
+        r#"{{"pipeline":"t","teacher":"@t","student":"@s","student_description":"RWKV-7 in layers {layers} of 4",
+"heldout":{{"batches":1,"batch_size":1,"teacher_perplexity":10,"models":[{{"name":"final","perplexity":{p},"perplexity_ratio":{ppl},"kl":0.1,"top1":0.9}}]}},
+"math":{{}},"grpo":[],"generations":[],"speed":[{{"context":64,"teacher":{t},"student":{s}}}],"curves":[]}}"#,
+        p = 10.0 * ppl,
+        t = at(100.0, 8.0),
+        s = at(100.0 * speed, 4.0),
+    )
+}
+
+#[test]
+fn compare_puts_students_side_by_side_with_their_training_time() {
+    let p = Project::new();
+    p.write("few.json", &report_json("[1]", 1.05, 1.1));
+    p.write("many.json", &report_json("[0, 1, 2, 3]", 1.4, 1.6));
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "cmp"
+
+[[step]]
+id = "train"
+kind = "command"
+run = "sleep 1"
+
+[[step]]
+id = "eval_few"
+kind = "command"
+run = "cp few.json $RUNNER_OUT/report.json"
+inputs = ["few.json"]
+
+[[step]]
+id = "eval_many"
+kind = "command"
+run = "cp many.json $RUNNER_OUT/report.json"
+inputs = ["many.json"]
+
+[[step]]
+id = "tradeoff"
+kind = "compare"
+depends_on = ["train", "eval_few", "eval_many"]
+title = "Few or many"
+students = [
+  { name = "one layer", report = "@eval_few", training = ["@train"] },
+  { name = "all layers", report = "@eval_many" },
+]
+"#,
+    );
+    p.run(&["run", "p.toml"]).ok();
+    let run = p.runs("cmp")[0].clone();
+    let md = std::fs::read_to_string(run.join("tradeoff/out/comparison.md")).unwrap();
+    assert!(md.starts_with("# Few or many"), "{md}");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| one layer |"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(
+        row.starts_with("| one layer | 1/4 | 1.050 | 0.1000 | 90.0% | 1.10× | 0.50× |"),
+        "{row}"
+    );
+    // The training step slept a second; its time is read from its manifest.
+    let train_s: f64 = row
+        .trim_end_matches(" s |")
+        .rsplit("| ")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1.0..30.0).contains(&train_s), "{row}");
+    assert!(md.contains("| all layers | 4/4 | 1.400 |"), "{md}");
+    assert!(md.contains("| 1.60× | 0.50× | – |"), "no training listed: {md}");
+    assert!(
+        md.contains("at 64 tokens of context): one layer, all layers."),
+        "both are on the Pareto front: {md}"
+    );
+    let page = std::fs::read_to_string(run.join("tradeoff/out/comparison.html")).unwrap();
+    assert!(page.contains("<polyline"), "the front is drawn");
+
+    // A report that does not say which layers were converted fails the step, naming it.
+    p.write("many.json", &report_json("of some", 1.4, 1.6).replace("RWKV-7 in layers", "?"));
+    let r = p.run(&["run", "p.toml"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the report of `all layers` does not say which layers"),
+        "{}",
+        r.stderr
+    );
+
+    // Two students with one name is a configuration error with its line.
+    p.write(
+        "p.toml",
+        &std::fs::read_to_string(p.path().join("p.toml"))
+            .unwrap()
+            .replace("\"all layers\"", "\"one layer\""),
+    );
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the name `one layer` is given to two students"),
+        "{}",
+        r.stderr
+    );
+}

@@ -28,6 +28,39 @@ pub struct Report {
     /// Layers chosen by measurement (`layers = { auto = K }`) in a listed step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layer_choices: Vec<StepLayerChoice>,
+    /// The final student's converted layers and the teacher's layer count (absent from reports
+    /// written before they were recorded: see [`Report::layers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<ConvertedLayers>,
+}
+
+/// Which of the teacher's layers the final student converted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvertedLayers {
+    pub converted: Vec<usize>,
+    pub of: usize,
+}
+
+impl Report {
+    /// The final student's converted layers: recorded, or read from the description that
+    /// reports written before they were recorded carry (`RWKV-7 in layers [..] of N`).
+    pub fn layers(&self) -> Option<ConvertedLayers> {
+        if let Some(l) = &self.layers {
+            return Some(l.clone());
+        }
+        let rest = self.student_description.strip_prefix("RWKV-7 in layers [")?;
+        let (list, of) = rest.split_once("] of ")?;
+        let converted = list
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse().ok())
+            .collect::<Option<Vec<usize>>>()?;
+        Some(ConvertedLayers {
+            converted,
+            of: of.trim().parse().ok()?,
+        })
+    }
 }
 
 /// The layer probe's result of one step (its `layer_choice.json`).
@@ -108,7 +141,7 @@ pub struct Curve {
     pub file: String,
 }
 
-fn f(x: f64, digits: usize) -> String {
+pub(crate) fn f(x: f64, digits: usize) -> String {
     if x.is_finite() {
         format!("{x:.digits$}")
     } else {
@@ -116,7 +149,7 @@ fn f(x: f64, digits: usize) -> String {
     }
 }
 
-fn pct(x: f64) -> String {
+pub(crate) fn pct(x: f64) -> String {
     if x.is_finite() {
         format!("{:.1}%", 100.0 * x)
     } else {
@@ -281,22 +314,24 @@ const SPEED_HEAD: [&str; 6] = [
     "student cache + state MiB",
 ];
 
-fn md_table<const N: usize>(out: &mut String, head: [&str; N], rows: &[[String; N]]) {
+/// A Markdown table (rows as long as `head`).
+pub(crate) fn md_table<R: AsRef<[String]>>(out: &mut String, head: &[&str], rows: &[R]) {
     let _ = writeln!(out, "| {} |", head.join(" | "));
-    let _ = writeln!(out, "|{}", "---|".repeat(N));
+    let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
     for r in rows {
-        let _ = writeln!(out, "| {} |", r.join(" | "));
+        let _ = writeln!(out, "| {} |", r.as_ref().join(" | "));
     }
     out.push('\n');
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
-fn html_table<const N: usize>(out: &mut String, head: [&str; N], rows: &[[String; N]]) {
+/// An HTML table (rows as long as `head`).
+pub(crate) fn html_table<R: AsRef<[String]>>(out: &mut String, head: &[&str], rows: &[R]) {
     out.push_str("<table><tr>");
     for h in head {
         let _ = write!(out, "<th>{}</th>", esc(h));
@@ -304,7 +339,7 @@ fn html_table<const N: usize>(out: &mut String, head: [&str; N], rows: &[[String
     out.push_str("</tr>");
     for r in rows {
         out.push_str("<tr>");
-        for c in r {
+        for c in r.as_ref() {
             let _ = write!(out, "<td>{}</td>", esc(c));
         }
         out.push_str("</tr>");
@@ -338,11 +373,11 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "# Evaluation report — {}\n", r.pipeline);
     let _ = writeln!(s, "{}\n", intro(r));
     let _ = writeln!(s, "## Held-out agreement with the teacher\n");
-    md_table(&mut s, HELDOUT_HEAD, &heldout_rows(r));
+    md_table(&mut s, &HELDOUT_HEAD, &heldout_rows(r));
     let math = math_rows(r);
     if !math.is_empty() {
         let _ = writeln!(s, "## Math accuracy (greedy, exact numeric answer)\n");
-        md_table(&mut s, MATH_HEAD, &math);
+        md_table(&mut s, &MATH_HEAD, &math);
     }
     let speed = speed_rows(r);
     if !speed.is_empty() {
@@ -350,11 +385,11 @@ pub fn markdown(r: &Report) -> String {
             s,
             "## Generation speed and memory vs context\n\n{SPEED_NOTE}\n"
         );
-        md_table(&mut s, SPEED_HEAD, &speed);
+        md_table(&mut s, &SPEED_HEAD, &speed);
     }
     for c in &r.layer_choices {
         let _ = writeln!(s, "## Layers chosen by measurement\n\n{}\n", layer_note(c));
-        md_table(&mut s, LAYER_HEAD, &layer_rows(&c.choice));
+        md_table(&mut s, &LAYER_HEAD, &layer_rows(&c.choice));
     }
     if !r.curves.is_empty() {
         let _ = writeln!(s, "## Training curves\n");
@@ -374,27 +409,33 @@ pub fn markdown(r: &Report) -> String {
     s
 }
 
-/// `report.html`, self-contained: curve SVGs are read from `dir` and inlined.
-pub fn html(r: &Report, dir: &Path) -> String {
-    let mut s = String::new();
-    let title = format!("Evaluation report — {}", r.pipeline);
-    let _ = writeln!(
-        s,
+/// The start of a report page: styles, the title as heading and an introduction.
+pub(crate) fn html_head(title: &str, intro: &str) -> String {
+    format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
          body{{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}}\
          table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}\
          td:first-child,th:first-child{{text-align:left}}th{{background:#f4f4f4}}\
          .gen{{white-space:pre-wrap;background:#f8f8f8;padding:.5em;border-radius:4px}}</style></head><body>\
-         <h1>{t}</h1><p>{intro}</p>",
-        t = esc(&title),
-        intro = esc(&intro(r))
-    );
+         <h1>{t}</h1><p>{intro}</p>\n",
+        t = esc(title),
+        intro = esc(intro)
+    )
+}
+
+/// `report.html`, self-contained: curve SVGs are read from `dir` and inlined.
+pub fn html(r: &Report, dir: &Path) -> String {
+    let mut s = String::new();
+    s.push_str(&html_head(
+        &format!("Evaluation report — {}", r.pipeline),
+        &intro(r),
+    ));
     s.push_str("<h2>Held-out agreement with the teacher</h2>\n");
-    html_table(&mut s, HELDOUT_HEAD, &heldout_rows(r));
+    html_table(&mut s, &HELDOUT_HEAD, &heldout_rows(r));
     let math = math_rows(r);
     if !math.is_empty() {
         s.push_str("<h2>Math accuracy (greedy, exact numeric answer)</h2>\n");
-        html_table(&mut s, MATH_HEAD, &math);
+        html_table(&mut s, &MATH_HEAD, &math);
     }
     let speed = speed_rows(r);
     if !speed.is_empty() {
@@ -403,7 +444,7 @@ pub fn html(r: &Report, dir: &Path) -> String {
             "<h2>Generation speed and memory vs context</h2><p>{}</p>",
             esc(SPEED_NOTE)
         );
-        html_table(&mut s, SPEED_HEAD, &speed);
+        html_table(&mut s, &SPEED_HEAD, &speed);
     }
     for c in &r.layer_choices {
         let _ = writeln!(
@@ -412,7 +453,7 @@ pub fn html(r: &Report, dir: &Path) -> String {
             esc(&layer_note(c)),
             layer_svg(&c.choice)
         );
-        html_table(&mut s, LAYER_HEAD, &layer_rows(&c.choice));
+        html_table(&mut s, &LAYER_HEAD, &layer_rows(&c.choice));
     }
     if !r.curves.is_empty() {
         s.push_str("<h2>Training curves</h2>\n");
@@ -513,11 +554,16 @@ mod tests {
                 step: "stage1".into(),
                 choice: LayerChoice::from_scores(1, &[(0.5, 0.9), (0.125, 0.95)]),
             }],
+            layers: Some(ConvertedLayers {
+                converted: vec![1],
+                of: 2,
+            }),
         };
         assert!(r.generations[0].student_failed());
         // The JSON form reads back to the same report.
         let again: Report = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
         assert_eq!(markdown(&again), markdown(&r));
+        assert_eq!(again.layers(), r.layers);
         let md = markdown(&r);
         assert!(
             md.contains("| stage1 | 12.000 | 1.200 | 0.3000 | 80.0% |"),

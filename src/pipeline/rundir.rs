@@ -314,6 +314,22 @@ pub fn read_manifest(step_dir: &Path) -> Option<StepManifest> {
     fsx::read_json(&step_dir.join(MANIFEST)).ok().flatten()
 }
 
+/// How long the step whose artifacts are in `out_dir` (a step folder's `out`) worked to make
+/// them: its manifest's duration or, for artifacts reused from an earlier run, the duration
+/// recorded there. `None` when no manifest says.
+pub fn work_seconds(out_dir: &Path) -> Option<f64> {
+    let mut dir = out_dir.parent()?.to_path_buf();
+    // Reuse chains are one link long; the bound only guards against a corrupt manifest.
+    for _ in 0..8 {
+        let m = read_manifest(&dir)?;
+        match m.cached_from {
+            Some(src) => dir = src,
+            None => return m.duration_s,
+        }
+    }
+    None
+}
+
 /// Reads a step folder's progress record (`None` when the step has none).
 pub fn progress_record(step_dir: &Path) -> Option<crate::progress::ProgressRecord> {
     let path = step_dir

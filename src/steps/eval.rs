@@ -18,7 +18,7 @@ use crate::evaluate::degenerate::degenerate;
 use crate::evaluate::layer_choice::CHOICE_FILE;
 use crate::evaluate::math::MathEval;
 use crate::evaluate::report::{
-    Curve, Generations, GrpoAccuracy, Heldout, Math, ModelAgreement, Report, SpeedRow,
+    ConvertedLayers, Curve, Generations, GrpoAccuracy, Heldout, Math, ModelAgreement, Report, SpeedRow,
     StepLayerChoice,
 };
 use crate::generate::{GenerationLimits, LanguageModel, Sampler, SamplingConfig, generate};
@@ -376,6 +376,10 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
         speed,
         curves,
         layer_choices,
+        layers: Some(ConvertedLayers {
+            converted: student.student.wkv_layers.clone(),
+            of: student.config.num_hidden_layers,
+        }),
     };
     crate::util::fsx::atomic_write_json(&out.join("report.json"), &report)?;
     crate::util::fsx::atomic_write(

@@ -3,6 +3,7 @@
 //! may name, handed to [`crate::pipeline::load`].
 
 pub mod command;
+pub mod compare;
 pub mod convert;
 pub mod eval;
 pub mod fetch;
@@ -31,6 +32,7 @@ pub const KINDS: &[StepKind] = &[
     kind::<grpo::GrpoSettings>("grpo"),
     kind::<convert::ConvertSettings>("convert"),
     kind::<eval::EvalSettings>("eval"),
+    kind::<compare::CompareSettings>("compare"),
 ];
 
 #[cfg(test)]
@@ -46,6 +48,6 @@ mod tests {
             let mut d = crate::pipeline::Diagnostics::default();
             let _ = (k.decode)(toml::Value::Table(Default::default()), &[], &map, &mut d);
         }
-        assert_eq!(names.len(), 11);
+        assert_eq!(names.len(), 12);
     }
 }
