@@ -824,7 +824,10 @@ students = [
         .unwrap();
     assert!((1.0..30.0).contains(&train_s), "{row}");
     assert!(md.contains("| all layers | 4/4 | 1.400 |"), "{md}");
-    assert!(md.contains("| 1.60× | 0.50× | – |"), "no training listed: {md}");
+    assert!(
+        md.contains("| 1.60× | 0.50× | – |"),
+        "no training listed: {md}"
+    );
     assert!(
         md.contains("at 64 tokens of context): one layer, all layers."),
         "both are on the Pareto front: {md}"
@@ -833,11 +836,15 @@ students = [
     assert!(page.contains("<polyline"), "the front is drawn");
 
     // A report that does not say which layers were converted fails the step, naming it.
-    p.write("many.json", &report_json("of some", 1.4, 1.6).replace("RWKV-7 in layers", "?"));
+    p.write(
+        "many.json",
+        &report_json("of some", 1.4, 1.6).replace("RWKV-7 in layers", "?"),
+    );
     let r = p.run(&["run", "p.toml"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("the report of `all layers` does not say which layers"),
+        r.stderr
+            .contains("the report of `all layers` does not say which layers"),
         "{}",
         r.stderr
     );
@@ -852,7 +859,8 @@ students = [
     let r = p.run(&["validate", "p.toml"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.contains("the name `one layer` is given to two students"),
+        r.stderr
+            .contains("the name `one layer` is given to two students"),
         "{}",
         r.stderr
     );

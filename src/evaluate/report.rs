@@ -48,7 +48,9 @@ impl Report {
         if let Some(l) = &self.layers {
             return Some(l.clone());
         }
-        let rest = self.student_description.strip_prefix("RWKV-7 in layers [")?;
+        let rest = self
+            .student_description
+            .strip_prefix("RWKV-7 in layers [")?;
         let (list, of) = rest.split_once("] of ")?;
         let converted = list
             .split(',')

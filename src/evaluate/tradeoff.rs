@@ -8,6 +8,7 @@
 use super::report::{
     ConvertedLayers, Report, SpeedRow, esc, f, html_head, html_table, md_table, pct,
 };
+use crate::train::plot::COLORS;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
@@ -291,9 +292,9 @@ impl Comparison {
                 })
             })
             .collect();
-        let (lo, hi) = pts.iter().fold((1.0f64, 1.0f64), |(a, b), p| {
-            (a.min(p.x), b.max(p.x))
-        });
+        let (lo, hi) = pts
+            .iter()
+            .fold((1.0f64, 1.0f64), |(a, b), p| (a.min(p.x), b.max(p.x)));
         let mut front: Vec<(f64, f64)> = self
             .pareto_front()
             .into_iter()
@@ -313,10 +314,6 @@ impl Comparison {
         )
     }
 }
-
-const COLORS: [&str; 8] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-];
 
 fn color(i: usize) -> &'static str {
     COLORS[i % COLORS.len()]
@@ -476,7 +473,9 @@ mod tests {
             ("d", (0..30).collect(), 2.00, 1.8, 0.01),
         ]
         .into_iter()
-        .map(|(n, l, p, sp, m)| Student::from_report(n, &report(&l, p, sp, m), Some(600.0)).unwrap())
+        .map(|(n, l, p, sp, m)| {
+            Student::from_report(n, &report(&l, p, sp, m), Some(600.0)).unwrap()
+        })
         .collect()
     }
 
@@ -507,7 +506,9 @@ mod tests {
         assert_eq!(c.context, 8192, "the longest shared context by default");
         assert_eq!(c.pareto_front(), vec![0, 1, 3]);
         assert_eq!(c.contexts(), vec![2048, 8192]);
-        let err = Comparison::new(students(), Some(512)).unwrap_err().to_string();
+        let err = Comparison::new(students(), Some(512))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("[2048, 8192]"), "{err}");
     }
 
@@ -515,7 +516,12 @@ mod tests {
     fn renders_the_table_and_charts() {
         let c = Comparison::new(students(), Some(2048)).unwrap();
         let md = c.markdown("Trade-off");
-        assert!(md.contains("| b | 15/30 | 1.300 | 0.3000 | 80.0% | 1.30× | 0.50× | 1.30× | 0.50× | 10.0 min |"), "{md}");
+        assert!(
+            md.contains(
+                "| b | 15/30 | 1.300 | 0.3000 | 80.0% | 1.30× | 0.50× | 1.30× | 0.50× | 10.0 min |"
+            ),
+            "{md}"
+        );
         assert!(md.contains("Pareto front (perplexity ratio against decode speed at 2048 tokens of context): a, b, d."), "{md}");
         let page = c.html("Trade-off");
         // One Pareto chart and 3 + 2 × 2 panels against the layer count.

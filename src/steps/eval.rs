@@ -18,8 +18,8 @@ use crate::evaluate::degenerate::degenerate;
 use crate::evaluate::layer_choice::CHOICE_FILE;
 use crate::evaluate::math::MathEval;
 use crate::evaluate::report::{
-    ConvertedLayers, Curve, Generations, GrpoAccuracy, Heldout, Math, ModelAgreement, Report, SpeedRow,
-    StepLayerChoice,
+    ConvertedLayers, Curve, Generations, GrpoAccuracy, Heldout, Math, ModelAgreement, Report,
+    SpeedRow, StepLayerChoice,
 };
 use crate::generate::{GenerationLimits, LanguageModel, Sampler, SamplingConfig, generate};
 use crate::grpo::problems::{PromptFormat, load_problems};
