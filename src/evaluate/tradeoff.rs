@@ -252,6 +252,7 @@ impl Comparison {
                 (0.0, of as f64),
                 &pts,
                 None,
+                (320.0, 220.0),
             ));
         };
         panel("perplexity ratio".into(), &|s| Some(s.perplexity_ratio));
@@ -311,6 +312,7 @@ impl Comparison {
             (lo - pad, hi + pad),
             &pts,
             Some(&front),
+            (640.0, 360.0),
         )
     }
 }
@@ -326,16 +328,17 @@ struct Point {
     label: Option<String>,
 }
 
-/// A scatter plot as inline SVG: `pts` in their colours, the x range given, the y range from
-/// the points, and `line` (if any) joining points in order.
+/// A `w`×`h` scatter plot as inline SVG: `pts` in their colours, the x range given, the y range
+/// from the points, and `line` (if any) joining points in order.
 fn scatter_svg(
     title: &str,
     xlabel: &str,
     (x0, x1): (f64, f64),
     pts: &[Point],
     line: Option<&[(f64, f64)]>,
+    (w, h): (f64, f64),
 ) -> String {
-    let (w, h, l, r, t, b) = (320.0, 220.0, 52.0, 12.0, 24.0, 36.0);
+    let (l, r, t, b) = (52.0, 12.0, 24.0, 36.0);
     let (mut y0, mut y1) = pts
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, c), p| (a.min(p.y), c.max(p.y)));
@@ -412,7 +415,7 @@ fn scatter_svg(
 }
 
 fn tick(v: f64) -> String {
-    if v.abs() >= 100.0 {
+    if v.abs() >= 100.0 || (v - v.round()).abs() < 1e-9 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
         format!("{v:.1}")
