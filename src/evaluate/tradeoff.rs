@@ -401,10 +401,16 @@ fn scatter_svg(
             color(p.color)
         );
         if let Some(label) = &p.label {
+            // Labels of points in the right third go to their left, inside the chart.
+            let (dx, anchor) = if px(p.x) > l + 2.0 * (w - l - r) / 3.0 {
+                (-6.0, "end")
+            } else {
+                (6.0, "start")
+            };
             let _ = write!(
                 s,
-                "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-                px(p.x) + 6.0,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
+                px(p.x) + dx,
                 py(p.y) - 4.0,
                 esc(label)
             );
