@@ -85,13 +85,7 @@ impl Comparison {
     /// Compares `students`; the Pareto chart uses `context`, or by default the longest context
     /// every report measured.
     pub fn new(students: Vec<Student>, context: Option<usize>) -> Result<Comparison> {
-        let shared: Vec<usize> = students
-            .first()
-            .map(|s| s.speed.iter().map(|r| r.context).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| students.iter().all(|s| s.at(*c).is_some()))
-            .collect();
+        let shared = shared_contexts(&students);
         let context = match context {
             Some(c) if shared.contains(&c) => c,
             Some(c) => bail!(
@@ -108,15 +102,7 @@ impl Comparison {
 
     /// Every context length measured by every student, ascending.
     pub fn contexts(&self) -> Vec<usize> {
-        let mut out: Vec<usize> = self
-            .students
-            .iter()
-            .flat_map(|s| s.speed.iter().map(|r| r.context))
-            .filter(|c| self.students.iter().all(|s| s.at(*c).is_some()))
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+        shared_contexts(&self.students)
     }
 
     /// The students no other beats on both perplexity ratio (lower) and decode speed at the
@@ -315,6 +301,18 @@ impl Comparison {
             (640.0, 360.0),
         )
     }
+}
+
+/// The context lengths every one of `students` measured, ascending.
+fn shared_contexts(students: &[Student]) -> Vec<usize> {
+    let mut out: Vec<usize> = students
+        .iter()
+        .flat_map(|s| s.speed.iter().map(|r| r.context))
+        .filter(|c| students.iter().all(|s| s.at(*c).is_some()))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 fn color(i: usize) -> &'static str {
