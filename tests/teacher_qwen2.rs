@@ -63,6 +63,86 @@ fn cached_decoding_equals_full_forward() {
     assert!(rel < 1e-5, "relative error {rel}");
 }
 
+/// A KV cache that grows several times while decoding (its room is exceeded every few dozen
+/// tokens), is given room ahead (`reserve`), holds left padding from its prompt, and is cloned
+/// midway — the clone continuing with other tokens — decodes exactly like full forwards of the
+/// same sequences: the in-place writes of one copy never show in the other.
+#[test]
+fn a_growing_reserved_and_cloned_cache_decodes_like_the_full_forward() {
+    let (_dir, model) = tiny_model();
+    let device = Device::flex();
+    let vocab = model.config.vocab_size as u32;
+    let len = 160;
+    let row = |seed: u32| -> Vec<u32> { (0..len).map(|i| (i * 37 + seed * 11) % vocab).collect() };
+    let (a, b) = (row(1), row(2));
+    // Row 1 of the batch starts with 2 padding tokens.
+    let mut mask = vec![1f32; 2 * len as usize];
+    mask[len as usize..len as usize + 2].fill(0.0);
+    let full = |rows: &[Vec<u32>]| {
+        let m = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(mask.clone(), [2, len as usize]),
+            &device,
+        );
+        to_vec(model.forward(ids_tensor(rows, &device), Some(m)))
+    };
+    let prefill = 5;
+    let decode = |cache: &mut TransformerCache, rows: &[Vec<u32>], from: usize, to: usize| {
+        let mut pieces = Vec::new();
+        for t in from..to {
+            let step: Vec<Vec<u32>> = rows.iter().map(|r| vec![r[t]]).collect();
+            let (h, _) =
+                model.forward_hidden(ids_tensor(&step, &device), None, Some(&mut *cache), &[]);
+            pieces.push(model.logits(h));
+        }
+        pieces
+    };
+    let rows = vec![a.clone(), b.clone()];
+    let prompt: Vec<Vec<u32>> = rows.iter().map(|r| r[..prefill].to_vec()).collect();
+    let m = Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(
+            [
+                &mask[..prefill],
+                &mask[len as usize..len as usize + prefill],
+            ]
+            .concat(),
+            [2, prefill],
+        ),
+        &device,
+    );
+    let mut cache = TransformerCache::default();
+    let (h, _) = model.forward_hidden(ids_tensor(&prompt, &device), Some(m), Some(&mut cache), &[]);
+    let mut pieces = vec![model.logits(h)];
+    pieces.extend(decode(&mut cache, &rows, prefill, 100));
+    cache.reserve(40);
+    let fork_at = 100;
+    let mut fork = cache.clone();
+    // The fork continues with row 0's tokens in both rows from here.
+    let forked_rows = vec![a.clone(), [&b[..fork_at], &a[fork_at..]].concat()];
+    let mut fork_pieces: Vec<_> = pieces.clone();
+    pieces.extend(decode(&mut cache, &rows, fork_at, len as usize));
+    fork_pieces.extend(decode(&mut fork, &forked_rows, fork_at, len as usize));
+    assert_eq!(cache.len(), len as usize);
+    assert_eq!(fork.len(), len as usize);
+    for (name, pieces, rows) in [
+        ("original", pieces, rows),
+        ("clone", fork_pieces, forked_rows),
+    ] {
+        let stepped = to_vec(Tensor::cat(pieces, 1));
+        let want = full(&rows);
+        // Padded positions are excluded: their logits are not meaningful.
+        let v = model.config.vocab_size;
+        let keep = |x: &[f32]| -> Vec<f32> {
+            x.chunks(v)
+                .enumerate()
+                .filter(|(i, _)| mask[*i] != 0.0)
+                .flat_map(|(_, c)| c.to_vec())
+                .collect()
+        };
+        let (rel, _) = relative_error(&keep(&stepped), &keep(&want));
+        assert!(rel < 1e-5, "{name}: relative error {rel}");
+    }
+}
+
 #[test]
 fn padding_does_not_change_real_positions() {
     let (_dir, model) = tiny_model();

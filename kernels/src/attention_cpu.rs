@@ -3,7 +3,9 @@
 //! key/value heads and a key padding mask.
 //!
 //! Layout: `q` is `[B, H, Tq, D]`, `k` and `v` are `[B, Hkv, Tk, D]` (query head `h` reads
-//! key/value head `h / (H / Hkv)`), the mask is `[B, Tk]` (1 = real key, 0 = padding) or empty
+//! key/value head `h / (H / Hkv)`) — in the forward pass possibly the first `Tk` rows of a
+//! `[B, Hkv, R, D]` buffer with `R ≥ Tk` (a KV cache with room for more tokens, read in
+//! place; [`AttnDims::kv_rows`]), the mask is `[B, Tk]` (1 = real key, 0 = padding) or empty
 //! for "every key is real". The queries are the last `Tq` of the `Tk` positions, so query `i`
 //! sees key `j` when `j ≤ i + (Tk − Tq)` and the key is real or is the query's own position
 //! (a padded query still sees itself, so no row is empty).
@@ -26,6 +28,9 @@ pub struct AttnDims {
     pub q_len: usize,
     pub k_len: usize,
     pub head_dim: usize,
+    /// Rows allocated per key/value head in `k` and `v` (`≥ k_len`; `k_len` for a tensor of
+    /// exactly `[B, Hkv, Tk, D]`). The forward pass reads the first `k_len` of them.
+    pub kv_rows: usize,
 }
 
 impl AttnDims {
@@ -54,6 +59,12 @@ impl AttnDims {
             "attention: {} queries but only {} keys (the queries are the last keys)",
             self.q_len,
             self.k_len
+        );
+        assert!(
+            self.kv_rows >= self.k_len,
+            "attention: {} keys in a buffer of {} rows",
+            self.k_len,
+            self.kv_rows
         );
     }
 }
@@ -174,7 +185,7 @@ fn head<'a>(
     mask: &'a [f32],
 ) -> Head<'a> {
     let (b, h) = (bh / d.heads, bh % d.heads);
-    let kv = (b * d.kv_heads + h / d.group()) * d.k_len * d.head_dim;
+    let kv = (b * d.kv_heads + h / d.group()) * d.kv_rows * d.head_dim;
     let qs = d.q_len * d.head_dim;
     let ks = d.k_len * d.head_dim;
     Head {
@@ -259,6 +270,7 @@ pub struct BackwardInputs<'a> {
 }
 
 /// Gradients `(dq, dk, dv)` of the forward pass.
+/// `k` and `v` are exactly `[B, Hkv, Tk, D]` here (`kv_rows == k_len`).
 pub fn backward(d: AttnDims, x: BackwardInputs, scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let BackwardInputs {
         q,
@@ -270,6 +282,10 @@ pub fn backward(d: AttnDims, x: BackwardInputs, scale: f32) -> (Vec<f32>, Vec<f3
         d_o,
     } = x;
     d.check();
+    assert_eq!(
+        d.kv_rows, d.k_len,
+        "attention backward: k and v must be exactly [B, Hkv, Tk, D]"
+    );
     let dh = d.head_dim;
     let (qs, ks) = (d.q_len * dh, d.k_len * dh);
     let mut dq = vec![0.0f32; d.q_size()];

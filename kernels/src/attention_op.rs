@@ -10,6 +10,7 @@ use crate::backward_node::register_parent_grads;
 use crate::flex_io::{contiguous_f32, flex};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
+use burn::tensor::DType;
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn_autodiff::grads::Gradients;
@@ -66,9 +67,47 @@ fn dims_of(q: &FlexTensor, k: &FlexTensor) -> AttnDims {
         q_len,
         k_len,
         head_dim,
+        kv_rows: k_len,
     };
     d.check();
     d
+}
+
+/// Rows allocated per key/value head when `t` `[B, Hkv, Tk, D]` is the first `Tk` rows (per
+/// head) of a row-major `[B, Hkv, R, D]` f32 buffer — how a KV cache with room for more tokens
+/// is passed — so the forward pass reads it in place instead of copying it on every decoded
+/// token; `None` for any other layout (the tensor is then made contiguous).
+fn rows_in_buffer(t: &FlexTensor) -> Option<usize> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let layout = t.layout();
+    let [b, heads, len, d] = layout.shape().dims::<4>();
+    let s = layout.strides();
+    if s.iter().any(|&x| x < 0) || b * heads * len * d == 0 {
+        return None;
+    }
+    let s: Vec<usize> = s.iter().map(|&x| x as usize).collect();
+    // Strides of size-1 dimensions are free; the others must be those of [B, Hkv, R, D].
+    if (d > 1 && s[3] != 1) || (len > 1 && s[2] != d) {
+        return None;
+    }
+    let rows = if heads > 1 {
+        s[1] / d
+    } else if b > 1 {
+        s[0] / d
+    } else {
+        len
+    };
+    let fits =
+        rows >= len && (heads == 1 || s[1] == rows * d) && (b == 1 || s[0] == heads * rows * d);
+    let end = layout.start_offset() + ((b * heads - 1) * rows + len) * d;
+    (fits && end <= t.storage::<f32>().len()).then_some(rows)
+}
+
+/// The f32 elements from `t`'s first one on (`t` as [`rows_in_buffer`] accepted it).
+fn from_start(t: &FlexTensor) -> &[f32] {
+    &t.storage::<f32>()[t.layout().start_offset()..]
 }
 
 impl AttentionOps for Flex {
@@ -79,18 +118,21 @@ impl AttentionOps for Flex {
         mask: FlexTensor,
         scale: f32,
     ) -> (FlexTensor, FlexTensor) {
-        let d = dims_of(&q, &k);
-        let (q, k, v) = (
-            contiguous_f32(q, OP, "q"),
-            contiguous_f32(k, OP, "k"),
-            contiguous_f32(v, OP, "v"),
-        );
+        let mut d = dims_of(&q, &k);
+        let (k, v) = match (rows_in_buffer(&k), rows_in_buffer(&v)) {
+            (Some(rk), Some(rv)) if rk == rv && v.shape() == k.shape() => {
+                d.kv_rows = rk;
+                (k, v)
+            }
+            _ => (contiguous_f32(k, OP, "k"), contiguous_f32(v, OP, "v")),
+        };
+        let q = contiguous_f32(q, OP, "q");
         let mask = contiguous_f32(mask, OP, "mask");
         let (o, lse) = attention_cpu::forward(
             d,
             q.storage(),
-            k.storage(),
-            v.storage(),
+            from_start(&k),
+            from_start(&v),
             mask.storage(),
             scale,
         );

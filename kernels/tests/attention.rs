@@ -221,3 +221,45 @@ fn untracked_inputs_give_the_same_output_as_tracked_ones() {
         b.into_data().try_to_vec::<f32>().unwrap()
     );
 }
+
+/// Keys and values passed as the first `Tk` rows of a longer buffer (a KV cache with room for
+/// more tokens, read in place) give exactly the output of the same keys and values passed as
+/// tensors of their own; so do a view starting inside the buffer and keys and values with
+/// different room (which the op copies).
+#[test]
+fn keys_inside_a_larger_buffer_give_the_same_output() {
+    for c in cases() {
+        for room in [0, 1, 13] {
+            // The buffers hold `room` rows more than the two-row shifted view below needs.
+            let device = Device::flex();
+            let scale = 1.0 / (c.d as f64).sqrt();
+            let mut rng = StdRng::seed_from_u64(21);
+            let q = random([c.b, c.h, c.tq, c.d], &mut rng, &device);
+            let rows = c.tk + 2 + room;
+            let k_buf = random([c.b, c.hkv, rows, c.d], &mut rng, &device);
+            let v_buf = random([c.b, c.hkv, rows, c.d], &mut rng, &device);
+            let mask = Tensor::<2>::from_data(TensorData::new(key_mask(&c), [c.b, c.tk]), &device);
+            let run = |k: Tensor<4>, v: Tensor<4>| {
+                causal_attention(q.clone(), k, v, Some(mask.clone()), scale)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap()
+            };
+            let own = |x: &Tensor<4>, start: usize| {
+                let data = x.clone().narrow(2, start, c.tk).into_data();
+                Tensor::<4>::from_data(data, &device)
+            };
+            let want = run(own(&k_buf, 0), own(&v_buf, 0));
+            let in_place = run(
+                k_buf.clone().narrow(2, 0, c.tk),
+                v_buf.clone().narrow(2, 0, c.tk),
+            );
+            assert_eq!(in_place, want, "{c:?}, {room} spare rows");
+            // Starting two rows into the buffer (read in place from that offset), against values
+            // of another size of buffer (both copied).
+            let shifted = run(k_buf.clone().narrow(2, 2, c.tk), own(&v_buf, 0));
+            assert_eq!(shifted, run(own(&k_buf, 2), own(&v_buf, 0)), "{c:?}");
+        }
+    }
+}

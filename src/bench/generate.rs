@@ -35,6 +35,7 @@ pub fn measure_ours<M: LanguageModel>(model: &M, prompt: usize, new: usize, reps
         let mut state = model.new_state();
         let t0 = Instant::now();
         let mut logits = model.feed(&mut state, &ids);
+        model.reserve(&mut state, new);
         let t1 = Instant::now();
         for _ in 0..new {
             let next = argmax(&logits);

@@ -39,6 +39,8 @@ pub fn measure<M: LanguageModel>(
     let mut end_state = state.clone();
     for _ in 0..reps.max(1) {
         let mut s = state.clone();
+        // Room for the decoded tokens (this copy's own buffers: no copy-on-write while timed).
+        model.reserve(&mut s, new);
         let mut l = logits.clone();
         let t = Instant::now();
         for _ in 0..new {

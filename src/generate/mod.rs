@@ -26,6 +26,10 @@ pub trait LanguageModel {
     /// The state with every row repeated `n` times (row-major: all copies of row 0 first).
     fn repeat_state(&self, state: &Self::State, n: usize) -> Self::State;
 
+    /// Makes room in `state` for `additional` tokens after those fed so far, when the length of
+    /// a generation is known (KV caches otherwise grow in steps as tokens come).
+    fn reserve(&self, _state: &mut Self::State, _additional: usize) {}
+
     /// Bytes held by the state (KV cache or recurrent state).
     fn state_bytes(&self, state: &Self::State) -> usize;
 
@@ -78,6 +82,10 @@ impl LanguageModel for Transformer {
         }
     }
 
+    fn reserve(&self, state: &mut TransformerCache, additional: usize) {
+        state.reserve(additional);
+    }
+
     fn state_bytes(&self, state: &TransformerCache) -> usize {
         state.bytes()
     }
@@ -102,6 +110,10 @@ impl LanguageModel for crate::model::hybrid::Hybrid {
 
     fn repeat_state(&self, state: &Self::State, n: usize) -> Self::State {
         state.repeat_rows(n)
+    }
+
+    fn reserve(&self, state: &mut Self::State, additional: usize) {
+        state.reserve(additional);
     }
 
     fn state_bytes(&self, state: &Self::State) -> usize {
@@ -199,6 +211,14 @@ impl LanguageModel for AnyModel {
         }
     }
 
+    fn reserve(&self, state: &mut AnyState, additional: usize) {
+        match (self, state) {
+            (AnyModel::Teacher(m), AnyState::Teacher(s)) => m.reserve(s, additional),
+            (AnyModel::Student(m), AnyState::Student(s)) => m.reserve(s, additional),
+            _ => panic!("state from a different model"),
+        }
+    }
+
     fn recurrent_bytes(&self, state: &AnyState) -> usize {
         match (self, state) {
             (AnyModel::Student(m), AnyState::Student(s)) => m.recurrent_bytes(s),
@@ -285,6 +305,8 @@ pub fn generate<M: LanguageModel>(
     anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
     let start = Instant::now();
     let mut logits = model.feed(state, prompt);
+    // Every generated token is fed back (the last one too, for a conversation to continue).
+    model.reserve(state, limits.max_new_tokens);
     let prefill = start.elapsed();
     let decode_start = Instant::now();
     let mut history: Vec<u32> = prompt.to_vec();

@@ -37,6 +37,7 @@ pub fn sample_completions<M: LanguageModel>(
     let first = model.feed(&mut prefix, prompt);
     let mut state = model.repeat_state(&prefix, n);
     drop(prefix);
+    model.reserve(&mut state, max_new);
     let mut logits: Vec<Vec<f32>> = vec![first; n];
     let mut ids: Vec<Vec<u32>> = vec![Vec::new(); n];
     // Each row's tokens so far (prompt included), for the repetition penalty.

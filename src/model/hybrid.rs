@@ -184,6 +184,16 @@ impl HybridState {
         }
     }
 
+    /// Makes room in every attention layer's KV cache for `additional` more tokens (see
+    /// [`KvCache::reserve`]); RWKV states do not grow.
+    pub fn reserve(&mut self, additional: usize) {
+        for l in &mut self.layers {
+            if let LayerState::Attention(Some(c)) = l {
+                c.reserve(additional);
+            }
+        }
+    }
+
     /// Bytes held by attention KV caches and by RWKV states.
     pub fn bytes(&self) -> (usize, usize) {
         let mut kv = 0;

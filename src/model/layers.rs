@@ -210,34 +210,119 @@ impl Rotary {
     }
 }
 
-/// Keys and values of the tokens seen so far, `[B, KV heads, T, D]`, plus their padding mask.
+/// Keys and values of the tokens seen so far, plus their padding mask, in buffers with room for
+/// more tokens: a decoded token is written in place and attention reads the filled part in place,
+/// so a token costs time proportional to the context, not a copy of the whole cache. A full
+/// buffer grows by a quarter (at least [`KvCache::MIN_GROWTH`] tokens); [`KvCache::reserve`]
+/// makes room ahead when the length of a generation is known (like `Vec`'s).
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    pub k: Tensor<4>,
-    pub v: Tensor<4>,
-    /// `[B, T]`, 1 for real tokens; `None` when no padding was ever given.
-    pub mask: Option<Tensor<2>>,
+    /// `[B, KV heads, capacity, D]`; positions `..len` are filled.
+    k: Tensor<4>,
+    v: Tensor<4>,
+    /// `[B, capacity]`, 1 for real tokens; `None` when no padding was ever given.
+    mask: Option<Tensor<2>>,
+    len: usize,
 }
 
 impl KvCache {
+    /// The fewest tokens a full cache grows by.
+    pub const MIN_GROWTH: usize = 64;
+
+    /// A cache holding exactly `k` and `v` `[B, KV heads, T, D]` (and their `[B, T]` mask).
+    pub fn new(k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<2>>) -> Self {
+        let len = k.dims()[2];
+        Self { k, v, mask, len }
+    }
+
     pub fn len(&self) -> usize {
-        self.k.dims()[2]
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// The cache with each row repeated `n` times (all copies of row 0 first).
-    pub fn repeat_rows(&self, n: usize) -> Self {
-        Self {
-            k: repeat_rows(self.k.clone(), n),
-            v: repeat_rows(self.v.clone(), n),
-            mask: self.mask.clone().map(|m| repeat_rows(m, n)),
+    /// Tokens the buffers hold room for.
+    pub fn capacity(&self) -> usize {
+        self.k.dims()[2]
+    }
+
+    /// The cached keys `[B, KV heads, len, D]` (a view of the buffer).
+    pub fn keys(&self) -> Tensor<4> {
+        self.k.clone().narrow(2, 0, self.len)
+    }
+
+    /// The cached values `[B, KV heads, len, D]` (a view of the buffer).
+    pub fn values(&self) -> Tensor<4> {
+        self.v.clone().narrow(2, 0, self.len)
+    }
+
+    /// The padding mask of the cached tokens, `[B, len]`.
+    pub fn mask(&self) -> Option<Tensor<2>> {
+        self.mask.clone().map(|m| m.narrow(1, 0, self.len))
+    }
+
+    /// Makes room for at least `additional` tokens after the filled ones (no effect when there
+    /// is room already).
+    pub fn reserve(&mut self, additional: usize) {
+        let cap = self.capacity();
+        let tokens = self.len + additional;
+        if tokens <= cap {
+            return;
         }
+        let grow = |x: Tensor<4>| {
+            let [b, h, _, d] = x.dims();
+            let room = Tensor::zeros([b, h, tokens - cap, d], &x.device());
+            Tensor::cat(vec![x, room], 2)
+        };
+        self.k = grow(self.k.clone());
+        self.v = grow(self.v.clone());
+        self.mask = self.mask.take().map(|m| {
+            let [b, _] = m.dims();
+            let room = Tensor::ones([b, tokens - cap], &m.device());
+            Tensor::cat(vec![m, room], 1)
+        });
     }
 
-    /// Bytes held by this cache (f32 keys and values).
+    /// Appends `k`, `v` `[B, KV heads, T, D]` and their mask `[B, T]` (`None`: all real).
+    pub fn append(&mut self, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<2>>) {
+        let [b, h, t, d] = k.dims();
+        let end = self.len + t;
+        if end > self.capacity() {
+            let cap = self.capacity();
+            self.reserve(end.max(cap + (cap / 4).max(Self::MIN_GROWTH)) - self.len);
+        }
+        let cap = self.capacity();
+        let device = k.device();
+        let mask = match (self.mask.take(), mask) {
+            (None, None) => None,
+            (old, new) => {
+                let old = old.unwrap_or_else(|| Tensor::ones([b, cap], &device));
+                let new = new.unwrap_or_else(|| Tensor::ones([b, t], &device));
+                Some(old.slice_assign([0..b, self.len..end], new))
+            }
+        };
+        let rows = [0..b, 0..h, self.len..end, 0..d];
+        // Each buffer is held by this cache alone here (the views given to attention are gone),
+        // so the writes happen in place; a cache cloned since is copied on its first write.
+        self.k = self.k.clone().slice_assign(rows.clone(), k);
+        self.v = self.v.clone().slice_assign(rows, v);
+        self.mask = mask;
+        self.len = end;
+    }
+
+    /// The cache with each row repeated `n` times (all copies of row 0 first), holding exactly
+    /// the filled tokens.
+    pub fn repeat_rows(&self, n: usize) -> Self {
+        Self::new(
+            repeat_rows(self.keys(), n),
+            repeat_rows(self.values(), n),
+            self.mask().map(|m| repeat_rows(m, n)),
+        )
+    }
+
+    /// Bytes held by this cache's buffers (f32 keys and values, the room for more included).
     pub fn bytes(&self) -> usize {
         2 * self.k.dims().iter().product::<usize>() * 4
     }
@@ -345,31 +430,18 @@ impl Attention {
         mask: Option<Tensor<2>>,
         cache: Option<&mut Option<KvCache>>,
     ) -> Tensor<3> {
-        let [b, t, _] = x.dims();
+        let [_, t, _] = x.dims();
         let q = rotary.apply(split_heads(self.q.forward(x.clone()), self.heads));
         let mut k = rotary.apply(split_heads(self.k.forward(x.clone()), self.kv_heads));
         let mut v = split_heads(self.v.forward(x), self.kv_heads);
         let mut key_mask = mask;
         if let Some(slot) = cache {
-            if let Some(prev) = slot.take() {
-                let past = prev.len();
-                key_mask = match (prev.mask, key_mask) {
-                    (None, None) => None,
-                    (p, n) => {
-                        let device = k.device();
-                        let p = p.unwrap_or_else(|| Tensor::ones([b, past], &device));
-                        let n = n.unwrap_or_else(|| Tensor::ones([b, t], &device));
-                        Some(Tensor::cat(vec![p, n], 1))
-                    }
-                };
-                k = Tensor::cat(vec![prev.k, k], 2);
-                v = Tensor::cat(vec![prev.v, v], 2);
+            match slot {
+                Some(c) => c.append(k, v, key_mask),
+                None => *slot = Some(KvCache::new(k, v, key_mask)),
             }
-            *slot = Some(KvCache {
-                k: k.clone(),
-                v: v.clone(),
-                mask: key_mask.clone(),
-            });
+            let c = slot.as_ref().expect("the cache was just filled");
+            (k, v, key_mask) = (c.keys(), c.values(), c.mask());
         }
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // The fused op (one graph node, grouped heads read in place) where the backend has it.

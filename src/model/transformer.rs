@@ -99,6 +99,15 @@ impl TransformerCache {
         self.len() == 0
     }
 
+    /// Makes room in every layer's KV cache for `additional` more tokens (see
+    /// [`KvCache::reserve`]).
+    pub fn reserve(&mut self, additional: usize) {
+        self.layers
+            .iter_mut()
+            .flatten()
+            .for_each(|c| c.reserve(additional));
+    }
+
     pub fn bytes(&self) -> usize {
         self.layers.iter().flatten().map(KvCache::bytes).sum()
     }
