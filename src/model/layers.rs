@@ -286,30 +286,40 @@ impl KvCache {
     }
 
     /// Appends `k`, `v` `[B, KV heads, T, D]` and their mask `[B, T]` (`None`: all real).
-    pub fn append(&mut self, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<2>>) {
+    pub fn append(self, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<2>>) -> Self {
         let [b, h, t, d] = k.dims();
-        let end = self.len + t;
-        if end > self.capacity() {
-            let cap = self.capacity();
-            self.reserve(end.max(cap + (cap / 4).max(Self::MIN_GROWTH)) - self.len);
+        let mut cache = self;
+        let end = cache.len + t;
+        if end > cache.capacity() {
+            let cap = cache.capacity();
+            cache.reserve(end.max(cap + (cap / 4).max(Self::MIN_GROWTH)) - cache.len);
         }
-        let cap = self.capacity();
+        let Self {
+            k: k_buf,
+            v: v_buf,
+            mask: mask_buf,
+            len,
+        } = cache;
+        let cap = k_buf.dims()[2];
         let device = k.device();
-        let mask = match (self.mask.take(), mask) {
+        let mask = match (mask_buf, mask) {
             (None, None) => None,
             (old, new) => {
                 let old = old.unwrap_or_else(|| Tensor::ones([b, cap], &device));
                 let new = new.unwrap_or_else(|| Tensor::ones([b, t], &device));
-                Some(old.slice_assign([0..b, self.len..end], new))
+                Some(old.slice_assign([0..b, len..end], new))
             }
         };
-        let rows = [0..b, 0..h, self.len..end, 0..d];
-        // Each buffer is held by this cache alone here (the views given to attention are gone),
-        // so the writes happen in place; a cache cloned since is copied on its first write.
-        self.k = self.k.clone().slice_assign(rows.clone(), k);
-        self.v = self.v.clone().slice_assign(rows, v);
-        self.mask = mask;
-        self.len = end;
+        let rows = [0..b, 0..h, len..end, 0..d];
+        // The buffers are moved, not cloned, into the writes: held by this cache alone (the
+        // views given to attention are gone), they are written in place; a buffer shared with a
+        // clone of the cache is copied on its first write.
+        Self {
+            k: k_buf.slice_assign(rows.clone(), k),
+            v: v_buf.slice_assign(rows, v),
+            mask,
+            len: end,
+        }
     }
 
     /// The cache with each row repeated `n` times (all copies of row 0 first), holding exactly
@@ -436,10 +446,10 @@ impl Attention {
         let mut v = split_heads(self.v.forward(x), self.kv_heads);
         let mut key_mask = mask;
         if let Some(slot) = cache {
-            match slot {
+            *slot = Some(match slot.take() {
                 Some(c) => c.append(k, v, key_mask),
-                None => *slot = Some(KvCache::new(k, v, key_mask)),
-            }
+                None => KvCache::new(k, v, key_mask),
+            });
             let c = slot.as_ref().expect("the cache was just filled");
             (k, v, key_mask) = (c.keys(), c.values(), c.mask());
         }
