@@ -223,7 +223,7 @@ pub fn forward(
         .enumerate()
         .for_each(|(bh, (o, lse))| {
             let x = head(&d, bh, q, k, v, mask);
-            let mut s = vec![0.0f32; ROWS * d.k_len];
+            let mut s = vec![0.0f32; ROWS.min(d.q_len) * d.k_len];
             for (i0, rows, cols) in blocks(&d) {
                 let q_blk = View::new(&x.q[i0 * dh..], dh, 1);
                 let k_t = View::new(x.k, 1, dh);
@@ -300,8 +300,8 @@ pub fn backward(d: AttnDims, x: BackwardInputs, scale: f32) -> (Vec<f32>, Vec<f3
             let x = head(&d, bh, q, k, v, mask);
             let (o, d_o) = (&o[bh * qs..(bh + 1) * qs], &d_o[bh * qs..(bh + 1) * qs]);
             let lse = &lse[bh * d.q_len..(bh + 1) * d.q_len];
-            let mut p = vec![0.0f32; ROWS * d.k_len];
-            let mut ds = vec![0.0f32; ROWS * d.k_len];
+            let mut p = vec![0.0f32; ROWS.min(d.q_len) * d.k_len];
+            let mut ds = vec![0.0f32; ROWS.min(d.q_len) * d.k_len];
             for (i0, rows, cols) in blocks(&d) {
                 let q_blk = View::new(&x.q[i0 * dh..], dh, 1);
                 let do_blk = View::new(&d_o[i0 * dh..], dh, 1);
