@@ -204,6 +204,11 @@ fn blocks(d: &AttnDims) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
     })
 }
 
+/// A zeroed `[rows, Tk]` scratch matrix big enough for any block of [`blocks`].
+fn block_scratch(d: &AttnDims) -> Vec<f32> {
+    vec![0.0f32; ROWS.min(d.q_len) * d.k_len]
+}
+
 /// Forward pass: `(o [B, H, Tq, D], lse [B, H, Tq])` with `lse` the natural log of each
 /// row's softmax normaliser of the scaled scores.
 pub fn forward(
@@ -223,7 +228,7 @@ pub fn forward(
         .enumerate()
         .for_each(|(bh, (o, lse))| {
             let x = head(&d, bh, q, k, v, mask);
-            let mut s = vec![0.0f32; ROWS.min(d.q_len) * d.k_len];
+            let mut s = block_scratch(&d);
             for (i0, rows, cols) in blocks(&d) {
                 let q_blk = View::new(&x.q[i0 * dh..], dh, 1);
                 let k_t = View::new(x.k, 1, dh);
@@ -300,8 +305,8 @@ pub fn backward(d: AttnDims, x: BackwardInputs, scale: f32) -> (Vec<f32>, Vec<f3
             let x = head(&d, bh, q, k, v, mask);
             let (o, d_o) = (&o[bh * qs..(bh + 1) * qs], &d_o[bh * qs..(bh + 1) * qs]);
             let lse = &lse[bh * d.q_len..(bh + 1) * d.q_len];
-            let mut p = vec![0.0f32; ROWS.min(d.q_len) * d.k_len];
-            let mut ds = vec![0.0f32; ROWS.min(d.q_len) * d.k_len];
+            let mut p = block_scratch(&d);
+            let mut ds = block_scratch(&d);
             for (i0, rows, cols) in blocks(&d) {
                 let q_blk = View::new(&x.q[i0 * dh..], dh, 1);
                 let do_blk = View::new(&d_o[i0 * dh..], dh, 1);

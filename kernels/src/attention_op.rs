@@ -83,11 +83,11 @@ fn rows_in_buffer(t: &FlexTensor) -> Option<usize> {
     }
     let layout = t.layout();
     let [b, heads, len, d] = layout.shape().dims::<4>();
-    let s = layout.strides();
-    if s.iter().any(|&x| x < 0) || b * heads * len * d == 0 {
+    let strides = layout.strides();
+    if strides.iter().any(|&x| x < 0) || b * heads * len * d == 0 {
         return None;
     }
-    let s: Vec<usize> = s.iter().map(|&x| x as usize).collect();
+    let s: [usize; 4] = std::array::from_fn(|i| strides[i] as usize);
     // Strides of size-1 dimensions are free; the others must be those of [B, Hkv, R, D].
     if (d > 1 && s[3] != 1) || (len > 1 && s[2] != d) {
         return None;

@@ -266,8 +266,12 @@ impl KvCache {
     /// Makes room for at least `additional` tokens after the filled ones (no effect when there
     /// is room already).
     pub fn reserve(&mut self, additional: usize) {
+        self.grow_to(self.len + additional);
+    }
+
+    /// Grows the buffers to room for `tokens` in all (no effect when they have it).
+    fn grow_to(&mut self, tokens: usize) {
         let cap = self.capacity();
-        let tokens = self.len + additional;
         if tokens <= cap {
             return;
         }
@@ -286,20 +290,19 @@ impl KvCache {
     }
 
     /// Appends `k`, `v` `[B, KV heads, T, D]` and their mask `[B, T]` (`None`: all real).
-    pub fn append(self, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<2>>) -> Self {
+    pub fn append(mut self, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<2>>) -> Self {
         let [b, h, t, d] = k.dims();
-        let mut cache = self;
-        let end = cache.len + t;
-        if end > cache.capacity() {
-            let cap = cache.capacity();
-            cache.reserve(end.max(cap + (cap / 4).max(Self::MIN_GROWTH)) - cache.len);
+        let end = self.len + t;
+        if end > self.capacity() {
+            let cap = self.capacity();
+            self.grow_to(end.max(cap + (cap / 4).max(Self::MIN_GROWTH)));
         }
         let Self {
             k: k_buf,
             v: v_buf,
             mask: mask_buf,
             len,
-        } = cache;
+        } = self;
         let cap = k_buf.dims()[2];
         let device = k.device();
         let mask = match (mask_buf, mask) {
