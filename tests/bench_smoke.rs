@@ -80,6 +80,15 @@ fn every_bench_command_runs_on_a_tiny_shape() {
         assert!(positive(&h[side][1]["decode_tok_s"]), "{h}");
     }
     assert!(positive(&h["hybrid"][0]["recurrent_mib"]), "{h}");
+    // The bytes a decoded token reads: a mixer holds its attention's projections plus LoRAs.
+    assert!(positive(&h["read_bandwidth_gb_s"]), "{h}");
+    let bytes = |k: &str| h[k].as_u64().unwrap_or(0);
+    assert!(bytes("teacher_weight_bytes") > 0, "{h}");
+    assert!(
+        bytes("hybrid_weight_bytes") > bytes("teacher_weight_bytes"),
+        "{h}"
+    );
+    assert!(r.stdout.contains("read bound"), "{}", r.stdout);
 
     let r = p
         .run(&[

@@ -58,7 +58,9 @@ pub enum BenchCommand {
         json: Option<PathBuf>,
     },
     /// Decode speed and state memory of a teacher vs its hybrid student (mixers initialised
-    /// from the teacher in the chosen layers) at growing context lengths.
+    /// from the teacher in the chosen layers) at growing context lengths, with the bytes each
+    /// reads per decoded token (weights, cache, state), the rate it reads them at, and the
+    /// machine's measured read bandwidth.
     Hybrid {
         /// The teacher model directory.
         #[arg(long)]
@@ -499,15 +501,17 @@ fn bench_hybrid(
     reps: usize,
     json: Option<&Path>,
 ) -> Result<(), Error> {
-    use crate::bench::hybrid::{measure, render};
+    use crate::bench::hybrid::{Reads, measure, render};
     use crate::model::Transformer;
     use crate::model::hybrid::{Hybrid, InitMode, StudentConfig};
+    use burn::module::Module;
     let device = burn::tensor::Device::flex();
     let load = || {
         Transformer::load(model_dir, &device)
             .map_err(|e| Error::Usage(format!("error: cannot load {}: {e:#}", model_dir.display())))
     };
     let teacher = load()?;
+    let teacher_weights = teacher.num_params() * 4;
     let n_layers = teacher.config.num_hidden_layers;
     let wkv_layers = parse_layers(layers, n_layers)?;
     let t_rows: Vec<_> = contexts
@@ -525,11 +529,23 @@ fn bench_hybrid(
         .iter()
         .map(|&c| measure(&hybrid, c, new_tokens, reps))
         .collect();
-    println!("{}", render(&t_rows, &h_rows, n_conv, n_layers));
+    let reads = Reads {
+        teacher_weights,
+        hybrid_weights: hybrid.num_params() * 4,
+        bandwidth_gb_s: crate::bench::peak::read_bandwidth_gb_s(),
+    };
+    println!("{}", render(&t_rows, &h_rows, n_conv, n_layers, &reads));
     if let Some(path) = json {
         crate::util::fsx::atomic_write_json(
             path,
-            &serde_json::json!({"teacher": t_rows, "hybrid": h_rows, "converted_layers": n_conv}),
+            &serde_json::json!({
+                "teacher": t_rows,
+                "hybrid": h_rows,
+                "converted_layers": n_conv,
+                "teacher_weight_bytes": reads.teacher_weights,
+                "hybrid_weight_bytes": reads.hybrid_weights,
+                "read_bandwidth_gb_s": reads.bandwidth_gb_s,
+            }),
         )?;
     }
     Ok(())

@@ -2,6 +2,12 @@
 //! (teacher-initialised mixers in the chosen layers) at growing context lengths: prefill the
 //! context, then decode tokens one by one. Attention layers pay for the KV cache on every
 //! decoded token; converted layers carry a fixed-size state.
+//!
+//! One decoded token reads every weight once plus the whole KV cache and recurrent state, so
+//! on a CPU the decode speed is bounded by those bytes over the memory's read bandwidth. The
+//! table reports the bytes each model reads per token, the rate it reads them at, and the
+//! speed-up a purely read-bound decode would show (the ratio of the bytes): the most that
+//! converting these layers can give at that context, whatever the kernels.
 
 use super::generate::{median, prompt_ids};
 use super::mem;
@@ -59,11 +65,26 @@ pub fn measure<M: LanguageModel>(
     }
 }
 
+/// What the two models read per decoded token besides their caches: their parameters' bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Reads {
+    pub teacher_weights: usize,
+    pub hybrid_weights: usize,
+    /// The machine's measured read bandwidth, GB/s.
+    pub bandwidth_gb_s: f64,
+}
+
+/// Bytes one decoded token reads: the weights plus the cache and state after the decode.
+fn token_bytes(weights: usize, row: &ContextSpeed) -> f64 {
+    weights as f64 + row.state_mib * (1 << 20) as f64
+}
+
 pub fn render(
     teacher: &[ContextSpeed],
     hybrid: &[ContextSpeed],
     layers: usize,
     total: usize,
+    reads: &Reads,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -72,27 +93,38 @@ pub fn render(
     );
     let _ = writeln!(
         s,
-        "  {:>8} {:>12} {:>12} {:>8} {:>12} {:>12} {:>11} {:>11} {:>9}",
+        "  {:>8} {:>12} {:>12} {:>8} {:>12} {:>12} {:>10} {:>11} {:>11} {:>11} {:>9}",
         "context",
         "teacher t/s",
         "hybrid t/s",
         "ratio",
         "teacher MiB",
         "hybrid MiB",
-        "prefill T s",
-        "prefill H s",
+        "read bound",
+        "MB/token T/H",
+        "GB/s T/H",
+        "prefill T/H s",
         "RSS T/H"
     );
     for (t, h) in teacher.iter().zip(hybrid) {
+        let (bt, bh) = (
+            token_bytes(reads.teacher_weights, t),
+            token_bytes(reads.hybrid_weights, h),
+        );
         let _ = writeln!(
             s,
-            "  {:>8} {:>12.1} {:>12.1} {:>7.2}x {:>12.2} {:>12.2} {:>11.2} {:>11.2} {:>4.0}/{:<4.0}",
+            "  {:>8} {:>12.1} {:>12.1} {:>7.2}x {:>12.2} {:>12.2} {:>9.2}x {:>5.0}/{:<6.0} {:>5.1}/{:<5.1} {:>5.2}/{:<5.2} {:>4.0}/{:<4.0}",
             t.context,
             t.decode_tok_s,
             h.decode_tok_s,
             h.decode_tok_s / t.decode_tok_s,
             t.state_mib,
             h.state_mib,
+            bt / bh,
+            bt / 1e6,
+            bh / 1e6,
+            bt * t.decode_tok_s / 1e9,
+            bh * h.decode_tok_s / 1e9,
             t.prefill_s,
             h.prefill_s,
             t.peak_rss_mib.unwrap_or(f64::NAN),
@@ -101,7 +133,11 @@ pub fn render(
     }
     let _ = writeln!(
         s,
-        "  (MiB columns: KV cache + recurrent state after the decode; ratio = hybrid / teacher decode speed)"
+        "  (MiB columns: KV cache + recurrent state after the decode; ratio = hybrid / teacher decode speed;\n   \
+         MB/token: weights + cache + state, each read once per decoded token; read bound = the ratio\n   \
+         of those bytes, the speed-up a decode limited by memory reads would show; GB/s: bytes per\n   \
+         token × tokens/s, against {:.1} GB/s measured for this machine's reads)",
+        reads.bandwidth_gb_s
     );
     s
 }

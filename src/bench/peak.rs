@@ -1,8 +1,13 @@
-//! The machine's f32 arithmetic peak, measured rather than assumed: every thread runs
-//! independent chains of fused multiply-adds on registers (12 vectors of the widest width the
-//! CPU has: 16 lanes with AVX-512, 8 with AVX2, so all chains fit in the register file — 24
-//! AVX2 chains do not, and spill), and the best of three runs is the peak in GFLOP/s (2 FLOP
-//! per FMA). Benchmarks report their GFLOP/s as a fraction of it.
+//! The machine's peaks, measured rather than assumed.
+//!
+//! - f32 arithmetic: every thread runs independent chains of fused multiply-adds on registers
+//!   (12 vectors of the widest width the CPU has: 16 lanes with AVX-512, 8 with AVX2, so all
+//!   chains fit in the register file — 24 AVX2 chains do not, and spill), and the best of three
+//!   runs is the peak in GFLOP/s (2 FLOP per FMA). Benchmarks report their GFLOP/s as a
+//!   fraction of it.
+//! - memory reads: the pool's threads sum a buffer far larger than any cache; the best of
+//!   three passes is the read bandwidth in GB/s. Decoding one token reads every weight once,
+//!   so generation benchmarks compare their bytes per second with it.
 
 use rayon::prelude::*;
 use std::hint::black_box;
@@ -72,8 +77,49 @@ pub fn fma_peak_gflops() -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Bytes of the buffer [`read_bandwidth_gb_s`] sums (larger than any CPU cache).
+const READ_BYTES: usize = 512 << 20;
+
+/// Sum of a slice with 16 independent accumulators (so it vectorises; the order of the
+/// additions does not matter here).
+fn sum16(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// Read bandwidth of all the pool's threads together, GB/s (best of three passes over a
+/// 512 MiB buffer).
+pub fn read_bandwidth_gb_s() -> f64 {
+    // Filled with ones, so its pages are really allocated before the timed passes.
+    let buf = vec![1.0f32; READ_BYTES / 4];
+    (0..3)
+        .map(|_| {
+            let t0 = Instant::now();
+            let s: f32 = buf.par_chunks(1 << 16).map(sum16).sum();
+            black_box(s);
+            READ_BYTES as f64 / t0.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_read_bandwidth_is_a_plausible_number() {
+        let b = super::read_bandwidth_gb_s();
+        println!("measured read bandwidth: {b:.1} GB/s");
+        // Even a slow machine reads > 0.1 GB/s; no CPU's memory reads 10 TB/s.
+        assert!(b > 0.1 && b < 1e4, "{b}");
+        let x: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        assert_eq!(super::sum16(&x), 4950.0);
+    }
+
     #[test]
     fn the_peak_is_a_plausible_number() {
         let p = super::fma_peak_gflops();
