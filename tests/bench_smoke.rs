@@ -90,6 +90,42 @@ fn every_bench_command_runs_on_a_tiny_shape() {
     );
     assert!(r.stdout.contains("read bound"), "{}", r.stdout);
 
+    // Two sequences decoded together from one prefilled context: twice the cache and state.
+    let r = p
+        .run(&[
+            "bench",
+            "hybrid",
+            "--model",
+            "tiny",
+            "--layers",
+            "0",
+            "--contexts",
+            "16",
+            "--new-tokens",
+            "2",
+            "--reps",
+            "1",
+            "--batch",
+            "2",
+            "--json",
+            "hybrid2.json",
+        ])
+        .ok();
+    assert!(r.stdout.contains("2 sequences at a time"), "{}", r.stdout);
+    let h2 = json(&p, "hybrid2.json");
+    assert_eq!(h2["batch"], 2, "{h2}");
+    for side in ["teacher", "hybrid"] {
+        assert!(positive(&h2[side][0]["decode_tok_s"]), "{h2}");
+        let (one, two) = (
+            h[side][0]["state_mib"].as_f64().unwrap(),
+            h2[side][0]["state_mib"].as_f64().unwrap(),
+        );
+        assert!(
+            (two - 2.0 * one).abs() < 1e-9,
+            "{side}: {one} MiB for one, {two} for two"
+        );
+    }
+
     let r = p
         .run(&[
             "bench",

@@ -77,6 +77,10 @@ pub enum BenchCommand {
         /// Timed decode repetitions (median).
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Sequences decoded together after each context (its state repeated, as GRPO's
+        /// groups are): every step reads the weights once for all of them.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        batch: u32,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -182,8 +186,15 @@ pub fn run(command: &BenchCommand) -> Result<(), Error> {
             contexts,
             new_tokens,
             reps,
+            batch,
             json,
-        } => bench_hybrid(model, layers, contexts, *new_tokens, *reps, json.as_deref()),
+        } => bench_hybrid(
+            model,
+            layers,
+            contexts,
+            (*new_tokens, *reps, *batch as usize),
+            json.as_deref(),
+        ),
         BenchCommand::Generate {
             model,
             prompt_tokens,
@@ -497,11 +508,10 @@ fn bench_hybrid(
     model_dir: &Path,
     layers: &str,
     contexts: &[usize],
-    new_tokens: usize,
-    reps: usize,
+    (new_tokens, reps, batch): (usize, usize, usize),
     json: Option<&Path>,
 ) -> Result<(), Error> {
-    use crate::bench::hybrid::{Reads, measure, render};
+    use crate::bench::hybrid::{Reads, measure_batch, render};
     use crate::model::Transformer;
     use crate::model::hybrid::{Hybrid, InitMode, StudentConfig};
     use burn::module::Module;
@@ -516,7 +526,7 @@ fn bench_hybrid(
     let wkv_layers = parse_layers(layers, n_layers)?;
     let t_rows: Vec<_> = contexts
         .iter()
-        .map(|&c| measure(&teacher, c, new_tokens, reps))
+        .map(|&c| measure_batch(&teacher, c, new_tokens, reps, batch))
         .collect();
     drop(teacher);
     let n_conv = wkv_layers.len();
@@ -527,12 +537,13 @@ fn bench_hybrid(
     let hybrid = Hybrid::from_teacher(load()?, student, InitMode::Teacher, 0)?;
     let h_rows: Vec<_> = contexts
         .iter()
-        .map(|&c| measure(&hybrid, c, new_tokens, reps))
+        .map(|&c| measure_batch(&hybrid, c, new_tokens, reps, batch))
         .collect();
     let reads = Reads {
         teacher_weights,
         hybrid_weights: hybrid.num_params() * 4,
         bandwidth_gb_s: crate::bench::peak::read_bandwidth_gb_s(),
+        batch,
     };
     println!("{}", render(&t_rows, &h_rows, n_conv, n_layers, &reads));
     if let Some(path) = json {
@@ -545,6 +556,7 @@ fn bench_hybrid(
                 "teacher_weight_bytes": reads.teacher_weights,
                 "hybrid_weight_bytes": reads.hybrid_weights,
                 "read_bandwidth_gb_s": reads.bandwidth_gb_s,
+                "batch": batch,
             }),
         )?;
     }

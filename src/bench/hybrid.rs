@@ -35,6 +35,19 @@ pub fn measure<M: LanguageModel>(
     new: usize,
     reps: usize,
 ) -> ContextSpeed {
+    measure_batch(model, context, new, reps, 1)
+}
+
+/// As [`measure`] with `batch` sequences decoded together from the prefilled context (its state
+/// repeated, as GRPO's groups are); the speed counts the tokens of all of them, the memory is
+/// the whole batch's.
+pub fn measure_batch<M: LanguageModel>(
+    model: &M,
+    context: usize,
+    new: usize,
+    reps: usize,
+    batch: usize,
+) -> ContextSpeed {
     mem::reset_peak();
     let ids = prompt_ids(context, model.vocab_size());
     let mut state = model.new_state();
@@ -44,15 +57,21 @@ pub fn measure<M: LanguageModel>(
     let mut speeds = Vec::new();
     let mut end_state = state.clone();
     for _ in 0..reps.max(1) {
-        let mut s = state.clone();
-        // Room for the decoded tokens (this copy's own buffers: no copy-on-write while timed).
+        // Its own copy (buffers of its own: no copy-on-write while timed), with room for the
+        // decoded tokens.
+        let mut s = model.repeat_state(&state, batch.max(1));
         model.reserve(&mut s, new);
-        let mut l = logits.clone();
+        let mut next = vec![argmax(&logits); batch.max(1)];
         let t = Instant::now();
         for _ in 0..new {
-            l = model.feed(&mut s, &[argmax(&l)]);
+            let rows: Vec<Vec<u32>> = next.iter().map(|&id| vec![id]).collect();
+            next = model
+                .feed_rows(&mut s, &rows)
+                .iter()
+                .map(|l| argmax(l))
+                .collect();
         }
-        speeds.push(new as f64 / t.elapsed().as_secs_f64());
+        speeds.push((new * next.len()) as f64 / t.elapsed().as_secs_f64());
         end_state = s;
     }
     ContextSpeed {
@@ -72,10 +91,13 @@ pub struct Reads {
     pub hybrid_weights: usize,
     /// The machine's measured read bandwidth, GB/s.
     pub bandwidth_gb_s: f64,
+    /// Sequences decoded together.
+    pub batch: usize,
 }
 
-/// Bytes one decoded token reads: the weights plus the cache and state after the decode.
-fn token_bytes(weights: usize, row: &ContextSpeed) -> f64 {
+/// Bytes one decoding step reads: the weights plus the whole batch's cache and state after the
+/// decode.
+fn step_bytes(weights: usize, row: &ContextSpeed) -> f64 {
     weights as f64 + row.state_mib * (1 << 20) as f64
 }
 
@@ -89,7 +111,15 @@ pub fn render(
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "teacher vs hybrid ({layers} of {total} layers converted), decode after a prefilled context:"
+        "teacher vs hybrid ({layers} of {total} layers converted), decode after a prefilled context{}:",
+        if reads.batch > 1 {
+            format!(
+                ", {} sequences at a time (t/s counts all of them)",
+                reads.batch
+            )
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         s,
@@ -101,16 +131,17 @@ pub fn render(
         "teacher MiB",
         "hybrid MiB",
         "read bound",
-        "MB/token T/H",
+        "MB/step T/H",
         "GB/s T/H",
         "prefill T/H s",
         "RSS T/H"
     );
     for (t, h) in teacher.iter().zip(hybrid) {
         let (bt, bh) = (
-            token_bytes(reads.teacher_weights, t),
-            token_bytes(reads.hybrid_weights, h),
+            step_bytes(reads.teacher_weights, t),
+            step_bytes(reads.hybrid_weights, h),
         );
+        let steps_s = |row: &ContextSpeed| row.decode_tok_s / reads.batch as f64;
         let _ = writeln!(
             s,
             "  {:>8} {:>12.1} {:>12.1} {:>7.2}x {:>12.2} {:>12.2} {:>9.2}x {:>5.0}/{:<6.0} {:>5.1}/{:<5.1} {:>5.2}/{:<5.2} {:>4.0}/{:<4.0}",
@@ -123,8 +154,8 @@ pub fn render(
             bt / bh,
             bt / 1e6,
             bh / 1e6,
-            bt * t.decode_tok_s / 1e9,
-            bh * h.decode_tok_s / 1e9,
+            bt * steps_s(t) / 1e9,
+            bh * steps_s(h) / 1e9,
             t.prefill_s,
             h.prefill_s,
             t.peak_rss_mib.unwrap_or(f64::NAN),
@@ -134,9 +165,9 @@ pub fn render(
     let _ = writeln!(
         s,
         "  (MiB columns: KV cache + recurrent state after the decode; ratio = hybrid / teacher decode speed;\n   \
-         MB/token: weights + cache + state, each read once per decoded token; read bound = the ratio\n   \
+         MB/step: weights + cache + state, each read once per decoding step; read bound = the ratio\n   \
          of those bytes, the speed-up a decode limited by memory reads would show; GB/s: bytes per\n   \
-         token × tokens/s, against {:.1} GB/s measured for this machine's reads)",
+         step × steps/s, against {:.1} GB/s measured for this machine's reads)",
         reads.bandwidth_gb_s
     );
     s
