@@ -53,8 +53,9 @@ fn every_bench_command_runs_on_a_tiny_shape() {
         "{g}"
     );
 
-    let r = p
-        .run(&[
+    // `bench hybrid` on the tiny model, layer 0 converted, 2 decoded tokens, one repetition.
+    let hybrid = |contexts: &str, batch: &str, out: &str| {
+        p.run(&[
             "bench",
             "hybrid",
             "--model",
@@ -62,15 +63,19 @@ fn every_bench_command_runs_on_a_tiny_shape() {
             "--layers",
             "0",
             "--contexts",
-            "16,32",
+            contexts,
             "--new-tokens",
             "2",
             "--reps",
             "1",
+            "--batch",
+            batch,
             "--json",
-            "hybrid.json",
+            out,
         ])
-        .ok();
+        .ok()
+    };
+    let r = hybrid("16,32", "1", "hybrid.json");
     assert!(!r.stdout.is_empty());
     let h = json(&p, "hybrid.json");
     assert_eq!(h["converted_layers"], 1, "{h}");
@@ -91,26 +96,7 @@ fn every_bench_command_runs_on_a_tiny_shape() {
     assert!(r.stdout.contains("read bound"), "{}", r.stdout);
 
     // Two sequences decoded together from one prefilled context: twice the cache and state.
-    let r = p
-        .run(&[
-            "bench",
-            "hybrid",
-            "--model",
-            "tiny",
-            "--layers",
-            "0",
-            "--contexts",
-            "16",
-            "--new-tokens",
-            "2",
-            "--reps",
-            "1",
-            "--batch",
-            "2",
-            "--json",
-            "hybrid2.json",
-        ])
-        .ok();
+    let r = hybrid("16", "2", "hybrid2.json");
     assert!(r.stdout.contains("2 sequences at a time"), "{}", r.stdout);
     let h2 = json(&p, "hybrid2.json");
     assert_eq!(h2["batch"], 2, "{h2}");
