@@ -102,11 +102,6 @@ fn tolerance(key: &str, want: f64) -> f64 {
 /// Every number of `report` is within its tolerance of `tests/data/ci_expected.json` (the
 /// local executor's flex-backend numbers); `what` made the report.
 fn check_expected(report: &Value, what: &str) {
-    check_expected_within(report, what, 1.0);
-}
-
-/// As [`check_expected`] with every tolerance multiplied by `scale`.
-fn check_expected_within(report: &Value, what: &str, scale: f64) {
     let expected_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ci_expected.json");
     let expected: serde_json::Map<String, Value> =
         serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
@@ -114,7 +109,7 @@ fn check_expected_within(report: &Value, what: &str, scale: f64) {
         .into_iter()
         .map(|(k, v)| (k, v.as_f64().unwrap()))
         .collect();
-    check_numbers_within(report, &expected, what, scale);
+    check_numbers_within(report, &expected, what, 1.0);
 }
 
 /// Every number of `report` is within its tolerance times `scale` of `expected`; a failure

@@ -48,6 +48,7 @@ pub fn measure_batch<M: LanguageModel>(
     reps: usize,
     batch: usize,
 ) -> ContextSpeed {
+    let batch = batch.max(1);
     mem::reset_peak();
     let ids = prompt_ids(context, model.vocab_size());
     let mut state = model.new_state();
@@ -59,9 +60,9 @@ pub fn measure_batch<M: LanguageModel>(
     for _ in 0..reps.max(1) {
         // Its own copy (buffers of its own: no copy-on-write while timed), with room for the
         // decoded tokens.
-        let mut s = model.repeat_state(&state, batch.max(1));
+        let mut s = model.repeat_state(&state, batch);
         model.reserve(&mut s, new);
-        let mut next = vec![argmax(&logits); batch.max(1)];
+        let mut next = vec![argmax(&logits); batch];
         let t = Instant::now();
         for _ in 0..new {
             let rows: Vec<Vec<u32>> = next.iter().map(|&id| vec![id]).collect();
@@ -71,7 +72,7 @@ pub fn measure_batch<M: LanguageModel>(
                 .map(|l| argmax(l))
                 .collect();
         }
-        speeds.push((new * next.len()) as f64 / t.elapsed().as_secs_f64());
+        speeds.push((new * batch) as f64 / t.elapsed().as_secs_f64());
         end_state = s;
     }
     ContextSpeed {
@@ -84,7 +85,8 @@ pub fn measure_batch<M: LanguageModel>(
     }
 }
 
-/// What the two models read per decoded token besides their caches: their parameters' bytes.
+/// What the two models read per decoding step besides their caches (their parameters' bytes),
+/// the machine's read bandwidth, and how many sequences each step decodes.
 #[derive(Debug, Clone, Copy)]
 pub struct Reads {
     pub teacher_weights: usize,
@@ -136,12 +138,12 @@ pub fn render(
         "prefill T/H s",
         "RSS T/H"
     );
+    let steps_s = |row: &ContextSpeed| row.decode_tok_s / reads.batch as f64;
     for (t, h) in teacher.iter().zip(hybrid) {
         let (bt, bh) = (
             step_bytes(reads.teacher_weights, t),
             step_bytes(reads.hybrid_weights, h),
         );
-        let steps_s = |row: &ContextSpeed| row.decode_tok_s / reads.batch as f64;
         let _ = writeln!(
             s,
             "  {:>8} {:>12.1} {:>12.1} {:>7.2}x {:>12.2} {:>12.2} {:>9.2}x {:>5.0}/{:<6.0} {:>5.1}/{:<5.1} {:>5.2}/{:<5.2} {:>4.0}/{:<4.0}",
