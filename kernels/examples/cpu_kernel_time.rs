@@ -1,5 +1,6 @@
 //! Times the slice-level kernels alone (no tensor conversions), per-token and chunked:
-//! `cargo run --release -p rwkv-kernels --example cpu_kernel_time`.
+//! `cargo run --release -p rwkv-kernels --example cpu_kernel_time [per-token|chunked] [REPS]`
+//! (REPS 3 by default; the best of them is printed last).
 use rwkv_kernels::chunked;
 use rwkv_kernels::cpu::{self, Dims, Inputs};
 use std::time::Instant;
@@ -30,8 +31,16 @@ fn main() {
         b: &b,
         mask: &[],
     };
+    let only = std::env::args().nth(1);
+    let reps: usize = std::env::args()
+        .nth(2)
+        .map_or(3, |r| r.parse().expect("REPS is a number"));
     for form in ["per-token", "chunked"] {
-        for _ in 0..3 {
+        if only.as_deref().is_some_and(|o| o != form) {
+            continue;
+        }
+        let (mut fs, mut bs) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
             let t0 = Instant::now();
             let (y, _, saved) = if form == "chunked" {
                 chunked::forward(d, x, &[], true)
@@ -50,6 +59,14 @@ fn main() {
                 "{form:>9}: forward {f:.1} ms, backward {bk:.1} ms {}",
                 g.r[7]
             );
+            fs.push(f);
+            bs.push(bk);
         }
+        let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "{form:>9}: best of {reps}: forward {:.1} ms, backward {:.1} ms",
+            best(&fs),
+            best(&bs)
+        );
     }
 }

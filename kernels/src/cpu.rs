@@ -18,8 +18,10 @@
 //! (inputs and outputs of states) stays value-major.
 //!
 //! Backward keeps the state every [`CHUNK`] tokens from the forward pass and recomputes the
-//! states inside each chunk, so it reproduces the forward's states exactly (no backstepping
-//! division, whose rounding error grows by 1/w per token).
+//! states inside each chunk from the saved one, so a rounding difference cannot grow over more
+//! than [`CHUNK`] tokens (no backstepping division, whose rounding error grows by 1/w per
+//! token). It works on value-major matrices (see [`head_backward`]): the recomputed states are
+//! the forward's up to the order of one dot product's additions.
 
 use rayon::prelude::*;
 
@@ -277,19 +279,22 @@ pub(crate) fn forward_heads<const N: usize>(
             ys
         })
         .collect();
-    for (bh, ys) in results.into_iter().enumerate() {
-        scatter_head::<N>(&mut y, &ys, d, bh);
-    }
+    gather_heads::<N>(&mut y, &results, d);
     (y, state, saved)
 }
 
-/// Copies one head's `[T, N]` rows into their places in a `[B, T, H, N]` tensor.
-pub(crate) fn scatter_head<const N: usize>(dst: &mut [f32], src: &[f32], d: Dims, bh: usize) {
-    let (b, h) = (bh / d.heads, bh % d.heads);
-    for t in 0..d.seq {
-        let o = ((b * d.seq + t) * d.heads + h) * N;
-        dst[o..o + N].copy_from_slice(&src[t * N..(t + 1) * N]);
-    }
+/// Fills a `[B, T, H, N]` tensor from the `[T, N]` rows of each (batch, head), in parallel
+/// over its `[H, N]` token rows (a serial copy was a measurable part of the backward: six
+/// gradients of B·T·H·N values, their pages touched for the first time).
+pub(crate) fn gather_heads<const N: usize>(dst: &mut [f32], heads: &[Vec<f32>], d: Dims) {
+    dst.par_chunks_mut(d.heads * N)
+        .enumerate()
+        .for_each(|(bt, row)| {
+            let (b, t) = (bt / d.seq, bt % d.seq);
+            for (h, part) in row.chunks_exact_mut(N).enumerate() {
+                part.copy_from_slice(&heads[b * d.heads + h][t * N..(t + 1) * N]);
+            }
+        });
 }
 
 #[inline(always)]
@@ -484,13 +489,22 @@ pub(crate) fn backward_heads<const N: usize>(
         b: z(),
         s0: Vec::new(),
     };
-    for (bh, [r, w, k, v, a, b]) in heads.into_iter().enumerate() {
-        scatter_head::<N>(&mut g.r, &r, d, bh);
-        scatter_head::<N>(&mut g.w, &w, d, bh);
-        scatter_head::<N>(&mut g.k, &k, d, bh);
-        scatter_head::<N>(&mut g.v, &v, d, bh);
-        scatter_head::<N>(&mut g.a, &a, d, bh);
-        scatter_head::<N>(&mut g.b, &b, d, bh);
+    let mut per_input: [Vec<Vec<f32>>; 6] = Default::default();
+    for grads in heads {
+        for (all, one) in per_input.iter_mut().zip(grads) {
+            all.push(one);
+        }
+    }
+    let [r, w, k, v, a, b] = &per_input;
+    for (dst, src) in [
+        (&mut g.r, r),
+        (&mut g.w, w),
+        (&mut g.k, k),
+        (&mut g.v, v),
+        (&mut g.a, a),
+        (&mut g.b, b),
+    ] {
+        gather_heads::<N>(dst, src, d);
     }
     g.s0 = ds0;
     g
@@ -506,6 +520,51 @@ struct TokenGrads {
     b: Vec<f32>,
 }
 
+/// Lanes of the column blocks in the backward's second phase: one AVX2 register, so the five
+/// gradient accumulators, the decay and α of the block and the loaded rows fit in registers.
+const COLS: usize = 8;
+
+/// One token's recomputation on a *value-major* state: row i of `next` is row i of `prev`
+/// decayed, plus `sa[i] βᵀ + v[i] kᵀ`, with `sa[i] = prev[i]·α` (stored for the backward).
+#[inline(always)]
+fn recompute_valuemajor<const N: usize>(
+    prev: &[f32],
+    next: &mut [f32],
+    w: &[f32; N],
+    k: &[f32; N],
+    v: &[f32; N],
+    a: &[f32; N],
+    b: &[f32; N],
+    sa: &mut [f32; N],
+) {
+    // Values, not references, where stores follow (see `columns_backward`).
+    let (w, k, a, b) = (*w, *k, *a, *b);
+    for i in 0..N {
+        let prow: [f32; N] = prev[i * N..(i + 1) * N].try_into().expect("row");
+        let sai = dot::<N>(&prow, &a);
+        sa[i] = sai;
+        let vi = v[i];
+        let mut nrow = [0.0f32; N];
+        for j in 0..N {
+            nrow[j] = prow[j] * w[j] + sai * b[j] + vi * k[j];
+        }
+        next[i * N..(i + 1) * N].copy_from_slice(&nrow);
+    }
+}
+
+/// Backward over one (batch, head). Unlike the forward it works on *value-major* matrices
+/// (`X[i][j]`, i the value index): then every gradient of a key-indexed input (r, w, k, α, β)
+/// is a sum over rows, accumulated column block by column block in registers, and only the two
+/// value-indexed ones (v and `sa`) are row dot products — two horizontal reductions per row
+/// instead of five in the key-major layout. Per token, with `G` = dL/dS_t (the later tokens'
+/// part), `P` = S_{t−1}, `C` = S_t:
+///
+/// ```text
+/// G'  = G + dy rᵀ
+/// dv  = G' k          dsa = G' β
+/// dr  = Cᵀ dy         dw  = Σ_i G'[i] ∘ P[i]     dk = G'ᵀ v     dβ = G'ᵀ sa     dα = Pᵀ dsa
+/// G   = G' diag(w) + dsa αᵀ                       (dL/dS_{t−1})
+/// ```
 #[inline(always)]
 fn head_backward<const N: usize>(
     d: Dims,
@@ -525,45 +584,36 @@ fn head_backward<const N: usize>(
         a: vec![0.0; t_len * N],
         b: vec![0.0; t_len * N],
     };
-    // Everything key-major (`X[j][i]`), like the forward: dS and the recomputed states.
-    let mut gs = vec![0.0f32; N * N];
-    transpose::<N>(ds, &mut gs);
-    // states[m] = state before token t0+m, states[m+1] = after it.
+    // `ds` is dL/dS in the public value-major layout: it is updated in place, token by token.
+    let gs = ds;
+    // states[m] = state before token t0+m, states[m+1] = after it (value-major).
     let mut states = vec![0.0f32; (CHUNK + 1) * N * N];
     let mut sas = vec![0.0f32; CHUNK * N];
-    let mut scratch_y = [0.0f32; N];
     let n_chunks = t_len.div_ceil(CHUNK);
     for c in (0..n_chunks).rev() {
         let t0 = c * CHUNK;
         let len = CHUNK.min(t_len - t0);
-        states[..N * N].copy_from_slice(&saved[c * N * N..(c + 1) * N * N]);
+        // Saved states are key-major (the forward's layout).
+        transpose::<N>(&saved[c * N * N..(c + 1) * N * N], &mut states[..N * N]);
         for m in 0..len {
             let t = t0 + m;
             let (prev, next) = states.split_at_mut((m + 1) * N * N);
             let prev = &prev[m * N * N..];
             let next = &mut next[..N * N];
-            next.copy_from_slice(prev);
             if !active(x.mask, d, b, t) {
+                next.copy_from_slice(prev);
                 continue;
             }
-            let a = tok::<N>(x.a, d, b, t, h);
             let sa: &mut [f32; N] = (&mut sas[m * N..(m + 1) * N]).try_into().expect("sa");
-            sa.fill(0.0);
-            for j in 0..N {
-                let aj = a[j];
-                for i in 0..N {
-                    sa[i] += prev[j * N + i] * aj;
-                }
-            }
-            step_keymajor::<N>(
+            recompute_valuemajor::<N>(
+                prev,
                 next,
-                tok::<N>(x.r, d, b, t, h),
                 tok::<N>(x.w, d, b, t, h),
                 tok::<N>(x.k, d, b, t, h),
                 tok::<N>(x.v, d, b, t, h),
-                a,
+                tok::<N>(x.a, d, b, t, h),
                 tok::<N>(x.b, d, b, t, h),
-                &mut scratch_y,
+                sa,
             );
         }
         for m in (0..len).rev() {
@@ -571,47 +621,124 @@ fn head_backward<const N: usize>(
             if !active(x.mask, d, b, t) {
                 continue; // dS passes through unchanged; all token grads stay 0
             }
-            let r = tok::<N>(x.r, d, b, t, h);
-            let w = tok::<N>(x.w, d, b, t, h);
-            let k = tok::<N>(x.k, d, b, t, h);
-            let v = tok::<N>(x.v, d, b, t, h);
-            let a = tok::<N>(x.a, d, b, t, h);
-            let bb = tok::<N>(x.b, d, b, t, h);
-            let dy = tok::<N>(dy_all, d, b, t, h);
-            let prev = &states[m * N * N..(m + 1) * N * N];
-            let cur = &states[(m + 1) * N * N..(m + 2) * N * N];
-            let sa: &[f32; N] = sas[m * N..(m + 1) * N].try_into().expect("sa");
             let o = t * N;
-            let mut dv = [0.0f32; N];
-            let mut dsa = [0.0f32; N];
-            for j in 0..N {
-                let grow: &mut [f32; N] = (&mut gs[j * N..(j + 1) * N]).try_into().expect("row");
-                let crow: &[f32; N] = cur[j * N..(j + 1) * N].try_into().expect("row");
-                let prow: &[f32; N] = prev[j * N..(j + 1) * N].try_into().expect("row");
-                let (rj, kj, bj) = (r[j], k[j], bb[j]);
-                for i in 0..N {
-                    let gv = grow[i] + dy[i] * rj; // dS_t = dS + dy rᵀ
-                    grow[i] = gv;
-                    dv[i] += gv * kj;
-                    dsa[i] += gv * bj;
-                }
-                g.r[o + j] = dot::<N>(crow, dy);
-                g.k[o + j] = dot::<N>(grow, v);
-                g.w[o + j] = dot::<N>(grow, prow);
-                g.b[o + j] = dot::<N>(grow, sa);
-            }
-            for j in 0..N {
-                let grow: &mut [f32; N] = (&mut gs[j * N..(j + 1) * N]).try_into().expect("row");
-                let prow: &[f32; N] = prev[j * N..(j + 1) * N].try_into().expect("row");
-                g.a[o + j] = dot::<N>(prow, &dsa);
-                let (wj, aj) = (w[j], a[j]);
-                for i in 0..N {
-                    grow[i] = grow[i] * wj + dsa[i] * aj; // dS_{t-1} = dS·diag(w) + dsa αᵀ
-                }
-            }
-            g.v[o..o + N].copy_from_slice(&dv);
+            token_backward_valuemajor::<N>(
+                TokenIo {
+                    r: tok::<N>(x.r, d, b, t, h),
+                    w: tok::<N>(x.w, d, b, t, h),
+                    k: tok::<N>(x.k, d, b, t, h),
+                    v: tok::<N>(x.v, d, b, t, h),
+                    a: tok::<N>(x.a, d, b, t, h),
+                    b: tok::<N>(x.b, d, b, t, h),
+                    dy: tok::<N>(dy_all, d, b, t, h),
+                    sa: sas[m * N..(m + 1) * N].try_into().expect("sa"),
+                },
+                &states[m * N * N..(m + 1) * N * N],
+                &states[(m + 1) * N * N..(m + 2) * N * N],
+                gs,
+                [
+                    &mut g.r[o..o + N],
+                    &mut g.w[o..o + N],
+                    &mut g.k[o..o + N],
+                    &mut g.v[o..o + N],
+                    &mut g.a[o..o + N],
+                    &mut g.b[o..o + N],
+                ],
+            );
         }
     }
-    transpose::<N>(&gs, ds);
     [g.r, g.w, g.k, g.v, g.a, g.b]
+}
+
+/// One token's inputs for the backward: the six inputs, dL/dy and the recomputed `sa = S_{t−1}α`.
+struct TokenIo<'a, const N: usize> {
+    r: &'a [f32; N],
+    w: &'a [f32; N],
+    k: &'a [f32; N],
+    v: &'a [f32; N],
+    a: &'a [f32; N],
+    b: &'a [f32; N],
+    dy: &'a [f32; N],
+    sa: &'a [f32; N],
+}
+
+/// One token of [`head_backward`]: `gs` (value-major dL/dS) goes from dL/dS_t to dL/dS_{t−1};
+/// `out` receives the token's gradients of r, w, k, v, α, β.
+#[inline(always)]
+fn token_backward_valuemajor<const N: usize>(
+    x: TokenIo<N>,
+    prev: &[f32],
+    cur: &[f32],
+    gs: &mut [f32],
+    out: [&mut [f32]; 6],
+) {
+    let [gr, gw, gk, gv, ga, gb] = out;
+    // Phase 1, row by row: G' = G + dy rᵀ, and the two row dot products.
+    let mut dsa = [0.0f32; N];
+    let (r, k, bb) = (*x.r, *x.k, *x.b); // values: see `columns_backward`
+    for i in 0..N {
+        let mut row: [f32; N] = gs[i * N..(i + 1) * N].try_into().expect("row");
+        let dyi = x.dy[i];
+        for j in 0..N {
+            row[j] += dyi * r[j];
+        }
+        gv[i] = dot::<N>(&row, &k);
+        dsa[i] = dot::<N>(&row, &bb);
+        gs[i * N..(i + 1) * N].copy_from_slice(&row);
+    }
+    // Phase 2, column block by column block, the sums over rows held in registers.
+    if N >= COLS {
+        columns_backward::<N, COLS>(&x, &dsa, prev, cur, gs, [gr, gw, gk, ga, gb]);
+    } else {
+        columns_backward::<N, N>(&x, &dsa, prev, cur, gs, [gr, gw, gk, ga, gb]);
+    }
+}
+
+/// Phase 2 of [`token_backward_valuemajor`] in blocks of `L` columns: the sums over rows of
+/// the key-indexed gradients (r, w, k, α, β), and `G = G' diag(w) + dsa αᵀ`.
+#[inline(always)]
+fn columns_backward<const N: usize, const L: usize>(
+    x: &TokenIo<N>,
+    dsa: &[f32; N],
+    prev: &[f32],
+    cur: &[f32],
+    gs: &mut [f32],
+    out: [&mut [f32]; 5],
+) {
+    let [gr, gw, gk, ga, gb] = out;
+    for j0 in (0..N).step_by(L) {
+        let mut acc_r = [0.0f32; L];
+        let mut acc_w = [0.0f32; L];
+        let mut acc_k = [0.0f32; L];
+        let mut acc_b = [0.0f32; L];
+        let mut acc_a = [0.0f32; L];
+        // Values, not references, wherever a store follows: the compiler cannot tell that the
+        // rows of `gs` do not overlap the inputs, and would otherwise keep the loop scalar.
+        let w: [f32; L] = x.w[j0..j0 + L].try_into().expect("block");
+        let a: [f32; L] = x.a[j0..j0 + L].try_into().expect("block");
+        for i in 0..N {
+            let o = i * N + j0;
+            let (dyi, vi, sai, dsai) = (x.dy[i], x.v[i], x.sa[i], dsa[i]);
+            let grow: [f32; L] = gs[o..o + L].try_into().expect("block");
+            let prow: [f32; L] = prev[o..o + L].try_into().expect("block");
+            let crow: [f32; L] = cur[o..o + L].try_into().expect("block");
+            let mut next = [0.0f32; L];
+            for q in 0..L {
+                let gq = grow[q];
+                let pq = prow[q];
+                acc_r[q] += crow[q] * dyi;
+                acc_w[q] += gq * pq;
+                acc_k[q] += gq * vi;
+                acc_b[q] += gq * sai;
+                acc_a[q] += pq * dsai;
+                next[q] = gq * w[q] + dsai * a[q];
+            }
+            gs[o..o + L].copy_from_slice(&next);
+        }
+        gr[j0..j0 + L].copy_from_slice(&acc_r);
+        gw[j0..j0 + L].copy_from_slice(&acc_w);
+        gk[j0..j0 + L].copy_from_slice(&acc_k);
+        gb[j0..j0 + L].copy_from_slice(&acc_b);
+        ga[j0..j0 + L].copy_from_slice(&acc_a);
+    }
 }
