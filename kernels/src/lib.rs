@@ -28,11 +28,14 @@ pub mod chunked;
 pub mod cpu;
 #[cfg(feature = "wgpu")]
 pub mod cube;
+pub mod few_rows;
+pub mod few_rows_op;
 mod flex_io;
 pub mod op;
 pub mod reference;
 
 use attention_op::AttentionOps;
+use few_rows_op::FewRowsOps;
 
 use burn::tensor::Tensor;
 use op::Wkv7Ops;
@@ -206,4 +209,23 @@ pub fn causal_attention(
         scale as f32,
     );
     Some(Tensor::from_dispatch(o))
+}
+
+/// `x [M, K] · w` (`w [K, N]`), or `x · wᵀ` when `transposed` (`w [N, K]`), by
+/// [`few_rows`] when that is the faster way: on the CPU backend without autodiff (decoding,
+/// not training) and for 2 to [`few_rows::MAX_ROWS`] rows (one row is a matrix–vector product,
+/// which the backend's GEMM already does at memory speed). `None`: the caller multiplies.
+pub fn few_rows_matmul(x: &Tensor<2>, w: &Tensor<2>, transposed: bool) -> Option<Tensor<2>> {
+    let m = x.dims()[0];
+    let plain_cpu =
+        |d: burn::tensor::Device| matches!(d.as_dispatch(), burn::backend::DispatchDevice::Flex(_));
+    if !(2..=few_rows::MAX_ROWS).contains(&m) || !plain_cpu(x.device()) || !plain_cpu(w.device()) {
+        return None;
+    }
+    let y = <burn::backend::Dispatch as FewRowsOps>::few_rows_matmul(
+        x.clone().into_dispatch(),
+        w.clone().into_dispatch(),
+        transposed,
+    );
+    Some(Tensor::from_dispatch(y))
 }

@@ -67,6 +67,21 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dims = x.dims();
+        let rows: usize = dims[..D - 1].iter().product();
+        if rows <= rwkv_kernels::few_rows::MAX_ROWS {
+            // Decoding a few sequences: see `rwkv_kernels::few_rows_matmul`.
+            let flat = x.clone().reshape([rows, dims[D - 1]]);
+            if let Some(y) = rwkv_kernels::few_rows_matmul(&flat, &self.weight.val(), false) {
+                let mut out = dims;
+                out[D - 1] = y.dims()[1];
+                let y = y.reshape(out);
+                return match &self.bias {
+                    Some(b) => y + b.val().unsqueeze(),
+                    None => y,
+                };
+            }
+        }
         linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }
 

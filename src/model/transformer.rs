@@ -292,9 +292,12 @@ pub fn lm_head_logits(
 ) -> Tensor<3> {
     let [b, t, c] = hidden.dims();
     let flat = hidden.reshape([b * t, c]);
+    // Decoding a few sequences: see `rwkv_kernels::few_rows_matmul`.
     let logits = match head {
-        Some(w) => flat.matmul(w.val()),
-        None => flat.matmul(embed.val().transpose()),
+        Some(w) => rwkv_kernels::few_rows_matmul(&flat, &w.val(), false)
+            .unwrap_or_else(|| flat.matmul(w.val())),
+        None => rwkv_kernels::few_rows_matmul(&flat, &embed.val(), true)
+            .unwrap_or_else(|| flat.matmul(embed.val().transpose())),
     };
     let v = logits.dims()[1];
     logits.reshape([b, t, v])
