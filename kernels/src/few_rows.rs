@@ -122,6 +122,7 @@ simd_kernel!(
 /// `[rows, BLOCK]`: row by row of `w` (each block of a row read once, contiguously), every row
 /// of `x` adding its multiple of it to its accumulators (`out`, which stays in L1).
 #[inline(always)]
+// `RT` is unused here: the SIMD wrapper (`simd_kernel!`) passes every kernel a const parameter.
 fn kn_block<const RT: usize>(
     x: &[f32],
     w: &[f32],
