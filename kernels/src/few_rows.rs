@@ -7,8 +7,8 @@
 //! its row-major layout: for `W [K, N]` ([`matmul`]) row by row, each row of `x` adding its
 //! multiple of a 256-column piece of it to accumulators that stay in L1; for `W` given as
 //! `[N, K]`, i.e. `x · Wᵀ` ([`matmul_transposed`], the tied embedding as the output head), as
-//! dot products in register tiles of up to 4 rows of `x` × 2 rows of `W`. Column blocks run in parallel (rayon); each output is the same sum in the
-//! same order on any number of threads.
+//! dot products in register tiles of up to 4 rows of `x` × 2 rows of `W`. Column blocks run in
+//! parallel (rayon); each output is the same sum in the same order on any number of threads.
 
 use crate::cpu::simd_kernel;
 use rayon::prelude::*;
@@ -120,9 +120,9 @@ simd_kernel!(
 
 /// Columns `c0..c0 + width` of `x · w` (`w [k, n]`) for every row of `x`, into `out`
 /// `[rows, BLOCK]`: row by row of `w` (each block of a row read once, contiguously), every row
-/// of `x` adding its multiple of it to its accumulators (`out`, which stays in L1).
+/// of `x` adding its multiple of it to its accumulators (`out`, which stays in L1). `RT` is
+/// unused: the SIMD wrapper (`simd_kernel!`) passes every kernel a const parameter.
 #[inline(always)]
-// `RT` is unused here: the SIMD wrapper (`simd_kernel!`) passes every kernel a const parameter.
 fn kn_block<const RT: usize>(
     x: &[f32],
     w: &[f32],
