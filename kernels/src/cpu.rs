@@ -20,8 +20,9 @@
 //! Backward keeps the state every [`CHUNK`] tokens from the forward pass and recomputes the
 //! states inside each chunk from the saved one, so a rounding difference cannot grow over more
 //! than [`CHUNK`] tokens (no backstepping division, whose rounding error grows by 1/w per
-//! token). It works on value-major matrices (see [`head_backward`]): the recomputed states are
-//! the forward's up to the order of one dot product's additions.
+//! token). The forward also saves every token's `sa = S_{t−1}·α`, so recomputing a state is a
+//! stream of multiply-adds with no dot product. The backward works on value-major matrices (see
+//! [`head_backward`]): the recomputed states are exactly the forward's, transposed.
 
 use rayon::prelude::*;
 
@@ -51,8 +52,10 @@ impl Dims {
     pub fn n_saved(&self) -> usize {
         self.seq.div_ceil(CHUNK) + 1
     }
-    pub fn saved_len(&self) -> usize {
-        self.batch * self.heads * self.n_saved() * self.head_size * self.head_size
+    /// What the per-token forward saves per (batch, head) for its backward: the saved states
+    /// (`[n_saved, N, N]`, key-major) and every token's `sa = S_{t−1}·α` (`[T, N]`).
+    pub fn saved_per_head(&self) -> usize {
+        (self.n_saved() * self.head_size + self.seq) * self.head_size
     }
 }
 
@@ -223,7 +226,8 @@ pub(crate) use simd_head_kernels;
 simd_head_kernels!();
 
 /// Forward pass. Returns `y` `[B,T,H,N]`, the final state `[B,H,N,N]`, and, when `save` is set,
-/// the states saved for backward `[B,H,n_saved,N,N]` (key-major, internal to this module).
+/// what the backward needs, `[B, H, saved_per_head]` (see [`Dims::saved_per_head`]; internal
+/// to this module).
 /// `s0` empty means a zero initial state.
 pub fn forward(d: Dims, x: Inputs, s0: &[f32], save: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     check(d, &x, s0);
@@ -236,18 +240,19 @@ fn forward_n<const N: usize>(
     s0: &[f32],
     save: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    forward_heads::<N>(d, s0, save, |b, h, s, sv, ys| {
+    forward_heads::<N>(d, s0, save, d.saved_per_head(), |b, h, s, sv, ys| {
         head_forward_simd::<N>(d, &x, b, h, s, sv, ys)
     })
 }
 
 /// The forward driver both forms share: one rayon task per (batch, head), each given its state
-/// (value-major, updated in place), its slice of saved states when `save` is set
-/// (`[n_saved, N, N]`) and its `[T, N]` output rows, which are then scattered into `y`.
+/// (value-major, updated in place), its `per_saved` values of the saved buffer when `save` is
+/// set, and its `[T, N]` output rows, which are then scattered into `y`.
 pub(crate) fn forward_heads<const N: usize>(
     d: Dims,
     s0: &[f32],
     save: bool,
+    per_saved: usize,
     head: impl Fn(usize, usize, &mut [f32], Option<&mut [f32]>, &mut [f32]) + Sync,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (bsz, hs) = (d.batch, d.heads);
@@ -257,7 +262,6 @@ pub(crate) fn forward_heads<const N: usize>(
     } else {
         s0.to_vec()
     };
-    let per_saved = d.n_saved() * N * N;
     let mut saved = if save {
         vec![0.0f32; bsz * hs * per_saved]
     } else {
@@ -339,8 +343,10 @@ fn dot<const N: usize>(x: &[f32; N], y: &[f32; N]) -> f32 {
 }
 
 /// One token on a *key-major* state `ST[j][i] = S[i][j]`: every loop is a vertical
-/// multiply-add over i, with no horizontal reductions.
+/// multiply-add over i, with no horizontal reductions. Writes `y = S_t·r` and
+/// `sa = S_{t−1}·α` (kept for the backward).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn step_keymajor<const N: usize>(
     st: &mut [f32],
     r: &[f32; N],
@@ -350,6 +356,7 @@ fn step_keymajor<const N: usize>(
     a: &[f32; N],
     b: &[f32; N],
     y: &mut [f32],
+    sa_out: &mut [f32],
 ) {
     let mut sa = [0.0f32; N];
     for j in 0..N {
@@ -370,6 +377,7 @@ fn step_keymajor<const N: usize>(
         }
     }
     y[..N].copy_from_slice(&acc);
+    sa_out[..N].copy_from_slice(&sa);
 }
 
 /// `dst = srcᵀ` for an N×N block.
@@ -398,6 +406,8 @@ fn head_forward<const N: usize>(
     transpose::<N>(s, &mut st);
     let s_pub = s;
     let s = &mut st[..];
+    let states_len = d.n_saved() * N * N;
+    let mut sa_scratch = [0.0f32; N];
     for t in 0..d.seq {
         if t % CHUNK == 0
             && let Some(sv) = saved.as_deref_mut()
@@ -408,6 +418,10 @@ fn head_forward<const N: usize>(
         if !active(x.mask, d, b, t) {
             continue; // output stays 0, state unchanged
         }
+        let sa_out = match saved.as_deref_mut() {
+            Some(sv) => &mut sv[states_len + t * N..states_len + (t + 1) * N],
+            None => &mut sa_scratch[..],
+        };
         step_keymajor::<N>(
             s,
             tok::<N>(x.r, d, b, t, h),
@@ -417,6 +431,7 @@ fn head_forward<const N: usize>(
             tok::<N>(x.a, d, b, t, h),
             tok::<N>(x.b, d, b, t, h),
             &mut ys[t * N..(t + 1) * N],
+            sa_out,
         );
     }
     if let Some(sv) = saved {
@@ -432,7 +447,7 @@ pub fn backward(d: Dims, x: Inputs, saved: &[f32], dy: &[f32], ds_final: &[f32])
     check(d, &x, &[]);
     assert_eq!(
         saved.len(),
-        d.saved_len(),
+        d.batch * d.heads * d.saved_per_head(),
         "wkv7 backward: saved states have the wrong size"
     );
     assert_eq!(dy.len(), d.seq_len(), "wkv7 backward: dy must be [B,T,H,N]");
@@ -450,22 +465,22 @@ fn backward_n<const N: usize>(
     dy: &[f32],
     ds_final: &[f32],
 ) -> Grads {
-    backward_heads::<N>(d, saved, ds_final, |b, h, sv, ds| {
+    backward_heads::<N>(d, saved, d.saved_per_head(), ds_final, |b, h, sv, ds| {
         head_backward_simd::<N>(d, &x, b, h, sv, dy, ds)
     })
 }
 
 /// The backward driver both forms share: one rayon task per (batch, head), each given its
-/// saved states and dL/dS (final state on entry, initial on exit, in place); its token
+/// `per_saved` values of what the forward saved and dL/dS (final state on entry, initial on exit, in place); its token
 /// gradients are scattered into `[B, T, H, N]`.
 pub(crate) fn backward_heads<const N: usize>(
     d: Dims,
     saved: &[f32],
+    per_saved: usize,
     ds_final: &[f32],
     head: impl Fn(usize, usize, &[f32], &mut [f32]) -> HeadGrads + Sync,
 ) -> Grads {
     let hs = d.heads;
-    let per_saved = d.n_saved() * N * N;
     let mut ds0 = if ds_final.is_empty() {
         vec![0.0f32; d.state_len()]
     } else {
@@ -525,7 +540,7 @@ struct TokenGrads {
 const COLS: usize = 8;
 
 /// One token's recomputation on a *value-major* state: row i of `next` is row i of `prev`
-/// decayed, plus `sa[i] βᵀ + v[i] kᵀ`, with `sa[i] = prev[i]·α` (stored for the backward).
+/// decayed, plus `sa[i] βᵀ + v[i] kᵀ`, with `sa = S_{t−1}·α` as the forward saved it.
 #[inline(always)]
 fn recompute_valuemajor<const N: usize>(
     prev: &[f32],
@@ -533,17 +548,14 @@ fn recompute_valuemajor<const N: usize>(
     w: &[f32; N],
     k: &[f32; N],
     v: &[f32; N],
-    a: &[f32; N],
     b: &[f32; N],
-    sa: &mut [f32; N],
+    sa: &[f32; N],
 ) {
     // Values, not references, where stores follow (see `columns_backward`).
-    let (w, k, a, b) = (*w, *k, *a, *b);
+    let (w, k, b) = (*w, *k, *b);
     for i in 0..N {
         let prow: [f32; N] = prev[i * N..(i + 1) * N].try_into().expect("row");
-        let sai = dot::<N>(&prow, &a);
-        sa[i] = sai;
-        let vi = v[i];
+        let (sai, vi) = (sa[i], v[i]);
         let mut nrow = [0.0f32; N];
         for j in 0..N {
             nrow[j] = prow[j] * w[j] + sai * b[j] + vi * k[j];
@@ -588,7 +600,8 @@ fn head_backward<const N: usize>(
     let gs = ds;
     // states[m] = state before token t0+m, states[m+1] = after it (value-major).
     let mut states = vec![0.0f32; (CHUNK + 1) * N * N];
-    let mut sas = vec![0.0f32; CHUNK * N];
+    let (saved, sas) = saved.split_at(d.n_saved() * N * N);
+    let sa_of = |t: usize| -> &[f32; N] { sas[t * N..(t + 1) * N].try_into().expect("sa") };
     let n_chunks = t_len.div_ceil(CHUNK);
     for c in (0..n_chunks).rev() {
         let t0 = c * CHUNK;
@@ -604,16 +617,14 @@ fn head_backward<const N: usize>(
                 next.copy_from_slice(prev);
                 continue;
             }
-            let sa: &mut [f32; N] = (&mut sas[m * N..(m + 1) * N]).try_into().expect("sa");
             recompute_valuemajor::<N>(
                 prev,
                 next,
                 tok::<N>(x.w, d, b, t, h),
                 tok::<N>(x.k, d, b, t, h),
                 tok::<N>(x.v, d, b, t, h),
-                tok::<N>(x.a, d, b, t, h),
                 tok::<N>(x.b, d, b, t, h),
-                sa,
+                sa_of(t),
             );
         }
         for m in (0..len).rev() {
@@ -631,7 +642,7 @@ fn head_backward<const N: usize>(
                     a: tok::<N>(x.a, d, b, t, h),
                     b: tok::<N>(x.b, d, b, t, h),
                     dy: tok::<N>(dy_all, d, b, t, h),
-                    sa: sas[m * N..(m + 1) * N].try_into().expect("sa"),
+                    sa: sa_of(t),
                 },
                 &states[m * N * N..(m + 1) * N * N],
                 &states[(m + 1) * N * N..(m + 2) * N * N],
@@ -650,7 +661,7 @@ fn head_backward<const N: usize>(
     [g.r, g.w, g.k, g.v, g.a, g.b]
 }
 
-/// One token's inputs for the backward: the six inputs, dL/dy and the recomputed `sa = S_{t−1}α`.
+/// One token's inputs for the backward: the six inputs, dL/dy and the saved `sa = S_{t−1}α`.
 struct TokenIo<'a, const N: usize> {
     r: &'a [f32; N],
     w: &'a [f32; N],
