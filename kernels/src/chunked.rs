@@ -268,7 +268,7 @@ fn forward_n<const N: usize>(
     s0: &[f32],
     save: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    crate::cpu::forward_heads::<N>(d, s0, save, d.n_saved() * N * N, |b, h, s, sv, ys| {
+    crate::cpu::forward_heads::<N>(d, s0, save, d.states_per_head(), |b, h, s, sv, ys| {
         head_forward_simd::<N>(d, &x, b, h, s, sv, ys)
     })
 }
@@ -313,7 +313,7 @@ fn backward_n<const N: usize>(
     dy: &[f32],
     ds_final: &[f32],
 ) -> Grads {
-    crate::cpu::backward_heads::<N>(d, saved, d.n_saved() * N * N, ds_final, |b, h, sv, ds| {
+    crate::cpu::backward_heads::<N>(d, saved, d.states_per_head(), ds_final, |b, h, sv, ds| {
         head_backward_simd::<N>(d, &x, b, h, sv, dy, ds)
     })
 }

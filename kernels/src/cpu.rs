@@ -52,10 +52,14 @@ impl Dims {
     pub fn n_saved(&self) -> usize {
         self.seq.div_ceil(CHUNK) + 1
     }
+    /// The saved states of one (batch, head): `[n_saved, N, N]`.
+    pub fn states_per_head(&self) -> usize {
+        self.n_saved() * self.head_size * self.head_size
+    }
     /// What the per-token forward saves per (batch, head) for its backward: the saved states
-    /// (`[n_saved, N, N]`, key-major) and every token's `sa = S_{t−1}·α` (`[T, N]`).
+    /// (key-major), then every token's `sa = S_{t−1}·α` (`[T, N]`).
     pub fn saved_per_head(&self) -> usize {
-        (self.n_saved() * self.head_size + self.seq) * self.head_size
+        self.states_per_head() + self.seq * self.head_size
     }
 }
 
@@ -406,7 +410,7 @@ fn head_forward<const N: usize>(
     transpose::<N>(s, &mut st);
     let s_pub = s;
     let s = &mut st[..];
-    let states_len = d.n_saved() * N * N;
+    let states_len = d.states_per_head();
     let mut sa_scratch = [0.0f32; N];
     for t in 0..d.seq {
         if t % CHUNK == 0
@@ -445,11 +449,6 @@ fn head_forward<const N: usize>(
 /// [`forward`] with `save = true`.
 pub fn backward(d: Dims, x: Inputs, saved: &[f32], dy: &[f32], ds_final: &[f32]) -> Grads {
     check(d, &x, &[]);
-    assert_eq!(
-        saved.len(),
-        d.batch * d.heads * d.saved_per_head(),
-        "wkv7 backward: saved states have the wrong size"
-    );
     assert_eq!(dy.len(), d.seq_len(), "wkv7 backward: dy must be [B,T,H,N]");
     assert!(ds_final.is_empty() || ds_final.len() == d.state_len());
     dispatch_n!(d.head_size, backward_n, d, x, saved, dy, ds_final)
@@ -471,8 +470,8 @@ fn backward_n<const N: usize>(
 }
 
 /// The backward driver both forms share: one rayon task per (batch, head), each given its
-/// `per_saved` values of what the forward saved and dL/dS (final state on entry, initial on exit, in place); its token
-/// gradients are scattered into `[B, T, H, N]`.
+/// `per_saved` values of what the forward saved and dL/dS (final state on entry, initial on
+/// exit, in place); its token gradients are scattered into `[B, T, H, N]`.
 pub(crate) fn backward_heads<const N: usize>(
     d: Dims,
     saved: &[f32],
@@ -481,6 +480,11 @@ pub(crate) fn backward_heads<const N: usize>(
     head: impl Fn(usize, usize, &[f32], &mut [f32]) -> HeadGrads + Sync,
 ) -> Grads {
     let hs = d.heads;
+    assert_eq!(
+        saved.len(),
+        d.batch * hs * per_saved,
+        "wkv7 backward: saved states have the wrong size"
+    );
     let mut ds0 = if ds_final.is_empty() {
         vec![0.0f32; d.state_len()]
     } else {
@@ -600,7 +604,7 @@ fn head_backward<const N: usize>(
     let gs = ds;
     // states[m] = state before token t0+m, states[m+1] = after it (value-major).
     let mut states = vec![0.0f32; (CHUNK + 1) * N * N];
-    let (saved, sas) = saved.split_at(d.n_saved() * N * N);
+    let (saved, sas) = saved.split_at(d.states_per_head());
     let sa_of = |t: usize| -> &[f32; N] { sas[t * N..(t + 1) * N].try_into().expect("sa") };
     let n_chunks = t_len.div_ceil(CHUNK);
     for c in (0..n_chunks).rev() {
