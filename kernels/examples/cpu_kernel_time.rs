@@ -1,14 +1,18 @@
 //! Times the slice-level kernels alone (no tensor conversions), per-token and chunked:
-//! `cargo run --release -p rwkv-kernels --example cpu_kernel_time [per-token|chunked] [REPS]`
-//! (REPS 3 by default; the best of them is printed last).
+//! `cargo run --release -p rwkv-kernels --example cpu_kernel_time [per-token|chunked|both] [REPS]
+//! [SEQ]` (REPS 3 by default; the best of them is printed last; SEQ 1024 by default, at batch 4
+//! and 9 heads of 64).
 use rwkv_kernels::chunked;
 use rwkv_kernels::cpu::{self, Dims, Inputs};
 use std::time::Instant;
 
 fn main() {
+    let seq: usize = std::env::args()
+        .nth(3)
+        .map_or(1024, |s| s.parse().expect("SEQ is a number"));
     let d = Dims {
         batch: 4,
-        seq: 1024,
+        seq,
         heads: 9,
         head_size: 64,
     };
@@ -31,7 +35,7 @@ fn main() {
         b: &b,
         mask: &[],
     };
-    let only = std::env::args().nth(1);
+    let only = std::env::args().nth(1).filter(|f| f != "both");
     let reps: usize = std::env::args()
         .nth(2)
         .map_or(3, |r| r.parse().expect("REPS is a number"));

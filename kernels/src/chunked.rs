@@ -21,35 +21,182 @@
 //! f32. A masked token is an identity step: `w = 1`, `α = β = k = v = r = 0` (output 0, zero
 //! gradients).
 //!
-//! Status: exact (tests/chunked.rs: every output and gradient within 1e-4 of the per-token
-//! kernel), but not yet faster: at B=4, T=1024, H=9, N=64 on 2 cores this loop form takes
-//! ~94 ms forward and ~227 ms backward against the per-token kernel's ~42 ms and ~193 ms
-//! (`cargo run -p rwkv-kernels --example cpu_kernel_time`). At N = 64 and 16-token chunks
-//! the matrix form does about twice the arithmetic of the recurrence, so it only wins once its
-//! products run near GEMM speed (register-blocked micro-kernels; the `gemm` crate's per-call
-//! overhead at these sizes gave ~80 ms forward). Until then models use [`crate::cpu`].
+//! The products run through one small register-tiled kernel ([`mm`]: compile-time sizes, four
+//! output rows by 16 columns in named accumulators, the left operand read row-major or
+//! transposed in place). Chunks past the end of the sequence are padded with masked tokens, so
+//! every product has the same compile-time shape. The forward carries the state key-major (the
+//! layout `R Sᵀ` and `A Sᵀ` read as a right operand) and saves it at each chunk start; the
+//! backward transposes it back for the products that need it value-major.
+//!
+//! Measured (`cargo run --release -p rwkv-kernels --example cpu_kernel_time both 10 SEQ`, batch
+//! 4, 9 heads of 64, 2 cores, side by side with the per-token kernel): backward about 1.2×
+//! faster from 32 tokens on (T = 1024: 143–161 ms against 174–190 ms), forward about a tenth
+//! slower, and only the chunk-start states saved. So [`crate::op`] uses this form for training
+//! passes from 32 tokens on, and the per-token kernel for forwards without a backward.
 
 // Index loops walk several same-shaped rows at once; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
 
 use crate::cpu::{CHUNK, Dims, Grads, HeadGrads, Inputs, dispatch_n};
 
-/// One chunk's inputs and their decayed forms, `[L][N]` rows.
-struct ChunkData<const N: usize> {
-    len: usize,
-    w: Vec<f32>,
-    v: Vec<f32>,
-    active: Vec<bool>,
-    /// `α ⊙ e^{c_{t−1}}`, `β ⊙ e^{−c}`, `k ⊙ e^{−c}`, `r ⊙ e^{c}`.
-    a: Vec<f32>,
-    b: Vec<f32>,
-    k: Vec<f32>,
-    r: Vec<f32>,
-    /// `e^{c_t}` and `e^{c_{t−1}}`.
-    ec: Vec<f32>,
-    ec_prev: Vec<f32>,
-    /// `e^{c_last}`.
-    g: [f32; N],
+/// Tokens per chunk.
+const L: usize = CHUNK;
+/// Two chunk matrices stacked: `[2L][N]` blocks, and the width of `[L][2L]` pairs.
+const L2: usize = 2 * CHUNK;
+
+/// Rows of the micro-kernel's output tile.
+const MR: usize = 4;
+
+/// The left operand of [`mm`]: an `M×K` matrix `A` stored row-major with leading dimension
+/// `ld` (`A[m][k] = a[m·ld + k]`), or stored transposed (`A[m][k] = a[k·ld + m]`), so a
+/// transposed operand costs no copy.
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    Rows(&'a [f32], usize),
+    Cols(&'a [f32], usize),
+}
+
+/// `c (+)= A · b` for `A` `m×K` (see [`Lhs`]), `b` `[K][NC]` and `c` `[m][NC]` row-major. The
+/// inner and row sizes are compile-time constants, so each tile's accumulators are registers
+/// and its loads need no bounds checks. Every output element is summed over `k` in order with
+/// separate multiplies and adds, in every instruction set alike.
+///
+/// Not inlined: one copy per shape and instruction set, compiled for that instruction set.
+/// Inlined into the head kernels, the twenty-odd products made functions so large that the
+/// crate took ten minutes to build instead of one (the backward was then 1.5× the per-token
+/// kernel's speed instead of 1.2×).
+#[inline(never)]
+fn mm<const K: usize, const NC: usize>(
+    c: &mut [f32],
+    m: usize,
+    a: Lhs,
+    b: &[f32],
+    accumulate: bool,
+) {
+    let c = &mut c[..m * NC];
+    let b = &b[..K * NC];
+    assert!(m % MR == 0 && NC % 4 == 0, "mm: operand shapes");
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512<const K: usize, const NC: usize>(c: &mut [f32], a: Lhs, b: &[f32], acc: bool) {
+            mm_width::<K, NC>(c, a, b, acc)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<const K: usize, const NC: usize>(c: &mut [f32], a: Lhs, b: &[f32], acc: bool) {
+            mm_width::<K, NC>(c, a, b, acc)
+        }
+        match crate::cpu::simd_level() {
+            // SAFETY: the CPU has the enabled features (simd_level checked them).
+            crate::cpu::SimdLevel::Avx512 => {
+                return unsafe { avx512::<K, NC>(c, a, b, accumulate) };
+            }
+            crate::cpu::SimdLevel::Avx2Fma => return unsafe { avx2::<K, NC>(c, a, b, accumulate) },
+            crate::cpu::SimdLevel::Base => {}
+        }
+    }
+    mm_width::<K, NC>(c, a, b, accumulate)
+}
+
+/// [`mm`]'s tiles as wide as `NC` allows.
+#[inline(always)]
+fn mm_width<const K: usize, const NC: usize>(c: &mut [f32], a: Lhs, b: &[f32], accumulate: bool) {
+    if NC % 16 == 0 {
+        mm_tiles::<K, NC, 16>(c, a, b, accumulate);
+    } else if NC % 8 == 0 {
+        mm_tiles::<K, NC, 8>(c, a, b, accumulate);
+    } else {
+        mm_tiles::<K, NC, 4>(c, a, b, accumulate);
+    }
+}
+
+/// [`mm`] over `MR × TW` output tiles, each summed in four named accumulator rows (a 2-D array
+/// here was left in memory, scalar, by the compiler).
+#[inline(always)]
+fn mm_tiles<const K: usize, const NC: usize, const TW: usize>(
+    c: &mut [f32],
+    a: Lhs,
+    b: &[f32],
+    accumulate: bool,
+) {
+    for m0 in (0..c.len() / NC).step_by(MR) {
+        for j0 in (0..NC).step_by(TW) {
+            let mut c0 = tile_row::<TW>(c, m0 * NC + j0, accumulate);
+            let mut c1 = tile_row::<TW>(c, (m0 + 1) * NC + j0, accumulate);
+            let mut c2 = tile_row::<TW>(c, (m0 + 2) * NC + j0, accumulate);
+            let mut c3 = tile_row::<TW>(c, (m0 + 3) * NC + j0, accumulate);
+            match a {
+                Lhs::Rows(a, ld) => {
+                    let (a0, a1, a2, a3) = (
+                        tile_of::<K>(a, m0 * ld),
+                        tile_of::<K>(a, (m0 + 1) * ld),
+                        tile_of::<K>(a, (m0 + 2) * ld),
+                        tile_of::<K>(a, (m0 + 3) * ld),
+                    );
+                    for kk in 0..K {
+                        let br = tile_of::<TW>(b, kk * NC + j0);
+                        axpy::<TW>(&mut c0, a0[kk], br);
+                        axpy::<TW>(&mut c1, a1[kk], br);
+                        axpy::<TW>(&mut c2, a2[kk], br);
+                        axpy::<TW>(&mut c3, a3[kk], br);
+                    }
+                }
+                Lhs::Cols(a, ld) => {
+                    for kk in 0..K {
+                        let br = tile_of::<TW>(b, kk * NC + j0);
+                        let ak = tile_of::<MR>(a, kk * ld + m0);
+                        axpy::<TW>(&mut c0, ak[0], br);
+                        axpy::<TW>(&mut c1, ak[1], br);
+                        axpy::<TW>(&mut c2, ak[2], br);
+                        axpy::<TW>(&mut c3, ak[3], br);
+                    }
+                }
+            }
+            for (r, acc) in [c0, c1, c2, c3].iter().enumerate() {
+                c[(m0 + r) * NC + j0..][..TW].copy_from_slice(acc);
+            }
+        }
+    }
+}
+
+/// The `W` values of `x` at `at`.
+#[inline(always)]
+fn tile_of<const W: usize>(x: &[f32], at: usize) -> &[f32; W] {
+    x[at..at + W].try_into().expect("tile")
+}
+
+/// The `TW` values of `c` at `at`, or zeros.
+#[inline(always)]
+fn tile_row<const TW: usize>(c: &[f32], at: usize, accumulate: bool) -> [f32; TW] {
+    if accumulate {
+        c[at..at + TW].try_into().expect("tile")
+    } else {
+        [0.0; TW]
+    }
+}
+
+/// `dst` `[C][R]` = `src` `[R][C]` transposed.
+#[inline(always)]
+fn transpose<const R: usize, const C: usize>(src: &[f32], dst: &mut [f32]) {
+    let (src, dst) = (&src[..R * C], &mut dst[..R * C]);
+    for i in 0..R {
+        for j in 0..C {
+            dst[j * R + i] = src[i * C + j];
+        }
+    }
+}
+
+/// Zeroes the upper triangle of both `[L][L]` halves of an `[L][2L]` pair: above the diagonal,
+/// and the diagonal too when `strict`.
+#[inline(always)]
+fn keep_lower(m: &mut [f32], strict: bool) {
+    for t in 0..L {
+        let first = if strict { t } else { t + 1 };
+        for s in first..L {
+            m[t * L2 + s] = 0.0;
+            m[t * L2 + L + s] = 0.0;
+        }
+    }
 }
 
 #[inline(always)]
@@ -60,24 +207,6 @@ fn row<const N: usize>(x: &[f32], m: usize) -> &[f32; N] {
 #[inline(always)]
 fn row_mut<const N: usize>(x: &mut [f32], m: usize) -> &mut [f32; N] {
     (&mut x[m * N..(m + 1) * N]).try_into().expect("row")
-}
-
-#[inline(always)]
-fn dot<const N: usize>(x: &[f32; N], y: &[f32; N]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut j = 0;
-    while j + 8 <= N {
-        for l in 0..8 {
-            acc[l] += x[j + l] * y[j + l];
-        }
-        j += 8;
-    }
-    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    while j < N {
-        s += x[j] * y[j];
-        j += 1;
-    }
-    s
 }
 
 /// `y += s·x`
@@ -93,172 +222,347 @@ fn tok_offset<const N: usize>(d: Dims, b: usize, t: usize, h: usize) -> usize {
     ((b * d.seq + t) * d.heads + h) * N
 }
 
+/// The chunk's `[L][N]` rows of one input (`src` row `m` at `at(m)`), times `scale`'s rows if
+/// given; zero on masked rows.
 #[inline(always)]
-fn load_chunk<const N: usize>(
-    d: Dims,
-    x: &Inputs,
-    b: usize,
-    h: usize,
-    t0: usize,
-    len: usize,
-) -> ChunkData<N> {
-    let z = || vec![0.0f32; len * N];
-    let mut c = ChunkData {
-        len,
-        w: z(),
-        v: z(),
-        active: vec![false; len],
-        a: z(),
-        b: z(),
-        k: z(),
-        r: z(),
-        ec: z(),
-        ec_prev: z(),
-        g: [1.0; N],
-    };
-    let mut cum = [0.0f32; N];
-    let mut ecp = [1.0f32; N];
-    for m in 0..len {
-        let t = t0 + m;
-        let o = tok_offset::<N>(d, b, t, h);
-        let on = x.mask.is_empty() || x.mask[b * d.seq + t] != 0.0;
-        c.active[m] = on;
-        row_mut::<N>(&mut c.ec_prev, m).copy_from_slice(&ecp);
-        if on {
-            for j in 0..N {
-                cum[j] += x.w[o + j].ln();
-            }
+fn load_rows<const N: usize>(
+    dst: &mut [f32],
+    src: &[f32],
+    at: impl Fn(usize) -> usize,
+    active: &[bool; L],
+    scale: Option<&[f32]>,
+) {
+    for m in 0..L {
+        let out = row_mut::<N>(dst, m);
+        if !active[m] {
+            *out = [0.0; N];
+            continue;
         }
-        for j in 0..N {
-            let prev = ecp[j];
-            let e = if on { cum[j].exp() } else { prev };
-            let ie = 1.0 / e;
-            ecp[j] = e;
-            c.ec[m * N + j] = e;
-            if on {
-                c.w[m * N + j] = x.w[o + j];
-                c.v[m * N + j] = x.v[o + j];
-                c.a[m * N + j] = x.a[o + j] * prev;
-                c.b[m * N + j] = x.b[o + j] * ie;
-                c.k[m * N + j] = x.k[o + j] * ie;
-                c.r[m * N + j] = x.r[o + j] * e;
+        let o = at(m);
+        let xs: &[f32; N] = src[o..o + N].try_into().expect("row");
+        match scale {
+            Some(sc) => {
+                let sc = row::<N>(sc, m);
+                for j in 0..N {
+                    out[j] = xs[j] * sc[j];
+                }
+            }
+            None => out.copy_from_slice(xs),
+        }
+    }
+}
+
+/// One head's chunk in decayed form and the products both passes need, reused chunk after
+/// chunk. A chunk always has [`L`] rows: past the end of the sequence it is padded with masked
+/// (identity) tokens.
+struct Chunk<const N: usize> {
+    /// `[R; A]`: `r ⊙ e^{c}` and `α ⊙ e^{c_{t−1}}`, `[2L][N]`.
+    ra: Vec<f32>,
+    /// `[B; K]`: `β ⊙ e^{−c}` and `k ⊙ e^{−c}`, `[2L][N]`; `bkt` its transpose `[N][2L]`.
+    bk: Vec<f32>,
+    bkt: Vec<f32>,
+    /// `[U; V]`, `[2L][N]`.
+    uv: Vec<f32>,
+    /// `[L(A Bᵀ) | L(A Kᵀ)]` and `[L̄(R Bᵀ) | L̄(R Kᵀ)]`, `[L][2L]`.
+    mabk: Vec<f32>,
+    pq: Vec<f32>,
+    /// `[Y; X]`: `R Sᵀ` (then `Y`) and `A Sᵀ` (then `X`), `[2L][N]`.
+    yx: Vec<f32>,
+    /// The raw decays (1 on masked rows), `e^{c_t}`, `e^{−c_t}` and `e^{c_{t−1}}`, `[L][N]`.
+    w: Vec<f32>,
+    ec: Vec<f32>,
+    iec: Vec<f32>,
+    ec_prev: Vec<f32>,
+    active: [bool; L],
+    /// `e^{c_last}`.
+    g: [f32; N],
+}
+
+impl<const N: usize> Chunk<N> {
+    fn new() -> Self {
+        let z = |n: usize| vec![0.0f32; n];
+        Chunk {
+            ra: z(L2 * N),
+            bk: z(L2 * N),
+            bkt: z(L2 * N),
+            uv: z(L2 * N),
+            mabk: z(L * L2),
+            pq: z(L * L2),
+            yx: z(L2 * N),
+            w: z(L * N),
+            ec: z(L * N),
+            iec: z(L * N),
+            ec_prev: z(L * N),
+            active: [false; L],
+            g: [1.0; N],
+        }
+    }
+
+    /// Loads the chunk of (batch `b`, head `h`) starting at token `t0`; returns its length.
+    #[inline(always)]
+    fn load(&mut self, d: Dims, x: &Inputs, b: usize, h: usize, t0: usize) -> usize {
+        let len = L.min(d.seq - t0);
+        for m in 0..L {
+            self.active[m] = m < len && (x.mask.is_empty() || x.mask[b * d.seq + t0 + m] != 0.0);
+        }
+        // e^{c_t} as a running product of the decays (at most 16 of them, each ≥ 0.545).
+        let mut e = [1.0f32; N];
+        for m in 0..L {
+            row_mut::<N>(&mut self.ec_prev, m).copy_from_slice(&e);
+            let wm = row_mut::<N>(&mut self.w, m);
+            if self.active[m] {
+                let o = tok_offset::<N>(d, b, t0 + m, h);
+                wm.copy_from_slice(&x.w[o..o + N]);
+                for j in 0..N {
+                    e[j] *= wm[j];
+                }
             } else {
-                c.w[m * N + j] = 1.0;
+                *wm = [1.0; N];
             }
-        }
-    }
-    c.g = ecp;
-    c
-}
-
-/// `out[t][s] = x_t · y_s` for `s < t` (`strict`) or `s ≤ t`.
-#[inline(always)]
-fn lower_products<const N: usize>(x: &[f32], y: &[f32], len: usize, strict: bool) -> Vec<f32> {
-    let mut out = vec![0.0f32; len * len];
-    for t in 0..len {
-        let end = if strict { t } else { t + 1 };
-        for s in 0..end {
-            out[t * len + s] = dot::<N>(row::<N>(x, t), row::<N>(y, s));
-        }
-    }
-    out
-}
-
-/// `out[t][i] = Σ_j S[i][j] x[t][j]` (rows of `x` through `Sᵀ`).
-#[inline(always)]
-fn through_state<const N: usize>(s: &[f32], x: &[f32], len: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; len * N];
-    for t in 0..len {
-        let xt = row::<N>(x, t);
-        let o = row_mut::<N>(&mut out, t);
-        for i in 0..N {
-            o[i] = dot::<N>(row::<N>(s, i), xt);
-        }
-    }
-    out
-}
-
-/// The chunk's `U` (the `S_{t−1} α_t` of each token) from the starting state `s`.
-#[inline(always)]
-fn solve_u<const N: usize>(c: &ChunkData<N>, s: &[f32], mab: &[f32], mak: &[f32]) -> Vec<f32> {
-    let len = c.len;
-    let mut u = through_state::<N>(s, &c.a, len);
-    for t in 0..len {
-        let mut ut = *row::<N>(&u, t);
-        for sidx in 0..t {
-            axpy::<N>(&mut ut, mak[t * len + sidx], row::<N>(&c.v, sidx));
-            axpy::<N>(&mut ut, mab[t * len + sidx], row::<N>(&u, sidx));
-        }
-        row_mut::<N>(&mut u, t).copy_from_slice(&ut);
-    }
-    u
-}
-
-/// `S ← (S + Uᵀ B + Vᵀ K) diag(g)` (or without the decay when `g` is `None`: the `Z` of the
-/// backward).
-#[inline(always)]
-fn state_update<const N: usize>(c: &ChunkData<N>, s: &mut [f32], u: &[f32], decay: bool) {
-    for i in 0..N {
-        let si = row_mut::<N>(s, i);
-        for m in 0..c.len {
-            axpy::<N>(si, u[m * N + i], row::<N>(&c.b, m));
-            axpy::<N>(si, c.v[m * N + i], row::<N>(&c.k, m));
-        }
-        if decay {
+            row_mut::<N>(&mut self.ec, m).copy_from_slice(&e);
+            let ie = row_mut::<N>(&mut self.iec, m);
             for j in 0..N {
-                si[j] *= c.g[j];
+                ie[j] = 1.0 / e[j];
+            }
+        }
+        self.g = e;
+        // One input at a time, each a stream of rows.
+        let at = |m: usize| tok_offset::<N>(d, b, t0 + m, h);
+        let (r, a) = self.ra.split_at_mut(L * N);
+        load_rows::<N>(r, x.r, at, &self.active, Some(&self.ec));
+        load_rows::<N>(a, x.a, at, &self.active, Some(&self.ec_prev));
+        let (bb, k) = self.bk.split_at_mut(L * N);
+        load_rows::<N>(bb, x.b, at, &self.active, Some(&self.iec));
+        load_rows::<N>(k, x.k, at, &self.active, Some(&self.iec));
+        load_rows::<N>(&mut self.uv[L * N..], x.v, at, &self.active, None);
+        transpose::<L2, N>(&self.bk, &mut self.bkt);
+        len
+    }
+
+    /// The triangular products and `U` from the chunk's key-major starting state `st`; with
+    /// `with_y`, also `R Sᵀ` in the first rows of `yx`.
+    #[inline(always)]
+    fn products(&mut self, st: &[f32], with_y: bool) {
+        let (a, r) = (&self.ra[L * N..], &self.ra[..L * N]);
+        mm::<N, L2>(&mut self.mabk, L, Lhs::Rows(a, N), &self.bkt, false);
+        keep_lower(&mut self.mabk, true);
+        mm::<N, L2>(&mut self.pq, L, Lhs::Rows(r, N), &self.bkt, false);
+        keep_lower(&mut self.pq, false);
+        let (y0, x) = self.yx.split_at_mut(L * N);
+        if with_y {
+            mm::<N, N>(y0, L, Lhs::Rows(r, N), st, false);
+        }
+        mm::<N, N>(x, L, Lhs::Rows(a, N), st, false);
+        let (u, v) = self.uv.split_at_mut(L * N);
+        // X = A Sᵀ + L(A Kᵀ) V
+        mm::<L, N>(x, L, Lhs::Rows(&self.mabk[L..], L2), v, true);
+        // U = X + L(A Bᵀ) U, row by row
+        for t in 0..L {
+            let mut ut = *row::<N>(x, t);
+            for s in 0..t {
+                axpy::<N>(&mut ut, self.mabk[t * L2 + s], row::<N>(u, s));
+            }
+            row_mut::<N>(u, t).copy_from_slice(&ut);
+        }
+    }
+
+    /// One chunk forward: `st` (key-major) advances over it, its outputs go to `ys`.
+    #[inline(always)]
+    fn forward(&mut self, st: &mut [f32], ys: &mut [f32], len: usize) {
+        self.products(st, true);
+        // Y = R Sᵀ + [P | Q] [U; V]
+        let y = &mut self.yx[..L * N];
+        mm::<L2, N>(y, L, Lhs::Rows(&self.pq, L2), &self.uv, true);
+        for m in 0..len {
+            let out = row_mut::<N>(ys, m);
+            if self.active[m] {
+                out.copy_from_slice(row::<N>(y, m));
+            } else {
+                *out = [0.0; N];
+            }
+        }
+        // Sᵀ ← diag(g) (Sᵀ + [B; K]ᵀ [U; V])
+        mm::<L2, N>(st, N, Lhs::Cols(&self.bk, N), &self.uv, true);
+        for j in 0..N {
+            let gj = self.g[j];
+            for v in row_mut::<N>(st, j) {
+                *v *= gj;
+            }
+        }
+    }
+
+    /// One chunk backward from its key-major starting state `st`, with `dY` in the first rows
+    /// of `w.dyx`: `ds` holds dL/dS' (value-major) on entry and dL/dS on exit; the chunk's
+    /// token gradients are left in `w.grads`.
+    #[inline(always)]
+    fn backward(&mut self, w: &mut BackWork<N>, st: &[f32], ds: &mut [f32]) {
+        self.products(st, false);
+        let BackWork {
+            s,
+            z,
+            dzt,
+            uvt,
+            duv,
+            dbk,
+            dra,
+            dyx,
+            dpq,
+            dm,
+            grads,
+        } = w;
+        transpose::<N, N>(st, s);
+        // Z = S + [U; V]ᵀ [B; K]; S' = Z diag(g): dg_j = Σ_i dS'_ij Z_ij, dZ = dS' diag(g).
+        z.copy_from_slice(s);
+        mm::<L2, N>(z, N, Lhs::Cols(&self.uv, N), &self.bk, true);
+        let mut dg = [0.0f32; N];
+        for i in 0..N {
+            let (dsi, zi) = (row::<N>(ds, i), row_mut::<N>(z, i));
+            for j in 0..N {
+                dg[j] += dsi[j] * zi[j];
+                zi[j] = dsi[j] * self.g[j];
+            }
+        }
+        let dz = z; // dL/dZ, then dL/dS
+        transpose::<N, N>(dz, dzt);
+        // [dU; dV] = [B; K] dZᵀ, [dB; dK] = [U; V] dZ
+        mm::<N, N>(duv, L2, Lhs::Rows(&self.bk, N), dzt, false);
+        mm::<N, N>(dbk, L2, Lhs::Rows(&self.uv, N), dz, false);
+        // Y = R Sᵀ + [P | Q] [U; V]
+        transpose::<L2, N>(&self.uv, uvt);
+        let (r, a) = self.ra.split_at(L * N);
+        {
+            let dy = &dyx[..L * N];
+            mm::<N, L2>(dpq, L, Lhs::Rows(dy, N), uvt, false);
+            keep_lower(dpq, false);
+            mm::<L, N>(duv, L2, Lhs::Cols(&self.pq, L2), dy, true);
+        }
+        let (dr, da) = dra.split_at_mut(L * N);
+        mm::<L2, N>(dr, L, Lhs::Rows(dpq, L2), &self.bk, false);
+        mm::<L, N>(dbk, L2, Lhs::Cols(dpq, L2), r, true);
+        // U = X + L(A Bᵀ) U: dX = (I − L(A Bᵀ))⁻ᵀ dU, by back substitution.
+        let dx = &mut dyx[L * N..];
+        for t in (0..L).rev() {
+            let mut v = *row::<N>(duv, t);
+            for t2 in t + 1..L {
+                axpy::<N>(&mut v, self.mabk[t2 * L2 + t], row::<N>(dx, t2));
+            }
+            row_mut::<N>(dx, t).copy_from_slice(&v);
+        }
+        // X = A Sᵀ + L(A Kᵀ) V, and the products L(A Bᵀ), L(A Kᵀ).
+        mm::<N, L2>(dm, L, Lhs::Rows(dx, N), uvt, false);
+        keep_lower(dm, true);
+        mm::<L, N>(
+            &mut duv[L * N..],
+            L,
+            Lhs::Cols(&self.mabk[L..], L2),
+            dx,
+            true,
+        );
+        mm::<L2, N>(da, L, Lhs::Rows(dm, L2), &self.bk, false);
+        mm::<L, N>(dbk, L2, Lhs::Cols(dm, L2), a, true);
+        // The starting state's share: [dR; dA] += [dY; dX] S, dS = dZ + [dY; dX]ᵀ [R; A].
+        mm::<N, N>(dra, L2, Lhs::Rows(dyx, N), s, true);
+        mm::<L2, N>(dz, N, Lhs::Cols(dyx, N), &self.ra, true);
+        ds.copy_from_slice(dz);
+
+        // Back to the raw inputs through the decays: dc_t collects every use of c_t (e^{c_t}
+        // scales r_t, e^{−c_t} scales β_t and k_t, e^{c_t} scales α_{t+1}, and e^{c_last} the
+        // state), and ln w_τ feeds every c_t with t ≥ τ.
+        let (dr, da) = dra.split_at(L * N);
+        let (db, dk) = dbk.split_at(L * N);
+        let dv = &duv[L * N..];
+        let (b, k) = self.bk.split_at(L * N);
+        let mut run = [0.0f32; N]; // Σ_{t ≥ τ} dc_t
+        for m in (0..L).rev() {
+            let next: [f32; N] = if m + 1 < L {
+                let (dan, an) = (row::<N>(da, m + 1), row::<N>(a, m + 1));
+                std::array::from_fn(|j| dan[j] * an[j])
+            } else {
+                std::array::from_fn(|j| dg[j] * self.g[j])
+            };
+            let (drm, rm) = (row::<N>(dr, m), row::<N>(r, m));
+            let (dbm, bm, dkm, km) = (
+                row::<N>(db, m),
+                row::<N>(b, m),
+                row::<N>(dk, m),
+                row::<N>(k, m),
+            );
+            for j in 0..N {
+                run[j] += drm[j] * rm[j] - dbm[j] * bm[j] - dkm[j] * km[j] + next[j];
+            }
+            if !self.active[m] {
+                for g in grads.iter_mut() {
+                    *row_mut::<N>(g, m) = [0.0; N];
+                }
+                continue;
+            }
+            let (ec, iec, ecp, w) = (
+                row::<N>(&self.ec, m),
+                row::<N>(&self.iec, m),
+                row::<N>(&self.ec_prev, m),
+                row::<N>(&self.w, m),
+            );
+            let dam = row::<N>(da, m);
+            // Each row computed in registers, then stored (computed in place, the six output
+            // rows were not known apart and stayed scalar).
+            let rows: [[f32; N]; 6] = [
+                std::array::from_fn(|j| drm[j] * ec[j]),
+                std::array::from_fn(|j| run[j] / w[j]),
+                std::array::from_fn(|j| dkm[j] * iec[j]),
+                *row::<N>(dv, m),
+                std::array::from_fn(|j| dam[j] * ecp[j]),
+                std::array::from_fn(|j| dbm[j] * iec[j]),
+            ];
+            for (g, v) in grads.iter_mut().zip(rows.iter()) {
+                row_mut::<N>(g, m).copy_from_slice(v);
             }
         }
     }
 }
 
-/// A chunk's `L × L` products and its `U`, from its starting state `s`.
-struct Products {
-    /// `L(A Bᵀ)`, `L(A Kᵀ)` (strictly lower), `L̄(R Bᵀ)`, `L̄(R Kᵀ)` (with the diagonal).
-    mab: Vec<f32>,
-    mak: Vec<f32>,
-    p: Vec<f32>,
-    q: Vec<f32>,
-    u: Vec<f32>,
+/// The backward's buffers for one head, reused chunk after chunk.
+struct BackWork<const N: usize> {
+    /// The chunk's starting state, value-major.
+    s: Vec<f32>,
+    /// `Z`, then dL/dZ, then dL/dS; `dzt` is dL/dZ transposed.
+    z: Vec<f32>,
+    dzt: Vec<f32>,
+    /// `[U; V]` transposed, `[N][2L]`.
+    uvt: Vec<f32>,
+    /// Gradients of `[U; V]`, `[B; K]`, `[R; A]` and, given, `[Y; X]`, `[2L][N]`.
+    duv: Vec<f32>,
+    dbk: Vec<f32>,
+    dra: Vec<f32>,
+    dyx: Vec<f32>,
+    /// Gradients of `[P | Q]` and `[L(A Bᵀ) | L(A Kᵀ)]`, `[L][2L]`.
+    dpq: Vec<f32>,
+    dm: Vec<f32>,
+    /// The chunk's token gradients (r, w, k, v, α, β), `[L][N]` each.
+    grads: HeadGrads,
 }
 
-#[inline(always)]
-fn products<const N: usize>(c: &ChunkData<N>, s: &[f32]) -> Products {
-    let len = c.len;
-    let mab = lower_products::<N>(&c.a, &c.b, len, true);
-    let mak = lower_products::<N>(&c.a, &c.k, len, true);
-    let u = solve_u::<N>(c, s, &mab, &mak);
-    Products {
-        p: lower_products::<N>(&c.r, &c.b, len, false),
-        q: lower_products::<N>(&c.r, &c.k, len, false),
-        mab,
-        mak,
-        u,
-    }
-}
-
-#[inline(always)]
-fn forward_chunk<const N: usize>(c: &ChunkData<N>, s: &mut [f32], ys: &mut [f32]) {
-    let len = c.len;
-    let Products { p, q, u, .. } = products::<N>(c, s);
-    let y0 = through_state::<N>(s, &c.r, len);
-    for t in 0..len {
-        let mut yt = *row::<N>(&y0, t);
-        if c.active[t] {
-            for sidx in 0..=t {
-                axpy::<N>(&mut yt, p[t * len + sidx], row::<N>(&u, sidx));
-                axpy::<N>(&mut yt, q[t * len + sidx], row::<N>(&c.v, sidx));
-            }
-        } else {
-            yt = [0.0; N];
+impl<const N: usize> BackWork<N> {
+    fn new() -> Self {
+        let z = |n: usize| vec![0.0f32; n];
+        BackWork {
+            s: z(N * N),
+            z: z(N * N),
+            dzt: z(N * N),
+            uvt: z(L2 * N),
+            duv: z(L2 * N),
+            dbk: z(L2 * N),
+            dra: z(L2 * N),
+            dyx: z(L2 * N),
+            dpq: z(L * L2),
+            dm: z(L * L2),
+            grads: std::array::from_fn(|_| z(L * N)),
         }
-        row_mut::<N>(ys, t).copy_from_slice(&yt);
     }
-    state_update::<N>(c, s, &u, true);
 }
 
 /// Forward pass; the same contract as [`crate::cpu::forward`].
 pub fn forward(d: Dims, x: Inputs, s0: &[f32], save: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    crate::cpu::check(d, &x, s0);
     dispatch_n!(d.head_size, forward_n, d, x, s0, save)
 }
 
@@ -275,7 +579,8 @@ fn forward_n<const N: usize>(
 
 crate::cpu::simd_head_kernels!();
 
-/// Forward over one (batch, head), chunk by chunk.
+/// Forward over one (batch, head), chunk by chunk; `s` is value-major on entry and exit, the
+/// state is carried (and saved) key-major.
 #[inline(always)]
 fn head_forward<const N: usize>(
     d: Dims,
@@ -286,23 +591,27 @@ fn head_forward<const N: usize>(
     mut sv: Option<&mut [f32]>,
     ys: &mut [f32],
 ) {
-    for (ci, t0) in (0..d.seq).step_by(CHUNK).enumerate() {
+    let mut c = Chunk::<N>::new();
+    let mut st = vec![0.0f32; N * N];
+    transpose::<N, N>(s, &mut st);
+    for (ci, t0) in (0..d.seq).step_by(L).enumerate() {
         if let Some(sv) = sv.as_deref_mut() {
-            sv[ci * N * N..(ci + 1) * N * N].copy_from_slice(s);
+            sv[ci * N * N..(ci + 1) * N * N].copy_from_slice(&st);
         }
-        let len = CHUNK.min(d.seq - t0);
-        let c = load_chunk::<N>(d, x, b, h, t0, len);
-        forward_chunk::<N>(&c, s, &mut ys[t0 * N..(t0 + len) * N]);
+        let len = c.load(d, x, b, h, t0);
+        c.forward(&mut st, &mut ys[t0 * N..(t0 + len) * N], len);
     }
     if let Some(sv) = sv {
         let last = d.n_saved() - 1;
-        sv[last * N * N..(last + 1) * N * N].copy_from_slice(s);
+        sv[last * N * N..(last + 1) * N * N].copy_from_slice(&st);
     }
+    transpose::<N, N>(&st, s);
 }
 
 /// Backward pass; the same contract as [`crate::cpu::backward`], with `saved` from this
 /// module's [`forward`].
 pub fn backward(d: Dims, x: Inputs, saved: &[f32], dy: &[f32], ds_final: &[f32]) -> Grads {
+    crate::cpu::check_backward(d, &x, dy, ds_final);
     dispatch_n!(d.head_size, backward_n, d, x, saved, dy, ds_final)
 }
 
@@ -329,170 +638,23 @@ fn head_backward<const N: usize>(
     ds: &mut [f32],
 ) -> HeadGrads {
     let mut out: HeadGrads = std::array::from_fn(|_| vec![0.0f32; d.seq * N]);
-    let n_chunks = d.seq.div_ceil(CHUNK);
-    for ci in (0..n_chunks).rev() {
-        let t0 = ci * CHUNK;
-        let len = CHUNK.min(d.seq - t0);
-        let c = load_chunk::<N>(d, x, b, h, t0, len);
-        let s = &saved[ci * N * N..(ci + 1) * N * N];
-        let mut dyc = vec![0.0f32; len * N];
-        for m in 0..len {
+    let (mut c, mut w) = (Chunk::<N>::new(), BackWork::<N>::new());
+    for ci in (0..d.seq.div_ceil(L)).rev() {
+        let t0 = ci * L;
+        let len = c.load(d, x, b, h, t0);
+        for m in 0..L {
+            let dym = row_mut::<N>(&mut w.dyx, m);
             if c.active[m] {
                 let o = tok_offset::<N>(d, b, t0 + m, h);
-                dyc[m * N..(m + 1) * N].copy_from_slice(&dy_all[o..o + N]);
+                dym.copy_from_slice(&dy_all[o..o + N]);
+            } else {
+                *dym = [0.0; N];
             }
         }
-        let grads = chunk_backward::<N>(&c, s, &dyc, ds);
-        for (dst, src) in out.iter_mut().zip(grads.iter()) {
-            dst[t0 * N..(t0 + len) * N].copy_from_slice(src);
+        c.backward(&mut w, &saved[ci * N * N..(ci + 1) * N * N], ds);
+        for (dst, src) in out.iter_mut().zip(w.grads.iter()) {
+            dst[t0 * N..(t0 + len) * N].copy_from_slice(&src[..len * N]);
         }
     }
     out
-}
-
-/// One chunk's backward: `ds` holds dL/dS' on entry and dL/dS (the chunk's starting state) on
-/// exit; returns the chunk's token gradients (r, w, k, v, α, β).
-#[inline(always)]
-fn chunk_backward<const N: usize>(
-    c: &ChunkData<N>,
-    s: &[f32],
-    dy: &[f32],
-    ds: &mut [f32],
-) -> HeadGrads {
-    let len = c.len;
-    let Products { mab, mak, p, q, u } = products::<N>(c, s);
-    let mut zst = s.to_vec();
-    state_update::<N>(c, &mut zst, &u, false);
-    let z = || vec![0.0f32; len * N];
-    let (mut da, mut db, mut dk, mut dr, mut du, mut dv) = (z(), z(), z(), z(), z(), z());
-
-    // S' = Z diag(g): dZ = dS' diag(g), dg_j = Σ_i dS'_ij Z_ij.
-    let mut dg = [0.0f32; N];
-    let mut dz = vec![0.0f32; N * N];
-    for i in 0..N {
-        let dsi = row::<N>(ds, i);
-        let zi = row::<N>(&zst, i);
-        let dzi = row_mut::<N>(&mut dz, i);
-        for j in 0..N {
-            dg[j] += dsi[j] * zi[j];
-            dzi[j] = dsi[j] * c.g[j];
-        }
-    }
-    // Z = S + Uᵀ B + Vᵀ K.
-    let mut dsn = dz.clone(); // dL/dS, accumulated below
-    for m in 0..len {
-        let (bm, km) = (row::<N>(&c.b, m), row::<N>(&c.k, m));
-        let (um, vm) = (*row::<N>(&u, m), *row::<N>(&c.v, m));
-        let (dum, dvm) = (row_mut::<N>(&mut du, m), &mut [0.0f32; N]);
-        for i in 0..N {
-            let dzi = row::<N>(&dz, i);
-            dum[i] += dot::<N>(dzi, bm);
-            dvm[i] += dot::<N>(dzi, km);
-        }
-        row_mut::<N>(&mut dv, m).copy_from_slice(dvm);
-        let (dbm, dkm) = (row_mut::<N>(&mut db, m), &mut [0.0f32; N]);
-        for i in 0..N {
-            let dzi = row::<N>(&dz, i);
-            axpy::<N>(dbm, um[i], dzi);
-            axpy::<N>(dkm, vm[i], dzi);
-        }
-        row_mut::<N>(&mut dk, m).copy_from_slice(dkm);
-    }
-    // Y = R Sᵀ + L̄(R Bᵀ) U + L̄(R Kᵀ) V.
-    let mut dp = vec![0.0f32; len * len];
-    let mut dq = vec![0.0f32; len * len];
-    for t in 0..len {
-        let dyt = *row::<N>(dy, t);
-        // dR_t += S dy_t (over i): dR[t][j] = Σ_i dy_t[i] S[i][j]; dS += dy_t R_tᵀ.
-        let rt = *row::<N>(&c.r, t);
-        let drt = row_mut::<N>(&mut dr, t);
-        for i in 0..N {
-            axpy::<N>(drt, dyt[i], row::<N>(s, i));
-            axpy::<N>(row_mut::<N>(&mut dsn, i), dyt[i], &rt);
-        }
-        for sidx in 0..=t {
-            dp[t * len + sidx] = dot::<N>(&dyt, row::<N>(&u, sidx));
-            dq[t * len + sidx] = dot::<N>(&dyt, row::<N>(&c.v, sidx));
-            axpy::<N>(row_mut::<N>(&mut du, sidx), p[t * len + sidx], &dyt);
-            axpy::<N>(row_mut::<N>(&mut dv, sidx), q[t * len + sidx], &dyt);
-        }
-    }
-    for t in 0..len {
-        for sidx in 0..=t {
-            let (gp, gq) = (dp[t * len + sidx], dq[t * len + sidx]);
-            let (bs, ks) = (*row::<N>(&c.b, sidx), *row::<N>(&c.k, sidx));
-            let rt = *row::<N>(&c.r, t);
-            let drt = row_mut::<N>(&mut dr, t);
-            axpy::<N>(drt, gp, &bs);
-            axpy::<N>(drt, gq, &ks);
-            axpy::<N>(row_mut::<N>(&mut db, sidx), gp, &rt);
-            axpy::<N>(row_mut::<N>(&mut dk, sidx), gq, &rt);
-        }
-    }
-    // U = X + L(A Bᵀ) U: dX = (I − L(A Bᵀ))⁻ᵀ dU, by back substitution.
-    let mut dx = du.clone();
-    for t in (0..len).rev() {
-        let mut dxt = *row::<N>(&dx, t);
-        for t2 in t + 1..len {
-            axpy::<N>(&mut dxt, mab[t2 * len + t], row::<N>(&dx, t2));
-        }
-        row_mut::<N>(&mut dx, t).copy_from_slice(&dxt);
-    }
-    // X = A Sᵀ + L(A Kᵀ) V; the products L(A Bᵀ) and L(A Kᵀ).
-    for t in 0..len {
-        let dxt = *row::<N>(&dx, t);
-        let at = *row::<N>(&c.a, t);
-        let dat = row_mut::<N>(&mut da, t);
-        for i in 0..N {
-            axpy::<N>(dat, dxt[i], row::<N>(s, i));
-            axpy::<N>(row_mut::<N>(&mut dsn, i), dxt[i], &at);
-        }
-        for sidx in 0..t {
-            let gab = dot::<N>(&dxt, row::<N>(&u, sidx));
-            let gak = dot::<N>(&dxt, row::<N>(&c.v, sidx));
-            axpy::<N>(row_mut::<N>(&mut dv, sidx), mak[t * len + sidx], &dxt);
-            let (bs, ks) = (*row::<N>(&c.b, sidx), *row::<N>(&c.k, sidx));
-            let dat = row_mut::<N>(&mut da, t);
-            axpy::<N>(dat, gab, &bs);
-            axpy::<N>(dat, gak, &ks);
-            axpy::<N>(row_mut::<N>(&mut db, sidx), gab, &at);
-            axpy::<N>(row_mut::<N>(&mut dk, sidx), gak, &at);
-        }
-    }
-    ds.copy_from_slice(&dsn);
-
-    // Back to the raw inputs through the decays: dc_t collects every use of c_t.
-    let mut dc = vec![0.0f32; len * N];
-    for m in 0..len {
-        for j in 0..N {
-            let o = m * N + j;
-            dc[o] += dr[o] * c.r[o] - db[o] * c.b[o] - dk[o] * c.k[o];
-            if m > 0 {
-                dc[o - N] += da[o] * c.a[o];
-            }
-        }
-    }
-    for j in 0..N {
-        dc[(len - 1) * N + j] += dg[j] * c.g[j];
-    }
-    let mut g: HeadGrads = std::array::from_fn(|_| vec![0.0f32; len * N]);
-    let mut run = [0.0f32; N]; // Σ_{t ≥ τ} dc_t
-    for m in (0..len).rev() {
-        for j in 0..N {
-            run[j] += dc[m * N + j];
-        }
-        if !c.active[m] {
-            continue;
-        }
-        for j in 0..N {
-            let o = m * N + j;
-            g[0][o] = dr[o] * c.ec[o];
-            g[1][o] = run[j] / c.w[o];
-            g[2][o] = dk[o] / c.ec[o];
-            g[3][o] = dv[o];
-            g[4][o] = da[o] * c.ec_prev[o];
-            g[5][o] = db[o] / c.ec[o];
-        }
-    }
-    g
 }

@@ -87,7 +87,8 @@ pub struct Grads {
     pub s0: Vec<f32>,
 }
 
-fn check(d: Dims, x: &Inputs, s0: &[f32]) {
+/// Panics with what is wrong unless the inputs and state fit `d`.
+pub(crate) fn check(d: Dims, x: &Inputs, s0: &[f32]) {
     assert!(
         HEAD_SIZES.contains(&d.head_size),
         "head size {} is not one of {HEAD_SIZES:?}",
@@ -448,10 +449,18 @@ fn head_forward<const N: usize>(
 /// Backward pass. `dy` is `[B,T,H,N]`; `ds_final` `[B,H,N,N]` (empty = zero); `saved` comes from
 /// [`forward`] with `save = true`.
 pub fn backward(d: Dims, x: Inputs, saved: &[f32], dy: &[f32], ds_final: &[f32]) -> Grads {
-    check(d, &x, &[]);
-    assert_eq!(dy.len(), d.seq_len(), "wkv7 backward: dy must be [B,T,H,N]");
-    assert!(ds_final.is_empty() || ds_final.len() == d.state_len());
+    check_backward(d, &x, dy, ds_final);
     dispatch_n!(d.head_size, backward_n, d, x, saved, dy, ds_final)
+}
+
+/// [`check`] for a backward, and the output and final-state gradients' sizes.
+pub(crate) fn check_backward(d: Dims, x: &Inputs, dy: &[f32], ds_final: &[f32]) {
+    check(d, x, &[]);
+    assert_eq!(dy.len(), d.seq_len(), "wkv7 backward: dy must be [B,T,H,N]");
+    assert!(
+        ds_final.is_empty() || ds_final.len() == d.state_len(),
+        "wkv7 backward: the final state's gradient must be [B,H,N,N]"
+    );
 }
 
 /// One head's gradients, `[T][N]` rows: r, w, k, v, α, β.

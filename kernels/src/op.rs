@@ -1,5 +1,5 @@
 //! The fused WKV-7 op as a Burn backend extension: the Flex (CPU) implementation calls
-//! [`crate::cpu`], the CubeCL one (GPUs, with the `wgpu` feature) `crate::cube`, the Autodiff
+//! [`crate::cpu`] or, for training passes over longer sequences, [`crate::chunked`]; the CubeCL one (GPUs, with the `wgpu` feature) `crate::cube`, the Autodiff
 //! implementation records one graph node whose backward calls the fused backward. Backends
 //! without an implementation use [`crate::reference`] (see [`crate::wkv7`]).
 
@@ -18,6 +18,19 @@ use burn_flex::FlexTensor;
 
 /// The op's name in error messages.
 const OP: &str = "wkv7";
+
+/// Sequences from this length run on the CPU in the chunked (matrix) form when the forward
+/// saves for a backward: that form's backward is about 1.2× faster than the per-token kernel's
+/// from 32 tokens on, its forward about a tenth slower, and it saves less (see
+/// `kernels/examples/cpu_kernel_time`). Forwards without a backward (generation, evaluation)
+/// and shorter sequences use the per-token kernel, whose forward alone is faster.
+pub const CHUNKED_MIN_SEQ: usize = 2 * cpu::CHUNK;
+
+/// Whether a CPU pass over `d` uses [`crate::chunked`] (a backward always follows a saving
+/// forward of the same dimensions, so both agree on the form and its saved layout).
+fn chunked_form(d: Dims, save: bool) -> bool {
+    save && d.seq >= CHUNKED_MIN_SEQ
+}
 
 /// Fused WKV-7 recurrence (see the crate docs for the math and layouts). The ops take one
 /// parameter per tensor (hence the `too_many_arguments` allows): `backend_extension` generates
@@ -131,7 +144,11 @@ impl Wkv7Ops for Flex {
         let x = Loaded::new([r, w, k, v, a, b, mask]);
         let s0 = contiguous_f32(s0, OP, "state");
         let d = x.d;
-        let (y, s, saved) = cpu::forward(d, x.inputs(), s0.storage(), save);
+        let (y, s, saved) = if chunked_form(d, save) {
+            crate::chunked::forward(d, x.inputs(), s0.storage(), save)
+        } else {
+            cpu::forward(d, x.inputs(), s0.storage(), save)
+        };
         let n = d.head_size;
         let saved_len = saved.len();
         (
@@ -168,7 +185,12 @@ impl Wkv7Ops for Flex {
             contiguous_f32(ds, OP, "ds"),
         );
         let d = x.d;
-        let g = cpu::backward(d, x.inputs(), saved.storage(), dy.storage(), ds.storage());
+        let backward = if chunked_form(d, true) {
+            crate::chunked::backward
+        } else {
+            cpu::backward
+        };
+        let g = backward(d, x.inputs(), saved.storage(), dy.storage(), ds.storage());
         let seq = [d.batch, d.seq, d.heads, d.head_size];
         (
             flex(g.r, seq),
