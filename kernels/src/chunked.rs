@@ -75,7 +75,10 @@ fn mm<const K: usize, const NC: usize>(
 ) {
     let c = &mut c[..m * NC];
     let b = &b[..K * NC];
-    assert!(m % MR == 0 && NC % 4 == 0, "mm: operand shapes");
+    assert!(
+        m.is_multiple_of(MR) && NC.is_multiple_of(4),
+        "mm: operand shapes"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx2,fma")]
@@ -101,9 +104,9 @@ fn mm<const K: usize, const NC: usize>(
 /// [`mm`]'s tiles as wide as `NC` allows.
 #[inline(always)]
 fn mm_width<const K: usize, const NC: usize>(c: &mut [f32], a: Lhs, b: &[f32], accumulate: bool) {
-    if NC % 16 == 0 {
+    if NC.is_multiple_of(16) {
         mm_tiles::<K, NC, 16>(c, a, b, accumulate);
-    } else if NC % 8 == 0 {
+    } else if NC.is_multiple_of(8) {
         mm_tiles::<K, NC, 8>(c, a, b, accumulate);
     } else {
         mm_tiles::<K, NC, 4>(c, a, b, accumulate);
