@@ -37,7 +37,7 @@
 // Index loops walk several same-shaped rows at once; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
 
-use crate::cpu::{CHUNK, Dims, Grads, HeadGrads, Inputs, dispatch_n};
+use crate::cpu::{CHUNK, Dims, Grads, HeadGrads, Inputs, active, dispatch_n, tok, transpose};
 
 /// Tokens per chunk.
 const L: usize = CHUNK;
@@ -60,12 +60,7 @@ enum Lhs<'a> {
 /// inner and row sizes are compile-time constants, so each tile's accumulators are registers
 /// and its loads need no bounds checks. Every output element is summed over `k` in order with
 /// separate multiplies and adds, in every instruction set alike.
-///
-/// Not inlined: one copy per shape and instruction set, compiled for that instruction set.
-/// Inlined into the head kernels, the twenty-odd products made functions so large that the
-/// crate took ten minutes to build instead of one (the backward was then 1.5× the per-token
-/// kernel's speed instead of 1.2×).
-#[inline(never)]
+#[inline(always)]
 fn mm<const K: usize, const NC: usize>(
     c: &mut [f32],
     m: usize,
@@ -73,33 +68,21 @@ fn mm<const K: usize, const NC: usize>(
     b: &[f32],
     accumulate: bool,
 ) {
-    let c = &mut c[..m * NC];
-    let b = &b[..K * NC];
     assert!(
         m.is_multiple_of(MR) && NC.is_multiple_of(4),
         "mm: operand shapes"
     );
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        fn avx512<const K: usize, const NC: usize>(c: &mut [f32], a: Lhs, b: &[f32], acc: bool) {
-            mm_width::<K, NC>(c, a, b, acc)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<const K: usize, const NC: usize>(c: &mut [f32], a: Lhs, b: &[f32], acc: bool) {
-            mm_width::<K, NC>(c, a, b, acc)
-        }
-        match crate::cpu::simd_level() {
-            // SAFETY: the CPU has the enabled features (simd_level checked them).
-            crate::cpu::SimdLevel::Avx512 => {
-                return unsafe { avx512::<K, NC>(c, a, b, accumulate) };
-            }
-            crate::cpu::SimdLevel::Avx2Fma => return unsafe { avx2::<K, NC>(c, a, b, accumulate) },
-            crate::cpu::SimdLevel::Base => {}
-        }
-    }
-    mm_width::<K, NC>(c, a, b, accumulate)
+    mm_simd::<K, NC>(&mut c[..m * NC], a, &b[..K * NC], accumulate);
 }
+
+crate::cpu::simd_kernel!(
+    /// [`mm_width`] for the best instruction set. Not inlined: one copy per shape and
+    /// instruction set. Inlined into the head kernels, the twenty-odd products made functions
+    /// so large that the crate took ten minutes to build instead of one (the backward was then
+    /// 1.5× the per-token kernel's speed instead of 1.2×).
+    #[inline(never)]
+    mm_simd<K, NC> => mm_width(c: &mut [f32], a: Lhs<'_>, b: &[f32], accumulate: bool)
+);
 
 /// [`mm`]'s tiles as wide as `NC` allows.
 #[inline(always)]
@@ -178,17 +161,6 @@ fn tile_row<const TW: usize>(c: &[f32], at: usize, accumulate: bool) -> [f32; TW
     }
 }
 
-/// `dst` `[C][R]` = `src` `[R][C]` transposed.
-#[inline(always)]
-fn transpose<const R: usize, const C: usize>(src: &[f32], dst: &mut [f32]) {
-    let (src, dst) = (&src[..R * C], &mut dst[..R * C]);
-    for i in 0..R {
-        for j in 0..C {
-            dst[j * R + i] = src[i * C + j];
-        }
-    }
-}
-
 /// Zeroes the upper triangle of both `[L][L]` halves of an `[L][2L]` pair: above the diagonal,
 /// and the diagonal too when `strict`.
 #[inline(always)]
@@ -220,18 +192,13 @@ fn axpy<const N: usize>(y: &mut [f32; N], s: f32, x: &[f32; N]) {
     }
 }
 
-#[inline(always)]
-fn tok_offset<const N: usize>(d: Dims, b: usize, t: usize, h: usize) -> usize {
-    ((b * d.seq + t) * d.heads + h) * N
-}
-
-/// The chunk's `[L][N]` rows of one input (`src` row `m` at `at(m)`), times `scale`'s rows if
-/// given; zero on masked rows.
+/// The `[L][N]` rows of one input for the chunk of (batch `b`, head `h`) starting at token
+/// `t0`, times `scale`'s rows if given; zero on masked rows.
 #[inline(always)]
 fn load_rows<const N: usize>(
     dst: &mut [f32],
     src: &[f32],
-    at: impl Fn(usize) -> usize,
+    (d, b, h, t0): (Dims, usize, usize, usize),
     active: &[bool; L],
     scale: Option<&[f32]>,
 ) {
@@ -241,8 +208,7 @@ fn load_rows<const N: usize>(
             *out = [0.0; N];
             continue;
         }
-        let o = at(m);
-        let xs: &[f32; N] = src[o..o + N].try_into().expect("row");
+        let xs = tok::<N>(src, d, b, t0 + m, h);
         match scale {
             Some(sc) => {
                 let sc = row::<N>(sc, m);
@@ -306,7 +272,7 @@ impl<const N: usize> Chunk<N> {
     fn load(&mut self, d: Dims, x: &Inputs, b: usize, h: usize, t0: usize) -> usize {
         let len = L.min(d.seq - t0);
         for m in 0..L {
-            self.active[m] = m < len && (x.mask.is_empty() || x.mask[b * d.seq + t0 + m] != 0.0);
+            self.active[m] = m < len && active(x.mask, d, b, t0 + m);
         }
         // e^{c_t} as a running product of the decays (at most 16 of them, each ≥ 0.545).
         let mut e = [1.0f32; N];
@@ -314,8 +280,7 @@ impl<const N: usize> Chunk<N> {
             row_mut::<N>(&mut self.ec_prev, m).copy_from_slice(&e);
             let wm = row_mut::<N>(&mut self.w, m);
             if self.active[m] {
-                let o = tok_offset::<N>(d, b, t0 + m, h);
-                wm.copy_from_slice(&x.w[o..o + N]);
+                wm.copy_from_slice(tok::<N>(x.w, d, b, t0 + m, h));
                 for j in 0..N {
                     e[j] *= wm[j];
                 }
@@ -330,7 +295,7 @@ impl<const N: usize> Chunk<N> {
         }
         self.g = e;
         // One input at a time, each a stream of rows.
-        let at = |m: usize| tok_offset::<N>(d, b, t0 + m, h);
+        let at = (d, b, h, t0);
         let (r, a) = self.ra.split_at_mut(L * N);
         load_rows::<N>(r, x.r, at, &self.active, Some(&self.ec));
         load_rows::<N>(a, x.a, at, &self.active, Some(&self.ec_prev));
@@ -648,8 +613,7 @@ fn head_backward<const N: usize>(
         for m in 0..L {
             let dym = row_mut::<N>(&mut w.dyx, m);
             if c.active[m] {
-                let o = tok_offset::<N>(d, b, t0 + m, h);
-                dym.copy_from_slice(&dy_all[o..o + N]);
+                dym.copy_from_slice(tok::<N>(dy_all, d, b, t0 + m, h));
             } else {
                 *dym = [0.0; N];
             }

@@ -160,37 +160,38 @@ pub(crate) fn simd_level() -> SimdLevel {
     SimdLevel::Base
 }
 
-/// Defines `$name::<N>`, which runs the `#[inline(always)]` kernel `$kernel::<N>` compiled
-/// for the best instruction set this CPU has: the kernel (and the `#[inline(always)]` helpers
+/// Defines `$name::<G…>` (its const generics listed after the name, `usize` each), which runs
+/// the `#[inline(always)]` kernel `$kernel::<G…>` compiled for the best instruction set this
+/// CPU has (attributes given before the name, such as `#[inline(never)]`, go to `$name`): the kernel (and the `#[inline(always)]` helpers
 /// it calls) is inlined into functions built with those features. A closure called through
 /// such a function is not compiled with them — it keeps the baseline (measured: SSE `mulps`
 /// where AVX2 was meant) — so the kernels are named functions, wrapped here. The arithmetic is
 /// the same in every build (no reassociation, no fused multiply-adds): results are identical.
 macro_rules! simd_kernel {
-    ($(#[$doc:meta])* $name:ident => $kernel:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
+    ($(#[$doc:meta])* $name:ident<$($g:ident),*> => $kernel:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
-        fn $name<const N: usize>($($arg: $ty),*) $(-> $ret)? {
+        fn $name<$(const $g: usize),*>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn avx512<const N: usize>($($arg: $ty),*) $(-> $ret)? {
-                    $kernel::<N>($($arg),*)
+                unsafe fn avx512<$(const $g: usize),*>($($arg: $ty),*) $(-> $ret)? {
+                    $kernel::<$($g),*>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn avx2<const N: usize>($($arg: $ty),*) $(-> $ret)? {
-                    $kernel::<N>($($arg),*)
+                unsafe fn avx2<$(const $g: usize),*>($($arg: $ty),*) $(-> $ret)? {
+                    $kernel::<$($g),*>($($arg),*)
                 }
                 match $crate::cpu::simd_level() {
                     // SAFETY: the CPU has the enabled features (simd_level checked them).
-                    $crate::cpu::SimdLevel::Avx512 => return unsafe { avx512::<N>($($arg),*) },
-                    $crate::cpu::SimdLevel::Avx2Fma => return unsafe { avx2::<N>($($arg),*) },
+                    $crate::cpu::SimdLevel::Avx512 => return unsafe { avx512::<$($g),*>($($arg),*) },
+                    $crate::cpu::SimdLevel::Avx2Fma => return unsafe { avx2::<$($g),*>($($arg),*) },
                     $crate::cpu::SimdLevel::Base => {}
                 }
             }
-            $kernel::<N>($($arg),*)
+            $kernel::<$($g),*>($($arg),*)
         }
     };
 }
@@ -202,7 +203,7 @@ macro_rules! simd_head_kernels {
     () => {
         $crate::cpu::simd_kernel!(
             /// `head_forward` for the best instruction set.
-            head_forward_simd => head_forward(
+            head_forward_simd<N> => head_forward(
                 d: $crate::cpu::Dims,
                 x: &$crate::cpu::Inputs,
                 b: usize,
@@ -214,7 +215,7 @@ macro_rules! simd_head_kernels {
         );
         $crate::cpu::simd_kernel!(
             /// `head_backward` for the best instruction set.
-            head_backward_simd => head_backward(
+            head_backward_simd<N> => head_backward(
                 d: $crate::cpu::Dims,
                 x: &$crate::cpu::Inputs,
                 b: usize,
@@ -306,14 +307,16 @@ pub(crate) fn gather_heads<const N: usize>(dst: &mut [f32], heads: &[Vec<f32>], 
         });
 }
 
+/// Token `t`'s row of head `h`, batch `b` in a `[B, T, H, N]` input.
 #[inline(always)]
-fn tok<const N: usize>(x: &[f32], d: Dims, b: usize, t: usize, h: usize) -> &[f32; N] {
+pub(crate) fn tok<const N: usize>(x: &[f32], d: Dims, b: usize, t: usize, h: usize) -> &[f32; N] {
     let o = ((b * d.seq + t) * d.heads + h) * N;
     x[o..o + N].try_into().expect("N-sized slice")
 }
 
+/// Whether token `t` of batch `b` is kept (an empty mask keeps every token).
 #[inline(always)]
-fn active(mask: &[f32], d: Dims, b: usize, t: usize) -> bool {
+pub(crate) fn active(mask: &[f32], d: Dims, b: usize, t: usize) -> bool {
     mask.is_empty() || mask[b * d.seq + t] != 0.0
 }
 
@@ -385,12 +388,13 @@ fn step_keymajor<const N: usize>(
     sa_out[..N].copy_from_slice(&sa);
 }
 
-/// `dst = srcᵀ` for an N×N block.
+/// `dst` `[C][R]` = `src` `[R][C]` transposed.
 #[inline(always)]
-fn transpose<const N: usize>(src: &[f32], dst: &mut [f32]) {
-    for i in 0..N {
-        for j in 0..N {
-            dst[j * N + i] = src[i * N + j];
+pub(crate) fn transpose<const R: usize, const C: usize>(src: &[f32], dst: &mut [f32]) {
+    let (src, dst) = (&src[..R * C], &mut dst[..R * C]);
+    for i in 0..R {
+        for j in 0..C {
+            dst[j * R + i] = src[i * C + j];
         }
     }
 }
@@ -408,7 +412,7 @@ fn head_forward<const N: usize>(
     ys: &mut [f32],
 ) {
     let mut st = vec![0.0f32; N * N];
-    transpose::<N>(s, &mut st);
+    transpose::<N, N>(s, &mut st);
     let s_pub = s;
     let s = &mut st[..];
     let states_len = d.states_per_head();
@@ -443,7 +447,7 @@ fn head_forward<const N: usize>(
         let c = d.n_saved() - 1;
         sv[c * N * N..(c + 1) * N * N].copy_from_slice(s);
     }
-    transpose::<N>(s, s_pub);
+    transpose::<N, N>(s, s_pub);
 }
 
 /// Backward pass. `dy` is `[B,T,H,N]`; `ds_final` `[B,H,N,N]` (empty = zero); `saved` comes from
@@ -620,7 +624,7 @@ fn head_backward<const N: usize>(
         let t0 = c * CHUNK;
         let len = CHUNK.min(t_len - t0);
         // Saved states are key-major (the forward's layout).
-        transpose::<N>(&saved[c * N * N..(c + 1) * N * N], &mut states[..N * N]);
+        transpose::<N, N>(&saved[c * N * N..(c + 1) * N * N], &mut states[..N * N]);
         for m in 0..len {
             let t = t0 + m;
             let (prev, next) = states.split_at_mut((m + 1) * N * N);

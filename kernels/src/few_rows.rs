@@ -27,7 +27,7 @@ const BLOCK: usize = 256;
 pub fn matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     check(x, w, m, k, n);
     blocks(m, m, n, |c0, width, out| {
-        kn_block_simd::<1>(x, w, k, n, c0, width, out)
+        kn_block_simd(x, w, k, n, c0, width, out)
     })
 }
 
@@ -95,7 +95,7 @@ fn blocks(
 
 simd_kernel!(
     /// [`kn_block`] for the best instruction set.
-    kn_block_simd => kn_block(
+    kn_block_simd<> => kn_block(
         x: &[f32],
         w: &[f32],
         k: usize,
@@ -108,7 +108,7 @@ simd_kernel!(
 
 simd_kernel!(
     /// [`nk_block`] for the best instruction set.
-    nk_block_simd => nk_block(
+    nk_block_simd<RT> => nk_block(
         x: &[f32],
         w: &[f32],
         k: usize,
@@ -120,18 +120,9 @@ simd_kernel!(
 
 /// Columns `c0..c0 + width` of `x · w` (`w [k, n]`) for every row of `x`, into `out`
 /// `[rows, BLOCK]`: row by row of `w` (each block of a row read once, contiguously), every row
-/// of `x` adding its multiple of it to its accumulators (`out`, which stays in L1). `RT` is
-/// unused: the SIMD wrapper (`simd_kernel!`) passes every kernel a const parameter.
+/// of `x` adding its multiple of it to its accumulators (`out`, which stays in L1).
 #[inline(always)]
-fn kn_block<const RT: usize>(
-    x: &[f32],
-    w: &[f32],
-    k: usize,
-    n: usize,
-    c0: usize,
-    width: usize,
-    out: &mut [f32],
-) {
+fn kn_block(x: &[f32], w: &[f32], k: usize, n: usize, c0: usize, width: usize, out: &mut [f32]) {
     let rows = x.len() / k;
     if width == BLOCK {
         for kk in 0..k {

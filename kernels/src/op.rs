@@ -1,7 +1,8 @@
 //! The fused WKV-7 op as a Burn backend extension: the Flex (CPU) implementation calls
-//! [`crate::cpu`] or, for training passes over longer sequences, [`crate::chunked`]; the CubeCL one (GPUs, with the `wgpu` feature) `crate::cube`, the Autodiff
-//! implementation records one graph node whose backward calls the fused backward. Backends
-//! without an implementation use [`crate::reference`] (see [`crate::wkv7`]).
+//! [`crate::cpu`] or, for training passes over longer sequences, [`crate::chunked`]; the CubeCL
+//! one (GPUs, with the `wgpu` feature) `crate::cube`; the Autodiff implementation records one
+//! graph node whose backward calls the fused backward. Backends without an implementation use
+//! [`crate::reference`] (see [`crate::wkv7`]).
 
 use crate::backward_node::register_parent_grads;
 use crate::cpu::{self, Dims, Inputs};
