@@ -37,7 +37,9 @@
 // Index loops walk several same-shaped rows at once; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
 
-use crate::cpu::{CHUNK, Dims, Grads, HeadGrads, Inputs, active, dispatch_n, tok, transpose};
+use crate::cpu::{
+    CHUNK, Dims, Grads, HeadGrads, HeadRows, Inputs, active, dispatch_n, tok, transpose,
+};
 
 /// Tokens per chunk.
 const L: usize = CHUNK;
@@ -334,19 +336,18 @@ impl<const N: usize> Chunk<N> {
         }
     }
 
-    /// One chunk forward: `st` (key-major) advances over it, its outputs go to `ys`.
+    /// One chunk forward: `st` (key-major) advances over it, its outputs go to `ys` from
+    /// token `t0`.
     #[inline(always)]
-    fn forward(&mut self, st: &mut [f32], ys: &mut [f32], len: usize) {
+    fn forward(&mut self, st: &mut [f32], ys: &mut HeadRows<'_, N>, t0: usize, len: usize) {
         self.products(st, true);
         // Y = R Sᵀ + [P | Q] [U; V]
         let y = &mut self.yx[..L * N];
         mm::<L2, N>(y, L, Lhs::Rows(&self.pq, L2), &self.uv, true);
         for m in 0..len {
-            let out = row_mut::<N>(ys, m);
+            // Masked tokens' outputs stay 0.
             if self.active[m] {
-                out.copy_from_slice(row::<N>(y, m));
-            } else {
-                *out = [0.0; N];
+                ys.row(t0 + m).copy_from_slice(row::<N>(y, m));
             }
         }
         // Sᵀ ← diag(g) (Sᵀ + [B; K]ᵀ [U; V])
@@ -506,7 +507,7 @@ struct BackWork<const N: usize> {
     dpq: Vec<f32>,
     dm: Vec<f32>,
     /// The chunk's token gradients (r, w, k, v, α, β), `[L][N]` each.
-    grads: HeadGrads,
+    grads: [Vec<f32>; 6],
 }
 
 impl<const N: usize> BackWork<N> {
@@ -557,7 +558,7 @@ fn head_forward<const N: usize>(
     h: usize,
     s: &mut [f32],
     mut sv: Option<&mut [f32]>,
-    ys: &mut [f32],
+    mut ys: HeadRows<'_, N>,
 ) {
     let mut c = Chunk::<N>::new();
     let mut st = vec![0.0f32; N * N];
@@ -567,7 +568,7 @@ fn head_forward<const N: usize>(
             sv[ci * N * N..(ci + 1) * N * N].copy_from_slice(&st);
         }
         let len = c.load(d, x, b, h, t0);
-        c.forward(&mut st, &mut ys[t0 * N..(t0 + len) * N], len);
+        c.forward(&mut st, &mut ys, t0, len);
     }
     if let Some(sv) = sv {
         let last = d.n_saved() - 1;
@@ -590,12 +591,17 @@ fn backward_n<const N: usize>(
     dy: &[f32],
     ds_final: &[f32],
 ) -> Grads {
-    crate::cpu::backward_heads::<N>(d, saved, d.states_per_head(), ds_final, |b, h, sv, ds| {
-        head_backward_simd::<N>(d, &x, b, h, sv, dy, ds)
-    })
+    crate::cpu::backward_heads::<N>(
+        d,
+        saved,
+        d.states_per_head(),
+        ds_final,
+        |b, h, sv, ds, out| head_backward_simd::<N>(d, &x, b, h, sv, dy, ds, out),
+    )
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn head_backward<const N: usize>(
     d: Dims,
     x: &Inputs,
@@ -604,8 +610,8 @@ fn head_backward<const N: usize>(
     saved: &[f32],
     dy_all: &[f32],
     ds: &mut [f32],
-) -> HeadGrads {
-    let mut out: HeadGrads = std::array::from_fn(|_| vec![0.0f32; d.seq * N]);
+    mut out: HeadGrads<'_, N>,
+) {
     let (mut c, mut w) = (Chunk::<N>::new(), BackWork::<N>::new());
     for ci in (0..d.seq.div_ceil(L)).rev() {
         let t0 = ci * L;
@@ -620,8 +626,9 @@ fn head_backward<const N: usize>(
         }
         c.backward(&mut w, &saved[ci * N * N..(ci + 1) * N * N], ds);
         for (dst, src) in out.iter_mut().zip(w.grads.iter()) {
-            dst[t0 * N..(t0 + len) * N].copy_from_slice(&src[..len * N]);
+            for m in 0..len {
+                dst.row(t0 + m).copy_from_slice(row::<N>(src, m));
+            }
         }
     }
-    out
 }

@@ -210,7 +210,7 @@ macro_rules! simd_head_kernels {
                 h: usize,
                 s: &mut [f32],
                 saved: Option<&mut [f32]>,
-                ys: &mut [f32],
+                ys: $crate::cpu::HeadRows<'_, N>,
             )
         );
         $crate::cpu::simd_kernel!(
@@ -223,7 +223,8 @@ macro_rules! simd_head_kernels {
                 saved: &[f32],
                 dy_all: &[f32],
                 ds: &mut [f32],
-            ) -> $crate::cpu::HeadGrads
+                out: $crate::cpu::HeadGrads<'_, N>,
+            )
         );
     };
 }
@@ -253,13 +254,13 @@ fn forward_n<const N: usize>(
 
 /// The forward driver both forms share: one rayon task per (batch, head), each given its state
 /// (value-major, updated in place), its `per_saved` values of the saved buffer when `save` is
-/// set, and its `[T, N]` output rows, which are then scattered into `y`.
+/// set, and its rows of `y`, written in place.
 pub(crate) fn forward_heads<const N: usize>(
     d: Dims,
     s0: &[f32],
     save: bool,
     per_saved: usize,
-    head: impl Fn(usize, usize, &mut [f32], Option<&mut [f32]>, &mut [f32]) + Sync,
+    head: impl Fn(usize, usize, &mut [f32], Option<&mut [f32]>, HeadRows<'_, N>) + Sync,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (bsz, hs) = (d.batch, d.heads);
     let mut y = vec![0.0f32; d.seq_len()];
@@ -278,33 +279,60 @@ pub(crate) fn forward_heads<const N: usize>(
     } else {
         (0..bsz * hs).map(|_| None).collect()
     };
-    // y is written at strided positions, so tasks return their rows.
-    let results: Vec<Vec<f32>> = state
+    state
         .par_chunks_mut(N * N)
         .zip(saved_parts)
+        .zip(head_rows::<N>(&mut y, d))
         .enumerate()
-        .map(|(bh, (s, sv))| {
-            let mut ys = vec![0.0f32; d.seq * N];
-            head(bh / hs, bh % hs, s, sv, &mut ys);
-            ys
-        })
-        .collect();
-    gather_heads::<N>(&mut y, &results, d);
+        .for_each(|(bh, ((s, sv), ys))| head(bh / hs, bh % hs, s, sv, ys));
     (y, state, saved)
 }
 
-/// Fills a `[B, T, H, N]` tensor from the `[T, N]` rows of each (batch, head), in parallel
-/// over its `[H, N]` token rows (a serial copy was a measurable part of the backward: six
-/// gradients of B·T·H·N values, their pages touched for the first time).
-pub(crate) fn gather_heads<const N: usize>(dst: &mut [f32], heads: &[Vec<f32>], d: Dims) {
-    dst.par_chunks_mut(d.heads * N)
-        .enumerate()
-        .for_each(|(bt, row)| {
-            let (b, t) = (bt / d.seq, bt % d.seq);
-            for (h, part) in row.chunks_exact_mut(N).enumerate() {
-                part.copy_from_slice(&heads[b * d.heads + h][t * N..(t + 1) * N]);
-            }
-        });
+/// One (batch, head)'s `[T, N]` rows inside a `[B, T, H, N]` buffer, `H·N` apart: where a
+/// head's task writes its outputs or gradients, in place. (Per-head buffers gathered
+/// afterwards cost a fifth of both forms' time: a second copy of every output, its pages
+/// touched for the first time, then read again.)
+pub(crate) struct HeadRows<'a, const N: usize> {
+    first: *mut f32,
+    seq: usize,
+    stride: usize,
+    _buffer: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `HeadRows` is the only access to its rows (see `head_rows`), like a `&mut` to them.
+unsafe impl<const N: usize> Send for HeadRows<'_, N> {}
+
+impl<const N: usize> HeadRows<'_, N> {
+    /// Token `t`'s row.
+    #[inline(always)]
+    pub(crate) fn row(&mut self, t: usize) -> &mut [f32; N] {
+        assert!(t < self.seq, "token {t} of a {}-token head", self.seq);
+        // SAFETY: `head_rows` checked that every row `t < seq` lies inside the buffer, which
+        // this value borrows mutably; no other `HeadRows` of it reaches this (batch, head)'s
+        // rows, and `&mut self` keeps this row the only reference through this one.
+        unsafe { &mut *self.first.add(t * self.stride).cast::<[f32; N]>() }
+    }
+}
+
+/// Splits a `[B, T, H, N]` buffer into its B·H heads' rows, in (batch, head) order.
+pub(crate) fn head_rows<const N: usize>(buffer: &mut [f32], d: Dims) -> Vec<HeadRows<'_, N>> {
+    assert_eq!(d.head_size, N, "head rows: head size");
+    assert_eq!(
+        buffer.len(),
+        d.seq_len(),
+        "head rows: the buffer must be [B,T,H,N]"
+    );
+    let base = buffer.as_mut_ptr();
+    let stride = d.heads * N;
+    (0..d.batch * d.heads)
+        .map(|bh| HeadRows {
+            // In bounds whenever a row exists (seq > 0); never dereferenced otherwise.
+            first: base.wrapping_add((bh / d.heads) * d.seq * stride + (bh % d.heads) * N),
+            seq: d.seq,
+            stride,
+            _buffer: std::marker::PhantomData,
+        })
+        .collect()
 }
 
 /// Token `t`'s row of head `h`, batch `b` in a `[B, T, H, N]` input.
@@ -409,7 +437,7 @@ fn head_forward<const N: usize>(
     h: usize,
     s: &mut [f32],
     mut saved: Option<&mut [f32]>,
-    ys: &mut [f32],
+    mut ys: HeadRows<'_, N>,
 ) {
     let mut st = vec![0.0f32; N * N];
     transpose::<N, N>(s, &mut st);
@@ -439,7 +467,7 @@ fn head_forward<const N: usize>(
             tok::<N>(x.v, d, b, t, h),
             tok::<N>(x.a, d, b, t, h),
             tok::<N>(x.b, d, b, t, h),
-            &mut ys[t * N..(t + 1) * N],
+            ys.row(t),
             sa_out,
         );
     }
@@ -467,8 +495,8 @@ pub(crate) fn check_backward(d: Dims, x: &Inputs, dy: &[f32], ds_final: &[f32]) 
     );
 }
 
-/// One head's gradients, `[T][N]` rows: r, w, k, v, α, β.
-pub(crate) type HeadGrads = [Vec<f32>; 6];
+/// One head's gradient rows (r, w, k, v, α, β), written in place.
+pub(crate) type HeadGrads<'a, const N: usize> = [HeadRows<'a, N>; 6];
 
 fn backward_n<const N: usize>(
     d: Dims,
@@ -477,20 +505,24 @@ fn backward_n<const N: usize>(
     dy: &[f32],
     ds_final: &[f32],
 ) -> Grads {
-    backward_heads::<N>(d, saved, d.saved_per_head(), ds_final, |b, h, sv, ds| {
-        head_backward_simd::<N>(d, &x, b, h, sv, dy, ds)
-    })
+    backward_heads::<N>(
+        d,
+        saved,
+        d.saved_per_head(),
+        ds_final,
+        |b, h, sv, ds, out| head_backward_simd::<N>(d, &x, b, h, sv, dy, ds, out),
+    )
 }
 
 /// The backward driver both forms share: one rayon task per (batch, head), each given its
-/// `per_saved` values of what the forward saved and dL/dS (final state on entry, initial on
-/// exit, in place); its token gradients are scattered into `[B, T, H, N]`.
+/// `per_saved` values of what the forward saved, dL/dS (final state on entry, initial on exit,
+/// in place) and its rows of the six `[B, T, H, N]` token gradients, written in place.
 pub(crate) fn backward_heads<const N: usize>(
     d: Dims,
     saved: &[f32],
     per_saved: usize,
     ds_final: &[f32],
-    head: impl Fn(usize, usize, &[f32], &mut [f32]) -> HeadGrads + Sync,
+    head: impl Fn(usize, usize, &[f32], &mut [f32], HeadGrads<'_, N>) + Sync,
 ) -> Grads {
     let hs = d.heads;
     assert_eq!(
@@ -503,14 +535,6 @@ pub(crate) fn backward_heads<const N: usize>(
     } else {
         ds_final.to_vec()
     };
-    let heads: Vec<HeadGrads> = ds0
-        .par_chunks_mut(N * N)
-        .enumerate()
-        .map(|(bh, ds)| {
-            let sv = &saved[bh * per_saved..(bh + 1) * per_saved];
-            head(bh / hs, bh % hs, sv, ds)
-        })
-        .collect();
     let z = || vec![0.0f32; d.seq_len()];
     let mut g = Grads {
         r: z(),
@@ -521,35 +545,22 @@ pub(crate) fn backward_heads<const N: usize>(
         b: z(),
         s0: Vec::new(),
     };
-    let mut per_input: [Vec<Vec<f32>>; 6] = Default::default();
-    for grads in heads {
-        for (all, one) in per_input.iter_mut().zip(grads) {
-            all.push(one);
-        }
-    }
-    let [r, w, k, v, a, b] = &per_input;
-    for (dst, src) in [
-        (&mut g.r, r),
-        (&mut g.w, w),
-        (&mut g.k, k),
-        (&mut g.v, v),
-        (&mut g.a, a),
-        (&mut g.b, b),
-    ] {
-        gather_heads::<N>(dst, src, d);
+    {
+        let mut rows = [&mut g.r, &mut g.w, &mut g.k, &mut g.v, &mut g.a, &mut g.b]
+            .map(|buffer| head_rows::<N>(buffer, d).into_iter());
+        let per_head: Vec<HeadGrads<'_, N>> = (0..d.batch * hs)
+            .map(|_| rows.each_mut().map(|it| it.next().expect("one per head")))
+            .collect();
+        ds0.par_chunks_mut(N * N)
+            .zip(per_head)
+            .enumerate()
+            .for_each(|(bh, (ds, out))| {
+                let sv = &saved[bh * per_saved..(bh + 1) * per_saved];
+                head(bh / hs, bh % hs, sv, ds, out)
+            });
     }
     g.s0 = ds0;
     g
-}
-
-/// Named rows while a head's backward fills them.
-struct TokenGrads {
-    r: Vec<f32>,
-    w: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    a: Vec<f32>,
-    b: Vec<f32>,
 }
 
 /// Lanes of the column blocks in the backward's second phase: one AVX2 register, so the five
@@ -595,6 +606,7 @@ fn recompute_valuemajor<const N: usize>(
 /// G   = G' diag(w) + dsa αᵀ                       (dL/dS_{t−1})
 /// ```
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn head_backward<const N: usize>(
     d: Dims,
     x: &Inputs,
@@ -603,16 +615,10 @@ fn head_backward<const N: usize>(
     saved: &[f32],
     dy_all: &[f32],
     ds: &mut [f32],
-) -> HeadGrads {
+    out: HeadGrads<'_, N>,
+) {
     let t_len = d.seq;
-    let mut g = TokenGrads {
-        r: vec![0.0; t_len * N],
-        w: vec![0.0; t_len * N],
-        k: vec![0.0; t_len * N],
-        v: vec![0.0; t_len * N],
-        a: vec![0.0; t_len * N],
-        b: vec![0.0; t_len * N],
-    };
+    let [mut gr, mut gw, mut gk, mut gv, mut ga, mut gb] = out;
     // `ds` is dL/dS in the public value-major layout: it is updated in place, token by token.
     let gs = ds;
     // states[m] = state before token t0+m, states[m+1] = after it (value-major).
@@ -649,7 +655,6 @@ fn head_backward<const N: usize>(
             if !active(x.mask, d, b, t) {
                 continue; // dS passes through unchanged; all token grads stay 0
             }
-            let o = t * N;
             token_backward_valuemajor::<N>(
                 TokenIo {
                     r: tok::<N>(x.r, d, b, t, h),
@@ -665,17 +670,16 @@ fn head_backward<const N: usize>(
                 &states[(m + 1) * N * N..(m + 2) * N * N],
                 gs,
                 [
-                    &mut g.r[o..o + N],
-                    &mut g.w[o..o + N],
-                    &mut g.k[o..o + N],
-                    &mut g.v[o..o + N],
-                    &mut g.a[o..o + N],
-                    &mut g.b[o..o + N],
+                    gr.row(t),
+                    gw.row(t),
+                    gk.row(t),
+                    gv.row(t),
+                    ga.row(t),
+                    gb.row(t),
                 ],
             );
         }
     }
-    [g.r, g.w, g.k, g.v, g.a, g.b]
 }
 
 /// One token's inputs for the backward: the six inputs, dL/dy and the saved `sa = S_{t−1}α`.
@@ -698,7 +702,7 @@ fn token_backward_valuemajor<const N: usize>(
     prev: &[f32],
     cur: &[f32],
     gs: &mut [f32],
-    out: [&mut [f32]; 6],
+    out: [&mut [f32; N]; 6],
 ) {
     let [gr, gw, gk, gv, ga, gb] = out;
     // Phase 1, row by row: G' = G + dy rᵀ, and the two row dot products.
@@ -731,7 +735,7 @@ fn columns_backward<const N: usize, const L: usize>(
     prev: &[f32],
     cur: &[f32],
     gs: &mut [f32],
-    out: [&mut [f32]; 5],
+    out: [&mut [f32; N]; 5],
 ) {
     let [gr, gw, gk, ga, gb] = out;
     for j0 in (0..N).step_by(L) {
