@@ -14,6 +14,7 @@
 //! [`ROWS`] and each block only multiplies against the keys its last row can see, so the
 //! causal half of `Q·Kᵀ` is mostly skipped. The products are `gemm` calls on strided views.
 
+use crate::activation::exp;
 use rayon::prelude::*;
 
 /// Query rows per block.
@@ -245,11 +246,9 @@ pub fn forward(
                         };
                         max = max.max(*x_j);
                     }
-                    let mut sum = 0.0f32;
-                    for x_j in row.iter_mut() {
-                        *x_j = (*x_j - max).exp();
-                        sum += *x_j;
-                    }
+                    // The exponentials in one loop (vectorised), their sum in order in another.
+                    row.iter_mut().for_each(|x_j| *x_j = exp(*x_j - max));
+                    let sum: f32 = row.iter().sum();
                     let inv = 1.0 / sum;
                     row.iter_mut().for_each(|x_j| *x_j *= inv);
                     lse[i] = max + sum.ln();
@@ -323,7 +322,7 @@ pub fn backward(d: AttnDims, x: BackwardInputs, scale: f32) -> (Vec<f32>, Vec<f3
                     let i = i0 + r;
                     for (j, p_j) in p[r * cols..(r + 1) * cols].iter_mut().enumerate() {
                         *p_j = if visible(i, j, d.offset(), x.mask) {
-                            (*p_j * scale - lse[i]).exp()
+                            exp(*p_j * scale - lse[i])
                         } else {
                             0.0
                         };

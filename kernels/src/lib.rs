@@ -18,7 +18,13 @@
 //! (causal softmax attention with grouped key/value heads, forward and backward),
 //! [`attention_op`] (one graph node), [`causal_attention`] (the function models call; its
 //! oracle is Burn's own attention built from tensor ops).
+//!
+//! And the SwiGLU gate of every MLP: [`activation`] (on slices, with a vectorised `exp`),
+//! [`activation_op`] (one graph node), [`swiglu`] (the function models call; its oracle is
+//! Burn's `silu(g) * u`).
 
+pub mod activation;
+pub mod activation_op;
 pub mod attention_cpu;
 #[cfg(feature = "wgpu")]
 pub mod attention_cube;
@@ -34,6 +40,7 @@ mod flex_io;
 pub mod op;
 pub mod reference;
 
+use activation_op::SwigluOps;
 use attention_op::AttentionOps;
 use few_rows_op::FewRowsOps;
 
@@ -209,6 +216,18 @@ pub fn causal_attention(
         scale as f32,
     );
     Some(Tensor::from_dispatch(o))
+}
+
+/// `silu(g) ⊙ u` for `g` and `u` of one shape: one fused op (with its own backward) on the
+/// CPU backend, Burn's `silu(g) * u` elsewhere.
+pub fn swiglu<const D: usize>(g: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
+    if !fused_available(&g.device()) {
+        return burn::tensor::activation::silu(g) * u;
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as SwigluOps>::swiglu_forward(
+        g.into_dispatch(),
+        u.into_dispatch(),
+    ))
 }
 
 /// `x [M, K] · w` (`w [K, N]`), or `x · wᵀ` when `transposed` (`w [N, K]`), by

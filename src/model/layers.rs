@@ -5,7 +5,7 @@
 use super::config::TransformerConfig;
 use super::weights::{TensorsOut, Weights};
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
@@ -175,8 +175,10 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down
-            .forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+        self.down.forward(rwkv_kernels::swiglu(
+            self.gate.forward(x.clone()),
+            self.up.forward(x),
+        ))
     }
 }
 
