@@ -21,7 +21,8 @@
 //!
 //! And the SwiGLU gate of every MLP: [`activation`] (on slices, with a vectorised `exp`),
 //! [`activation_op`] (one graph node), [`swiglu`] (the function models call; its oracle is
-//! Burn's `silu(g) * u`).
+//! Burn's `silu(g) * u`). And the distillation loss's forward KL over the vocabulary: [`kl`]
+//! (row by row, no vocabulary-sized temporaries), [`kl_op`] (one graph node), [`forward_kl`].
 
 pub mod activation;
 pub mod activation_op;
@@ -37,12 +38,15 @@ pub mod cube;
 pub mod few_rows;
 pub mod few_rows_op;
 mod flex_io;
+pub mod kl;
+pub mod kl_op;
 pub mod op;
 pub mod reference;
 
 use activation_op::SwigluOps;
 use attention_op::AttentionOps;
 use few_rows_op::FewRowsOps;
+use kl_op::KlOps;
 
 use burn::tensor::Tensor;
 use op::Wkv7Ops;
@@ -228,6 +232,23 @@ pub fn swiglu<const D: usize>(g: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
         g.into_dispatch(),
         u.into_dispatch(),
     ))
+}
+
+/// `KL(softmax(t/τ) ‖ softmax(s/τ))` of each position of teacher and student logits
+/// `[B, T, V]` (the same vocabulary), as `[B, T]`, differentiable in the student's logits: one
+/// fused op on the CPU backend. `None` where it does not run — another backend, or teacher
+/// logits that require a gradient (the op treats them as constants) — and the caller builds
+/// the loss from tensor ops.
+pub fn forward_kl(t: &Tensor<3>, s: &Tensor<3>, tau: f64) -> Option<Tensor<2>> {
+    if !fused_available(&s.device()) || t.is_require_grad() || t.dims() != s.dims() {
+        return None;
+    }
+    let (kl, _) = <burn::backend::Dispatch as KlOps>::forward_kl(
+        t.clone().into_dispatch(),
+        s.clone().into_dispatch(),
+        tau as f32,
+    );
+    Some(Tensor::from_dispatch(kl))
 }
 
 /// `x [M, K] · w` (`w [K, N]`), or `x · wᵀ` when `transposed` (`w [N, K]`), by

@@ -212,35 +212,45 @@ pub fn distill_kl(
     } else {
         t_logits
     };
-    let log_t = burn::tensor::activation::log_softmax(t_logits.div_scalar(temperature), 2);
-    let log_s = burn::tensor::activation::log_softmax(s_logits.div_scalar(temperature), 2);
-    let [b, t, _] = log_t.dims();
+    let [b, t, _] = s_logits.dims();
     let real = att.clone().sum();
     let mean = |per_pos: Tensor<3>| (per_pos.reshape([b, t]) * att.clone()).sum() / real.clone();
-    let p_t = log_t.clone().exp();
-    let fkl_pos = (p_t.clone() * (log_t.clone() - log_s.clone())).sum_dim(2); // [B, T, 1]
     let mut metrics = BTreeMap::new();
     let scalar = |x: &Tensor<1>| crate::model::weights::to_vec(x.clone().detach())[0] as f64;
-    let loss = match adaptive {
-        None => mean(fkl_pos),
-        Some(mu) => {
-            let p_s = log_s.clone().exp();
-            let rkl_pos = (p_s.clone() * (log_s - log_t)).sum_dim(2);
-            // Head membership from the teacher's sorted probabilities: a token is in the head
-            // when the mass of the tokens ranked before it is still below μ.
-            let (sorted, order) = p_t.clone().detach().sort_descending_with_indices(2);
-            let before = sorted.clone().cumsum(2) - sorted;
-            let head_sorted = before.lower_elem(mu).float();
-            let gap = (p_t.detach() - p_s.detach()).abs().gather(2, order);
-            let g_head = (gap.clone() * head_sorted).sum_dim(2);
-            let g_all = gap.sum_dim(2);
-            let w = g_head / g_all.clamp_min(1e-12); // [B, T, 1]
-            metrics.insert("akl_head_weight".into(), scalar(&mean(w.clone())));
-            metrics.insert(
-                "rkl".into(),
-                scalar(&mean(rkl_pos.clone())) * temperature * temperature,
-            );
-            mean(w.clone() * fkl_pos.clone() + (w.neg() + 1.0) * rkl_pos)
+    // On the CPU the plain forward KL is one fused op (no vocabulary-sized temporaries).
+    let fused = match adaptive {
+        None => rwkv_kernels::forward_kl(&t_logits, &s_logits, temperature),
+        Some(_) => None,
+    };
+    let loss = match fused {
+        Some(fkl_pos) => mean(fkl_pos.reshape([b, t, 1])),
+        None => {
+            let log_t = burn::tensor::activation::log_softmax(t_logits.div_scalar(temperature), 2);
+            let log_s = burn::tensor::activation::log_softmax(s_logits.div_scalar(temperature), 2);
+            let p_t = log_t.clone().exp();
+            let fkl_pos = (p_t.clone() * (log_t.clone() - log_s.clone())).sum_dim(2); // [B, T, 1]
+            match adaptive {
+                None => mean(fkl_pos),
+                Some(mu) => {
+                    let p_s = log_s.clone().exp();
+                    let rkl_pos = (p_s.clone() * (log_s - log_t)).sum_dim(2);
+                    // Head membership from the teacher's sorted probabilities: a token is in
+                    // the head when the mass of the tokens ranked before it is still below μ.
+                    let (sorted, order) = p_t.clone().detach().sort_descending_with_indices(2);
+                    let before = sorted.clone().cumsum(2) - sorted;
+                    let head_sorted = before.lower_elem(mu).float();
+                    let gap = (p_t.detach() - p_s.detach()).abs().gather(2, order);
+                    let g_head = (gap.clone() * head_sorted).sum_dim(2);
+                    let g_all = gap.sum_dim(2);
+                    let w = g_head / g_all.clamp_min(1e-12); // [B, T, 1]
+                    metrics.insert("akl_head_weight".into(), scalar(&mean(w.clone())));
+                    metrics.insert(
+                        "rkl".into(),
+                        scalar(&mean(rkl_pos.clone())) * temperature * temperature,
+                    );
+                    mean(w.clone() * fkl_pos.clone() + (w.neg() + 1.0) * rkl_pos)
+                }
+            }
         }
     };
     let loss = loss.mul_scalar(temperature * temperature);
