@@ -2,8 +2,11 @@
 //! oracle): each position's value and the gradient of the student's logits through autodiff,
 //! at two temperatures; and where the op declines.
 
+mod common;
+
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
+use common::max_rel_err;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rwkv_kernels::forward_kl;
 
@@ -11,17 +14,6 @@ fn random(shape: [usize; 3], spread: f32, rng: &mut StdRng, device: &Device) -> 
     let n = shape.iter().product();
     let data: Vec<f32> = (0..n).map(|_| rng.random_range(-spread..spread)).collect();
     Tensor::from_data(TensorData::new(data, shape), device)
-}
-
-fn max_rel_err<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-    let a = a.into_data().try_to_vec::<f32>().unwrap();
-    let b = b.into_data().try_to_vec::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 #[test]

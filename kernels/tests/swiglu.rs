@@ -1,8 +1,11 @@
 //! The fused SwiGLU op against Burn's `silu(g) * u` (the oracle) on random inputs: the output,
 //! the gradients of both inputs through autodiff, and inputs that are not contiguous.
 
+mod common;
+
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
+use common::max_rel_err;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rwkv_kernels::swiglu;
 
@@ -10,17 +13,6 @@ fn random(shape: [usize; 3], rng: &mut StdRng, device: &Device) -> Tensor<3> {
     let n = shape.iter().product();
     let data: Vec<f32> = (0..n).map(|_| rng.random_range(-12.0..12.0)).collect();
     Tensor::from_data(TensorData::new(data, shape), device)
-}
-
-fn max_rel_err(a: Tensor<3>, b: Tensor<3>) -> f32 {
-    let a = a.into_data().try_to_vec::<f32>().unwrap();
-    let b = b.into_data().try_to_vec::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 #[test]
