@@ -212,7 +212,7 @@ fn attention_dkv_kernel<F: Float>(
             dv[dd] = F::new(0.0);
         }
         // The first query that may see key j (queries sit at positions offset..k_len).
-        let mut first = j - j;
+        let mut first = 0usize;
         if j > offset {
             first = j - offset;
         }

@@ -729,6 +729,7 @@ fn token_backward_valuemajor<const N: usize>(
 /// Phase 2 of [`token_backward_valuemajor`] in blocks of `L` columns: the sums over rows of
 /// the key-indexed gradients (r, w, k, α, β), and `G = G' diag(w) + dsa αᵀ`.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // `i` indexes four vectors and the rows of three matrices
 fn columns_backward<const N: usize, const L: usize>(
     x: &TokenIo<N>,
     dsa: &[f32; N],

@@ -54,7 +54,7 @@ pub trait Wkv7Ops: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// Gradients `(dr, dw, dk, dv, da, db, ds0)` given `dy` `[B,T,H,N]` and `ds` `[B,H,N,N]`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn wkv7_backward(
         r: FloatTensor<Self>,
         w: FloatTensor<Self>,
