@@ -123,20 +123,20 @@ fn mm_tiles<const K: usize, const NC: usize, const TW: usize>(
                     );
                     for kk in 0..K {
                         let br = tile_of::<TW>(b, kk * NC + j0);
-                        fma::<TW>(&mut c0, a0[kk], br);
-                        fma::<TW>(&mut c1, a1[kk], br);
-                        fma::<TW>(&mut c2, a2[kk], br);
-                        fma::<TW>(&mut c3, a3[kk], br);
+                        axpy::<TW>(&mut c0, a0[kk], br);
+                        axpy::<TW>(&mut c1, a1[kk], br);
+                        axpy::<TW>(&mut c2, a2[kk], br);
+                        axpy::<TW>(&mut c3, a3[kk], br);
                     }
                 }
                 Lhs::Cols(a, ld) => {
                     for kk in 0..K {
                         let br = tile_of::<TW>(b, kk * NC + j0);
                         let ak = tile_of::<MR>(a, kk * ld + m0);
-                        fma::<TW>(&mut c0, ak[0], br);
-                        fma::<TW>(&mut c1, ak[1], br);
-                        fma::<TW>(&mut c2, ak[2], br);
-                        fma::<TW>(&mut c3, ak[3], br);
+                        axpy::<TW>(&mut c0, ak[0], br);
+                        axpy::<TW>(&mut c1, ak[1], br);
+                        axpy::<TW>(&mut c2, ak[2], br);
+                        axpy::<TW>(&mut c3, ak[3], br);
                     }
                 }
             }
@@ -184,13 +184,6 @@ fn row<const N: usize>(x: &[f32], m: usize) -> &[f32; N] {
 #[inline(always)]
 fn row_mut<const N: usize>(x: &mut [f32], m: usize) -> &mut [f32; N] {
     (&mut x[m * N..(m + 1) * N]).try_into().expect("row")
-}
-
-#[inline(always)]
-fn fma<const N: usize>(y: &mut [f32; N], s: f32, x: &[f32; N]) {
-    for i in 0..N {
-        y[i] = s.mul_add(x[i], y[i]);
-    }
 }
 
 /// `y += s·x`
