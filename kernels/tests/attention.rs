@@ -2,9 +2,12 @@
 //! outputs and the gradients of q, k and v on random inputs, with grouped key/value heads,
 //! padded keys, more keys than queries (a cache), and sequences longer than one row block.
 
+mod common;
+
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
+use common::max_rel_err;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rwkv_kernels::causal_attention;
 
@@ -71,16 +74,6 @@ fn oracle(
         is_causal: true,
     };
     attention(q, rep(k), rep(v), Some(hidden), None, options)
-}
-
-fn max_rel_err(a: Tensor<4>, b: Tensor<4>) -> f32 {
-    let a = a.into_data().try_to_vec::<f32>().unwrap();
-    let b = b.into_data().try_to_vec::<f32>().unwrap();
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
 }
 
 fn check(c: Case, seed: u64) {

@@ -1,18 +1,11 @@
 //! The few-rows product through the Burn op, against the backend's own matmul on random inputs,
 //! and where it is (not) used.
 
-use burn::tensor::{Device, Distribution, Tensor};
-use rwkv_kernels::{few_rows::MAX_ROWS, few_rows_matmul};
+mod common;
 
-fn max_rel(a: Tensor<2>, b: Tensor<2>) -> f32 {
-    let a = a.into_data().try_to_vec::<f32>().unwrap();
-    let b = b.into_data().try_to_vec::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    a.iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
-}
+use burn::tensor::{Device, Distribution, Tensor};
+use common::max_rel_err;
+use rwkv_kernels::{few_rows::MAX_ROWS, few_rows_matmul};
 
 #[test]
 fn matches_the_backend_matmul_in_both_layouts() {
@@ -22,11 +15,11 @@ fn matches_the_backend_matmul_in_both_layouts() {
             let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &d);
             let w = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.05), &d);
             let y = few_rows_matmul(&x, &w, false).expect("taken for 2..=16 rows on the CPU");
-            let e = max_rel(y, x.clone().matmul(w.clone()));
+            let e = max_rel_err(y, x.clone().matmul(w.clone()));
             assert!(e < 1e-5, "m={m} k={k} n={n}: rel err {e}");
             let wt = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.05), &d);
             let y = few_rows_matmul(&x, &wt, true).expect("taken");
-            let e = max_rel(y, x.clone().matmul(wt.clone().transpose()));
+            let e = max_rel_err(y, x.clone().matmul(wt.clone().transpose()));
             assert!(e < 1e-5, "m={m} k={k} n={n} transposed: rel err {e}");
         }
     }
