@@ -23,6 +23,10 @@
 //! [`activation_op`] (one graph node), [`swiglu`] (the function models call; its oracle is
 //! Burn's `silu(g) * u`). And the distillation loss's forward KL over the vocabulary: [`kl`]
 //! (row by row, no vocabulary-sized temporaries), [`kl_op`] (one graph node), [`forward_kl`].
+//! And the time mixer's element-wise stages around the recurrence — the token shift, the decay,
+//! and GroupNorm with the bonus and the gate: [`mixer`] (on slices), [`mixer_op`] (one graph
+//! node each), [`token_mix`], [`decay`], [`mixer_output`] (their oracles: the tensor ops they
+//! replace, [`mixer_output_ops`] and the tests' own).
 
 pub mod activation;
 pub mod activation_op;
@@ -40,6 +44,8 @@ pub mod few_rows_op;
 mod flex_io;
 pub mod kl;
 pub mod kl_op;
+pub mod mixer;
+pub mod mixer_op;
 pub mod op;
 pub mod reference;
 
@@ -47,6 +53,7 @@ use activation_op::SwigluOps;
 use attention_op::AttentionOps;
 use few_rows_op::FewRowsOps;
 use kl_op::KlOps;
+use mixer_op::MixerOps;
 
 use burn::tensor::Tensor;
 use op::Wkv7Ops;
@@ -233,6 +240,130 @@ pub fn swiglu<const D: usize>(g: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
         g.into_dispatch(),
         u.into_dispatch(),
     ))
+}
+
+/// The time mixer's token shift for one mix: `x + (prev − x)·μ` with `x [B, T, C]`, `prev`
+/// the previous token's row (`shift [B, C]` before each sequence's first), `mu [C]`. One fused
+/// op (with its own backward) on the CPU backend, tensor ops elsewhere.
+pub fn token_mix(x: Tensor<3>, shift: Tensor<2>, mu: Tensor<1>) -> Tensor<3> {
+    if !fused_available(&x.device()) {
+        let [b, t, c] = x.dims();
+        let prev = if t > 1 {
+            Tensor::cat(
+                vec![shift.unsqueeze_dim(1), x.clone().narrow(1, 0, t - 1)],
+                1,
+            )
+        } else {
+            shift.reshape([b, 1, c])
+        };
+        return x.clone() + (prev - x) * mu.unsqueeze::<3>();
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as MixerOps>::token_mix_forward(
+        x.into_dispatch(),
+        shift.into_dispatch(),
+        mu.into_dispatch(),
+    ))
+}
+
+/// The RWKV-7 decay `w = exp(−exp(ω))`, `ω = −softplus(−(z + w0)) − 0.5`, for `z [B, T, C]`
+/// and `w0 [C]`: `w ∈ (e^{−e^{−1/2}}, 1) ≈ (0.545, 1)`. One fused op (with its own backward) on
+/// the CPU backend, tensor ops elsewhere.
+pub fn decay(z: Tensor<3>, w0: Tensor<1>) -> Tensor<3> {
+    if !fused_available(&z.device()) {
+        let u = w0.unsqueeze::<3>() + z;
+        let omega = burn::tensor::activation::softplus(u.neg(), 1.0).neg() - 0.5;
+        return omega.exp().neg().exp();
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as MixerOps>::decay_forward(
+        z.into_dispatch(),
+        w0.into_dispatch(),
+    ))
+}
+
+/// The inputs of the time mixer's output stage ([`mixer_output`]).
+#[derive(Debug, Clone)]
+pub struct MixerOutput {
+    /// The recurrence's output `[B, T, H, N]`.
+    pub y: Tensor<4>,
+    /// Receptance, key and value `[B, T, C]` as the recurrence took them.
+    pub r: Tensor<3>,
+    pub k: Tensor<3>,
+    pub v: Tensor<3>,
+    /// The bonus weights `[H, N]`.
+    pub r_k: Tensor<2>,
+    /// Per-head GroupNorm's weight and bias `[C]`, when the layer has one.
+    pub group_norm: Option<(Tensor<1>, Tensor<1>)>,
+    /// The gate `[B, T, C]`, when the layer has one.
+    pub gate: Option<Tensor<3>>,
+}
+
+/// The time mixer's output stage, `[B, T, C]`: per head, GroupNorm of `y` (ε = `eps`; when the
+/// layer has one), plus the bonus `(Σ_N r·k·r_k)·v`, times the gate (when there is one). One
+/// fused op (with its own backward) on the CPU backend when the layer has both GroupNorm and
+/// a gate; [`mixer_output_ops`] otherwise.
+pub fn mixer_output(x: MixerOutput, eps: f64) -> Tensor<3> {
+    let fused = fused_available(&x.y.device());
+    let MixerOutput {
+        y,
+        r,
+        k,
+        v,
+        r_k,
+        group_norm: Some((lw, lb)),
+        gate: Some(g),
+    } = x
+    else {
+        return mixer_output_ops(x, eps);
+    };
+    if !fused {
+        return mixer_output_ops(
+            MixerOutput {
+                y,
+                r,
+                k,
+                v,
+                r_k,
+                group_norm: Some((lw, lb)),
+                gate: Some(g),
+            },
+            eps,
+        );
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as MixerOps>::mixer_output_forward(
+        y.into_dispatch(),
+        r.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        g.into_dispatch(),
+        r_k.into_dispatch(),
+        lw.into_dispatch(),
+        lb.into_dispatch(),
+        eps as f32,
+    ))
+}
+
+/// [`mixer_output`] in tensor ops: the form on other backends and the fused op's oracle.
+pub fn mixer_output_ops(x: MixerOutput, eps: f64) -> Tensor<3> {
+    let [b, t, h, n] = x.y.dims();
+    let c = h * n;
+    let heads = |z: Tensor<3>| z.reshape([b, t, h, n]);
+    let mut y = x.y;
+    if let Some((lw, lb)) = x.group_norm {
+        let mean = y.clone().mean_dim(3);
+        let centered = y - mean;
+        let var = centered.clone().square().mean_dim(3);
+        y = (centered / var.add_scalar(eps).sqrt())
+            .reshape([b, t, c])
+            .mul(lw.unsqueeze::<3>())
+            .add(lb.unsqueeze::<3>())
+            .reshape([b, t, h, n]);
+    }
+    let bonus = (heads(x.r) * heads(x.k) * x.r_k.unsqueeze::<4>()).sum_dim(3) * heads(x.v);
+    let y = (y + bonus).reshape([b, t, c]);
+    match x.gate {
+        Some(g) => y * g,
+        None => y,
+    }
 }
 
 /// `KL(softmax(t/τ) ‖ softmax(s/τ))` of each position of teacher and student logits

@@ -6,10 +6,10 @@
 use super::layers::{Attention, Linear, Rotary};
 use super::weights::{TensorsOut, Weights};
 use burn::module::{Module, Param};
-use burn::tensor::activation::{sigmoid, softplus};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
-use rwkv_kernels::{Wkv7Impl, Wkv7Input, wkv7};
+use rwkv_kernels::{MixerOutput, Wkv7Impl, Wkv7Input, wkv7};
 use serde::{Deserialize, Serialize};
 
 /// Form of the output gate.
@@ -481,18 +481,9 @@ impl TimeMixer {
             Some(st) => (st.shift, Some(st.wkv)),
             None => (Tensor::zeros([b, c], &device), None),
         };
-        let prev = if t > 1 {
-            Tensor::cat(
-                vec![shift.unsqueeze_dim(1), x.clone().narrow(1, 0, t - 1)],
-                1,
-            )
-        } else {
-            shift.unsqueeze_dim(1)
-        };
         let new_shift = x.clone().narrow(1, t - 1, 1).reshape([b, c]);
-        // 1. Token shift.
-        let xx = prev - x.clone();
-        let mix = |p: &Param<Tensor<1>>| x.clone() + xx.clone() * bcast(p);
+        // 1. Token shift (one fused op per mix on the CPU).
+        let mix = |p: &Param<Tensor<1>>| rwkv_kernels::token_mix(x.clone(), shift.clone(), p.val());
         let (xr, xw, xk, xv, xa, xg) = (
             mix(&self.x_r),
             mix(&self.x_w),
@@ -508,7 +499,8 @@ impl TimeMixer {
             .matmul(self.w1.val().unsqueeze())
             .tanh()
             .matmul(self.w2.val().unsqueeze());
-        let w_raw = softplus((bcast(&self.w0) + decay_lora).neg(), 1.0).neg() - 0.5;
+        // w = exp(−exp(−softplus(−(w0 + lora)) − 0.5)), one fused op on the CPU.
+        let w = rwkv_kernels::decay(decay_lora, self.w0.val());
         let mut k = repeat_heads(self.key.forward(xk), s.kv_heads, h, n);
         let mut v = repeat_heads(self.value.forward(xv.clone()), s.kv_heads, h, n);
         // 4. Value residual towards the first converted layer's values.
@@ -542,7 +534,6 @@ impl TimeMixer {
         }
         let kk = l2_normalize((k.clone() * bcast(&self.k_k)).reshape([b, t, h, n]));
         let k = k * (a.clone() - 1.0).mul(bcast(&self.k_a)).add_scalar(1.0);
-        let w = w_raw.exp().neg().exp();
         let heads = |z: Tensor<3>| z.reshape([b, t, h, n]);
         let input = Wkv7Input {
             r: heads(r.clone()),
@@ -554,25 +545,25 @@ impl TimeMixer {
         };
         // 7. The WKV-7 recurrence (fused kernel).
         let (y, wkv_state) = wkv7(input, mask, wkv_state, imp);
-        let mut y = y; // [B, T, H, N]
-        // 8. GroupNorm per head (ε = 64e-5), the r·k bonus, the gate and the output projection.
-        if let (Some(wt), Some(bias)) = (&self.ln_x_weight, &self.ln_x_bias) {
-            let mean = y.clone().mean_dim(3);
-            let centered = y - mean;
-            let var = centered.clone().square().mean_dim(3);
-            y = centered / var.add_scalar(64e-5).sqrt();
-            y = y
-                .reshape([b, t, c])
-                .mul(bcast(wt))
-                .add(bcast(bias))
-                .reshape([b, t, h, n]);
-        }
-        let bonus = (heads(r) * heads(k) * self.r_k.val().unsqueeze::<4>()).sum_dim(3) * heads(v);
-        let y = (y + bonus).reshape([b, t, c]);
-        let out = match g {
-            Some(g) => self.output.forward(y * g),
-            None => self.output.forward(y),
+        // 8. GroupNorm per head (ε = 64e-5), the r·k bonus and the gate (one fused op on the
+        //    CPU), then the output projection.
+        let group_norm = match (&self.ln_x_weight, &self.ln_x_bias) {
+            (Some(wt), Some(bias)) => Some((wt.val(), bias.val())),
+            _ => None,
         };
+        let y = rwkv_kernels::mixer_output(
+            MixerOutput {
+                y,
+                r,
+                k,
+                v,
+                r_k: self.r_k.val(),
+                group_norm,
+                gate: g,
+            },
+            64e-5,
+        );
+        let out = self.output.forward(y);
         (
             out,
             v_first,
