@@ -26,7 +26,8 @@
 //! And the time mixer's element-wise stages around the recurrence — the token shift, the decay,
 //! and GroupNorm with the bonus and the gate: [`mixer`] (on slices), [`mixer_op`] (one graph
 //! node each), [`token_mix`], [`decay`], [`mixer_output`] (their oracles: the tensor ops they
-//! replace, [`mixer_output_ops`] and the tests' own).
+//! replace, [`mixer_output_ops`] and the tests' own). And the dense layers' product,
+//! [`matmul`] ([`matmul_op`]: the backend's `gemm`, minus its output buffer's extra copy).
 
 pub mod activation;
 pub mod activation_op;
@@ -44,6 +45,7 @@ pub mod few_rows_op;
 mod flex_io;
 pub mod kl;
 pub mod kl_op;
+pub mod matmul_op;
 pub mod mixer;
 pub mod mixer_op;
 pub mod op;
@@ -53,6 +55,7 @@ use activation_op::SwigluOps;
 use attention_op::AttentionOps;
 use few_rows_op::FewRowsOps;
 use kl_op::KlOps;
+use matmul_op::MatmulOps;
 use mixer_op::MixerOps;
 
 use burn::tensor::Tensor;
@@ -239,6 +242,19 @@ pub fn swiglu<const D: usize>(g: Tensor<D>, u: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<burn::backend::Dispatch as SwigluOps>::swiglu_forward(
         g.into_dispatch(),
         u.into_dispatch(),
+    ))
+}
+
+/// `x [M, K] · w [K, N]`: one op on the CPU backend for f32 (written straight into the
+/// result's buffer, with its own backward; see [`matmul_op`]), the backend's `matmul` elsewhere.
+pub fn matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    let f32s = x.dtype() == burn::tensor::DType::F32 && w.dtype() == burn::tensor::DType::F32;
+    if !(f32s && fused_available(&x.device()) && fused_available(&w.device())) {
+        return x.matmul(w);
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as MatmulOps>::matmul_forward(
+        x.into_dispatch(),
+        w.into_dispatch(),
     ))
 }
 

@@ -6,7 +6,7 @@ use super::config::TransformerConfig;
 use super::weights::{TensorsOut, Weights};
 use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
-use burn::tensor::module::{attention, linear};
+use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rwkv_kernels::{attention_fused_available, causal_attention};
@@ -82,7 +82,15 @@ impl Linear {
                 };
             }
         }
-        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        // The rows as one matrix through `rwkv_kernels::matmul` (one op on the CPU).
+        let mut out = dims;
+        out[D - 1] = self.d_out();
+        let y =
+            rwkv_kernels::matmul(x.reshape([rows, dims[D - 1]]), self.weight.val()).reshape(out);
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze(),
+            None => y,
+        }
     }
 
     pub fn d_in(&self) -> usize {
