@@ -15,6 +15,7 @@
 //! causal half of `Q·Kᵀ` is mostly skipped. The products are `gemm` calls on strided views.
 
 use crate::activation::exp;
+use crate::gemm_call::{View, gemm_f32};
 use rayon::prelude::*;
 
 /// Query rows per block.
@@ -70,29 +71,6 @@ impl AttnDims {
     }
 }
 
-/// A row-major-or-strided read-only matrix view: element `(r, c)` is `data[r·rs + c·cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> View<'a> {
-    fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
-        Self { data, rs, cs }
-    }
-    fn check(&self, rows: usize, cols: usize, what: &str) {
-        if rows > 0 && cols > 0 {
-            let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
-            assert!(
-                last < self.data.len(),
-                "attention: {what} view out of bounds"
-            );
-        }
-    }
-}
-
 /// Where a product goes: `data` with row stride `ld`, overwritten or added to.
 struct Out<'a> {
     data: &'a mut [f32],
@@ -120,46 +98,22 @@ impl<'a> Out<'a> {
     }
 }
 
-/// `dst[m×n] = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]`.
+/// `dst[m×n] = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]`, on this thread.
 fn matmul(m: usize, n: usize, k: usize, out: Out, lhs: View, rhs: View) {
     let Out {
         data: dst,
         ld,
         accumulate,
     } = out;
-    lhs.check(m, k, "lhs");
-    rhs.check(k, n, "rhs");
     if m > 0 && n > 0 {
         assert!(
             (m - 1) * ld + n <= dst.len(),
             "attention: dst out of bounds"
         );
     }
-    // SAFETY: every index the product touches is inside the slices (checked above), and `dst`
-    // does not alias the inputs (it is borrowed mutably).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            ld as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    // SAFETY: every element of the product is inside `dst` (checked above), which holds
+    // initialised values and, borrowed mutably, does not alias the inputs.
+    unsafe { gemm_f32(m, n, k, dst.as_mut_ptr(), ld, accumulate, lhs, rhs, false) }
 }
 
 /// Whether query `i` (of the block's absolute rows) may see key `j`.

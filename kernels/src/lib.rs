@@ -43,6 +43,7 @@ pub mod cube;
 pub mod few_rows;
 pub mod few_rows_op;
 mod flex_io;
+mod gemm_call;
 pub mod kl;
 pub mod kl_op;
 pub mod matmul_op;

@@ -10,6 +10,7 @@
 
 use crate::backward_node::register_parent_grads;
 use crate::flex_io::{contiguous_f32, flex};
+use crate::gemm_call::{View, gemm_f32};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, TensorMetadata, backend_extension};
 use burn_autodiff::Autodiff;
@@ -24,66 +25,19 @@ const OP: &str = "matmul";
 /// Products with at least this many multiply-adds run on every thread (the backend's rule).
 const PARALLEL_MIN: usize = 192 * 192 * 192;
 
-/// A row-major or transposed view of a matrix: element `(i, j)` at `i·rs + j·cs`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl View<'_> {
-    /// Panics unless every element of an `r × c` matrix is inside the slice.
-    fn check(&self, r: usize, c: usize, name: &str) {
-        if r > 0 && c > 0 {
-            let last = (r - 1) * self.rs + (c - 1) * self.cs;
-            assert!(last < self.data.len(), "{OP}: `{name}` is out of bounds");
-        }
-    }
-}
-
 /// `lhs [m, k] · rhs [k, n]` as a new row-major `[m, n]` buffer.
 fn product(m: usize, k: usize, n: usize, lhs: View, rhs: View) -> Vec<f32> {
-    lhs.check(m, k, "lhs");
-    rhs.check(k, n, "rhs");
     if k == 0 {
         return vec![0.0; m * n];
     }
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    if m > 0 && n > 0 {
-        let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN {
-            gemm::Parallelism::Rayon(0)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: every index the product reads is inside the input slices (checked above);
-        // `out` has room for m·n values and, with `read_dst = false` and k > 0, gemm writes
-        // every one of them without reading any, so the buffer is fully initialised before
-        // its length is set.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                lhs.data.as_ptr(),
-                lhs.cs as isize,
-                lhs.rs as isize,
-                rhs.data.as_ptr(),
-                rhs.cs as isize,
-                rhs.rs as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-            out.set_len(m * n);
-        }
+    let parallel = m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN;
+    // SAFETY: `out` has room for m·n values, row stride n, and does not overlap the inputs;
+    // without accumulation and with k > 0, gemm writes every one of them and reads none, so
+    // the buffer is fully initialised before its length is set.
+    unsafe {
+        gemm_f32(m, n, k, out.as_mut_ptr(), n, false, lhs, rhs, parallel);
+        out.set_len(m * n);
     }
     out
 }
