@@ -261,19 +261,10 @@ pub fn matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 
 /// The time mixer's token shift for one mix: `x + (prev − x)·μ` with `x [B, T, C]`, `prev`
 /// the previous token's row (`shift [B, C]` before each sequence's first), `mu [C]`. One fused
-/// op (with its own backward) on the CPU backend, tensor ops elsewhere.
+/// op (with its own backward) on the CPU backend, [`token_mix_ops`] elsewhere.
 pub fn token_mix(x: Tensor<3>, shift: Tensor<2>, mu: Tensor<1>) -> Tensor<3> {
     if !fused_available(&x.device()) {
-        let [b, t, c] = x.dims();
-        let prev = if t > 1 {
-            Tensor::cat(
-                vec![shift.unsqueeze_dim(1), x.clone().narrow(1, 0, t - 1)],
-                1,
-            )
-        } else {
-            shift.reshape([b, 1, c])
-        };
-        return x.clone() + (prev - x) * mu.unsqueeze::<3>();
+        return token_mix_ops(x, shift, mu);
     }
     Tensor::from_dispatch(<burn::backend::Dispatch as MixerOps>::token_mix_forward(
         x.into_dispatch(),
@@ -282,19 +273,39 @@ pub fn token_mix(x: Tensor<3>, shift: Tensor<2>, mu: Tensor<1>) -> Tensor<3> {
     ))
 }
 
+/// [`token_mix`] in tensor ops: the form on other backends and the fused op's oracle.
+pub fn token_mix_ops(x: Tensor<3>, shift: Tensor<2>, mu: Tensor<1>) -> Tensor<3> {
+    let [b, t, c] = x.dims();
+    let prev = if t > 1 {
+        Tensor::cat(
+            vec![shift.unsqueeze_dim(1), x.clone().narrow(1, 0, t - 1)],
+            1,
+        )
+    } else {
+        shift.reshape([b, 1, c])
+    };
+    x.clone() + (prev - x) * mu.unsqueeze::<3>()
+}
+
 /// The RWKV-7 decay `w = exp(−exp(ω))`, `ω = −softplus(−(z + w0)) − 0.5`, for `z [B, T, C]`
 /// and `w0 [C]`: `w ∈ (e^{−e^{−1/2}}, 1) ≈ (0.545, 1)`. One fused op (with its own backward) on
-/// the CPU backend, tensor ops elsewhere.
+/// the CPU backend, [`decay_ops`] elsewhere.
 pub fn decay(z: Tensor<3>, w0: Tensor<1>) -> Tensor<3> {
     if !fused_available(&z.device()) {
-        let u = w0.unsqueeze::<3>() + z;
-        let omega = burn::tensor::activation::softplus(u.neg(), 1.0).neg() - 0.5;
-        return omega.exp().neg().exp();
+        return decay_ops(z, w0);
     }
     Tensor::from_dispatch(<burn::backend::Dispatch as MixerOps>::decay_forward(
         z.into_dispatch(),
         w0.into_dispatch(),
     ))
+}
+
+/// [`decay`] in tensor ops, the specification's formula: the form on other backends and the
+/// fused op's oracle.
+pub fn decay_ops(z: Tensor<3>, w0: Tensor<1>) -> Tensor<3> {
+    let u = w0.unsqueeze::<3>() + z;
+    let omega = burn::tensor::activation::softplus(u.neg(), 1.0).neg() - 0.5;
+    omega.exp().neg().exp()
 }
 
 /// The inputs of the time mixer's output stage ([`mixer_output`]).
@@ -319,7 +330,9 @@ pub struct MixerOutput {
 /// fused op (with its own backward) on the CPU backend when the layer has both GroupNorm and
 /// a gate; [`mixer_output_ops`] otherwise.
 pub fn mixer_output(x: MixerOutput, eps: f64) -> Tensor<3> {
-    let fused = fused_available(&x.y.device());
+    if !fused_available(&x.y.device()) {
+        return mixer_output_ops(x, eps);
+    }
     let MixerOutput {
         y,
         r,
@@ -332,20 +345,6 @@ pub fn mixer_output(x: MixerOutput, eps: f64) -> Tensor<3> {
     else {
         return mixer_output_ops(x, eps);
     };
-    if !fused {
-        return mixer_output_ops(
-            MixerOutput {
-                y,
-                r,
-                k,
-                v,
-                r_k,
-                group_norm: Some((lw, lb)),
-                gate: Some(g),
-            },
-            eps,
-        );
-    }
     Tensor::from_dispatch(<burn::backend::Dispatch as MixerOps>::mixer_output_forward(
         y.into_dispatch(),
         r.into_dispatch(),

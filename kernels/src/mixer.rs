@@ -86,6 +86,25 @@ simd_kernel!(
     mix_row_simd<> => mix_row(x: &[f32], prev: &[f32], mu: &[f32], out: &mut [f32])
 );
 
+/// The row before row `r` of `x [B, T, C]` in its sequence: `shift[b]` before the first.
+#[inline]
+fn prev_row<'a>(x: &'a [f32], shift: &'a [f32], r: usize, t: usize, c: usize) -> &'a [f32] {
+    if r.is_multiple_of(t) {
+        &shift[(r / t) * c..][..c]
+    } else {
+        &x[(r - 1) * c..][..c]
+    }
+}
+
+/// The element-wise sum of per-task partial `[C]` sums.
+fn sum_parts<'a>(parts: impl Iterator<Item = &'a [f32]>, c: usize) -> Vec<f32> {
+    let mut sum = vec![0.0f32; c];
+    for p in parts {
+        sum.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    sum
+}
+
 /// `x + (prev − x)·μ` for rows `x [B, T, C]`, `shift [B, C]` the row before each sequence's
 /// first, `mu [C]`.
 pub fn token_mix(x: &[f32], shift: &[f32], mu: &[f32], b: usize, t: usize, c: usize) -> Vec<f32> {
@@ -97,12 +116,7 @@ pub fn token_mix(x: &[f32], shift: &[f32], mu: &[f32], b: usize, t: usize, c: us
         .for_each(|(task, out)| {
             for (i, o) in out.chunks_exact_mut(c).enumerate() {
                 let r = task * rows + i;
-                let prev = if r.is_multiple_of(t) {
-                    &shift[(r / t) * c..][..c]
-                } else {
-                    &x[(r - 1) * c..][..c]
-                };
-                mix_row_simd(&x[r * c..][..c], prev, mu, o);
+                mix_row_simd(&x[r * c..][..c], prev_row(x, shift, r, t, c), mu, o);
             }
         });
     out
@@ -195,11 +209,7 @@ pub fn token_mix_backward(
             let first = task * rows;
             let last = (first + rows).min(b * t);
             for r in first..last {
-                let prev = if r.is_multiple_of(t) {
-                    &shift[(r / t) * c..][..c]
-                } else {
-                    &x[(r - 1) * c..][..c]
-                };
+                let prev = prev_row(x, shift, r, t, c);
                 let d_next = (r % t + 1 < t).then(|| &dout[(r + 1) * c..][..c]);
                 let dx_row = block
                     .as_deref_mut()
@@ -218,10 +228,7 @@ pub fn token_mix_backward(
         })
         .collect();
     drop(blocks);
-    let mut dmu = vec![0.0f32; c];
-    for p in &partials {
-        dmu.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
+    let dmu = sum_parts(partials.iter().map(Vec::as_slice), c);
     let mut dshift = vec![0.0f32; b * c];
     for (bi, ds) in dshift.chunks_exact_mut(c).enumerate() {
         let d0 = &dout[bi * t * c..][..c];
@@ -317,11 +324,7 @@ pub fn decay_backward(z: &[f32], w0: &[f32], dout: &[f32]) -> (Vec<f32>, Vec<f32
             dw0
         })
         .collect();
-    let mut dw0 = vec![0.0f32; c];
-    for p in &partials {
-        dw0.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
-    (dz, dw0)
+    (dz, sum_parts(partials.iter().map(Vec::as_slice), c))
 }
 
 /// The output stage's per-token inputs, rows of `C = H·N` (`y` the recurrence's output, `r`,
@@ -556,13 +559,7 @@ pub fn output_backward(x: &OutputRows, p: &OutputParams, dout: &[f32]) -> Output
             [gr.dr_k, gr.dlw, gr.dlb]
         })
         .collect();
-    let mut sums = [vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]];
-    for part in &partials {
-        for (s, p) in sums.iter_mut().zip(part) {
-            s.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-        }
-    }
-    let [dr_k, dlw, dlb] = sums;
+    let [dr_k, dlw, dlb] = [0, 1, 2].map(|j| sum_parts(partials.iter().map(|p| &p[j][..]), c));
     OutputGrads {
         dy,
         dr,

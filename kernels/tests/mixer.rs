@@ -5,11 +5,12 @@
 
 mod common;
 
-use burn::tensor::activation::softplus;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::max_rel_err;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use rwkv_kernels::{MixerOutput, decay, mixer_output, mixer_output_ops, token_mix};
+use rwkv_kernels::{
+    MixerOutput, decay, decay_ops, mixer_output, mixer_output_ops, token_mix, token_mix_ops,
+};
 
 fn random<const D: usize>(
     shape: [usize; D],
@@ -20,22 +21,6 @@ fn random<const D: usize>(
     let n = shape.iter().product();
     let data: Vec<f32> = (0..n).map(|_| rng.random_range(-amp..amp)).collect();
     Tensor::from_data(TensorData::new(data, shape), device)
-}
-
-/// The token shift as tensor ops: the previous rows by concatenation, then `x + (prev − x)·μ`.
-fn token_mix_ops(x: Tensor<3>, shift: Tensor<2>, mu: Tensor<1>) -> Tensor<3> {
-    let t = x.dims()[1];
-    let prev = Tensor::cat(
-        vec![shift.unsqueeze_dim(1), x.clone().narrow(1, 0, t - 1)],
-        1,
-    );
-    x.clone() + (prev - x) * mu.unsqueeze::<3>()
-}
-
-/// The decay as tensor ops, the formula of the specification.
-fn decay_ops(z: Tensor<3>, w0: Tensor<1>) -> Tensor<3> {
-    let omega = softplus((w0.unsqueeze::<3>() + z).neg(), 1.0).neg() - 0.5;
-    omega.exp().neg().exp()
 }
 
 #[test]
