@@ -41,11 +41,51 @@ pub trait LanguageModel {
 
     fn vocab_size(&self) -> usize;
 
+    /// Feeds prompts of different lengths into a fresh state with one row per prompt: each is
+    /// padded on the left to the longest and the padding is masked (attention hides padded keys;
+    /// converted layers keep their state and shift in zeros there), so each row's logits and
+    /// state are those of its prompt fed alone, up to rounding. Returns the state and each row's
+    /// logits at its last token; `None` for a model that cannot take padded rows (feed the
+    /// prompts one at a time then).
+    fn prefill_padded(&self, _rows: &[Vec<u32>]) -> Option<(Self::State, Vec<Vec<f32>>)> {
+        None
+    }
+
     /// Feeds `ids` (one sequence) after everything in `state`; returns the logits of the last
     /// position.
     fn feed(&self, state: &mut Self::State, ids: &[u32]) -> Vec<f32> {
         self.feed_rows(state, &[ids.to_vec()]).swap_remove(0)
     }
+}
+
+/// Rows of different lengths padded on the left to the longest (`pad` is any id; the mask says
+/// which positions are real): ids `[B, T]` and mask `[B, T]` (1 real, 0 padding).
+fn left_padded(
+    rows: &[Vec<u32>],
+    pad: u32,
+    device: &burn::tensor::Device,
+) -> (
+    burn::tensor::Tensor<2, burn::tensor::Int>,
+    burn::tensor::Tensor<2>,
+) {
+    let t = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let ids: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| {
+            let mut p = vec![pad; t - r.len()];
+            p.extend(r);
+            p
+        })
+        .collect();
+    let mask: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| (0..t).map(move |j| if j < t - r.len() { 0.0 } else { 1.0 }))
+        .collect();
+    let mask = burn::tensor::TensorData::new(mask, [rows.len(), t]);
+    (
+        ids_tensor(&ids, device),
+        burn::tensor::Tensor::from_data(mask, device),
+    )
 }
 
 /// Logits of the last position of each row of `hidden`, as rows of f32.
@@ -70,6 +110,16 @@ impl LanguageModel for Transformer {
         let device = self.embed.val().device();
         let (hidden, _) = self.forward_hidden(ids_tensor(rows, &device), None, Some(state), &[]);
         last_logits(hidden, |h| self.logits(h))
+    }
+
+    fn prefill_padded(&self, rows: &[Vec<u32>]) -> Option<(TransformerCache, Vec<Vec<f32>>)> {
+        if rows.is_empty() || rows.iter().any(Vec::is_empty) {
+            return None;
+        }
+        let (ids, mask) = left_padded(rows, 0, &self.embed.val().device());
+        let mut state = TransformerCache::default();
+        let (hidden, _) = self.forward_hidden(ids, Some(mask), Some(&mut state), &[]);
+        Some((state, last_logits(hidden, |h| self.logits(h))))
     }
 
     fn repeat_state(&self, state: &TransformerCache, n: usize) -> TransformerCache {
@@ -106,6 +156,18 @@ impl LanguageModel for crate::model::hybrid::Hybrid {
         let device = self.embed.val().device();
         let (hidden, _) = self.forward_hidden(ids_tensor(rows, &device), None, Some(state), &[]);
         last_logits(hidden, |h| self.logits(h))
+    }
+
+    /// Not for mixers with rotary embeddings: their recurrence depends on absolute positions,
+    /// which padding shifts.
+    fn prefill_padded(&self, rows: &[Vec<u32>]) -> Option<(Self::State, Vec<Vec<f32>>)> {
+        if rows.is_empty() || rows.iter().any(Vec::is_empty) || self.student.rope {
+            return None;
+        }
+        let (ids, mask) = left_padded(rows, 0, &self.embed.val().device());
+        let mut state = crate::model::hybrid::Hybrid::new_state(self);
+        let (hidden, _) = self.forward_hidden(ids, Some(mask), Some(&mut state), &[]);
+        Some((state, last_logits(hidden, |h| self.logits(h))))
     }
 
     fn repeat_state(&self, state: &Self::State, n: usize) -> Self::State {
@@ -192,6 +254,17 @@ impl LanguageModel for AnyModel {
             (AnyModel::Teacher(m), AnyState::Teacher(s)) => m.feed_rows(s, rows),
             (AnyModel::Student(m), AnyState::Student(s)) => m.feed_rows(s, rows),
             _ => panic!("state from a different model"),
+        }
+    }
+
+    fn prefill_padded(&self, rows: &[Vec<u32>]) -> Option<(AnyState, Vec<Vec<f32>>)> {
+        match self {
+            AnyModel::Teacher(m) => m
+                .prefill_padded(rows)
+                .map(|(s, l)| (AnyState::Teacher(s), l)),
+            AnyModel::Student(m) => m
+                .prefill_padded(rows)
+                .map(|(s, l)| (AnyState::Student(s), l)),
         }
     }
 
@@ -509,5 +582,91 @@ mod kept_state_tests {
         assert!(st.is_empty());
         assert_eq!(new, vec![1, 9, 9, 9]);
         assert!(kept.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod padded_tests {
+    use super::*;
+    use crate::model::TransformerConfig;
+    use crate::model::hybrid::{Hybrid, InitMode, StudentConfig};
+
+    fn teacher() -> Transformer {
+        let cfg = TransformerConfig::from_json(serde_json::json!({
+            "model_type": "qwen2", "vocab_size": 40, "hidden_size": 64,
+            "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
+            "num_key_value_heads": 2
+        }))
+        .unwrap();
+        Transformer::random(cfg, 3, &crate::testing::device())
+    }
+
+    /// Prompts of 6, 1 and 3 tokens: the second and third are padded.
+    fn prompts() -> Vec<Vec<u32>> {
+        vec![vec![3, 7, 1, 9, 2, 11], vec![5], vec![8, 8, 4]]
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-5 * scale,
+            "{what}: max error {err} (scale {scale})"
+        );
+    }
+
+    /// Each row of a padded prefill, and three tokens decoded after it, give the logits of its
+    /// prompt fed alone.
+    fn check<M: LanguageModel>(model: &M) {
+        let prompts = prompts();
+        let (mut state, logits) = model.prefill_padded(&prompts).expect("takes padded rows");
+        let mut alone: Vec<M::State> = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let mut s = model.new_state();
+            assert_close(
+                &logits[i],
+                &model.feed(&mut s, p),
+                &format!("row {i}, prompt"),
+            );
+            alone.push(s);
+        }
+        for step in 0..3u32 {
+            let next: Vec<Vec<u32>> = (0..prompts.len() as u32)
+                .map(|i| vec![(i * 7 + step * 3 + 1) % 40])
+                .collect();
+            let batched = model.feed_rows(&mut state, &next);
+            for (i, s) in alone.iter_mut().enumerate() {
+                let want = model.feed(s, &next[i]);
+                assert_close(&batched[i], &want, &format!("row {i}, decode step {step}"));
+            }
+        }
+    }
+
+    #[test]
+    fn padded_prompts_decode_as_each_prompt_alone() {
+        let teacher = teacher();
+        check(&teacher);
+        // Converted layers first, in the middle and last: the recurrence and the token shift
+        // must both ignore the padding.
+        for layers in [vec![0], vec![1], vec![0, 2]] {
+            let st = StudentConfig {
+                wkv_layers: layers,
+                ..Default::default()
+            };
+            check(&Hybrid::from_teacher(teacher.clone(), st, InitMode::Teacher, 4).unwrap());
+        }
+        let rope = StudentConfig {
+            wkv_layers: vec![1],
+            rope: true,
+            ..Default::default()
+        };
+        let rope = Hybrid::from_teacher(teacher, rope, InitMode::Teacher, 4).unwrap();
+        assert!(
+            rope.prefill_padded(&prompts()).is_none(),
+            "rotary mixers depend on absolute positions"
+        );
     }
 }

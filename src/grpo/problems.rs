@@ -3,8 +3,8 @@
 //! accuracy of a model on them by greedy decoding.
 
 use super::rewards::{answer_line, extract_answer, parse_number, same_number};
-use super::rollout::sample_completions;
-use crate::generate::{LanguageModel, Sampler, SamplingConfig};
+use super::rollout::greedy_completions;
+use crate::generate::LanguageModel;
 use crate::text::{ChatMessage, TextTokenizer};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -94,7 +94,12 @@ pub struct Accuracy {
     pub samples: Vec<serde_json::Value>,
 }
 
-/// Greedy completions of each problem (at most `max_new` tokens); exact numeric answers.
+/// Problems decoded together by [`accuracy`] (the batched decode's matrix products read each
+/// weight once for up to 16 rows).
+pub const ACCURACY_BATCH: usize = 16;
+
+/// Greedy completions of each problem (at most `max_new` tokens, up to [`ACCURACY_BATCH`]
+/// problems decoded together); exact numeric answers.
 pub fn accuracy<M: LanguageModel>(
     model: &M,
     tokenizer: &TextTokenizer,
@@ -102,16 +107,24 @@ pub fn accuracy<M: LanguageModel>(
     format: &PromptFormat,
     max_new: usize,
     tolerance: f64,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> Result<Accuracy> {
+    let prompts = problems
+        .iter()
+        .map(|p| format.tokens(tokenizer, &p.question))
+        .collect::<Result<Vec<_>>>()?;
+    let completions = greedy_completions(
+        model,
+        tokenizer,
+        &prompts,
+        max_new,
+        ACCURACY_BATCH,
+        progress,
+    )?;
     let mut correct = 0;
     let mut answered = 0;
     let mut samples = Vec::new();
-    for (i, p) in problems.iter().enumerate() {
-        let prompt = format.tokens(tokenizer, &p.question)?;
-        let mut sampler = Sampler::new(SamplingConfig::default());
-        let c =
-            sample_completions(model, tokenizer, &prompt, 1, &mut sampler, max_new)?.swap_remove(0);
+    for (p, c) in problems.iter().zip(&completions) {
         let got = extract_answer(&c.text);
         answered += got.is_some() as usize;
         let ok = got.is_some_and(|a| same_number(a, p.answer, tolerance));
@@ -121,7 +134,6 @@ pub fn accuracy<M: LanguageModel>(
                 "question": p.question, "completion": c.text, "reference": p.answer, "correct": ok,
             }));
         }
-        progress(i + 1);
     }
     Ok(Accuracy {
         problems: problems.len(),

@@ -445,7 +445,9 @@ impl TimeMixer {
     /// - `v_first`: the first converted layer's values `[B, T, C]`; `None` in that layer, which
     ///   returns its own `v` as the new `v_first`.
     /// - `state`: carried token-shift and WKV state (`None`: zeros, as in training).
-    /// - `mask`: `[B, T]`, 0 for padding (state unchanged, output 0 from the recurrence).
+    /// - `mask`: `[B, T]`, 0 for padding (state unchanged, output 0 from the recurrence; the
+    ///   token shift reads a padded position as zeros, so a row padded on the left starts as a
+    ///   fresh state does).
     /// - `start`: position of the first token (for rotary embeddings on r/k).
     ///
     /// Returns `(output [B, T, C], v_first, new state)`.
@@ -480,6 +482,10 @@ impl TimeMixer {
         let (shift, wkv_state) = match state {
             Some(st) => (st.shift, Some(st.wkv)),
             None => (Tensor::zeros([b, c], &device), None),
+        };
+        let x = match &mask {
+            Some(m) => x * m.clone().unsqueeze_dim::<3>(2),
+            None => x,
         };
         let new_shift = x.clone().narrow(1, t - 1, 1).reshape([b, c]);
         // 1. Token shift (one fused op per mix on the CPU).
