@@ -10,7 +10,8 @@
 //!   teacher's are not (`generation_check`);
 //! - the layers a stage-1 step chose by measurement, with every layer's score;
 //! - decode speed and cache/state memory vs context length, teacher against student;
-//! - the training curves (`loss.svg`, `reward.svg`) of every listed student's step.
+//! - the training curves (`loss.svg`, `reward.svg`) of every listed student's step and of the
+//!   final student's.
 
 use crate::bench::hybrid::measure;
 use crate::evaluate::agreement::compare;
@@ -340,10 +341,12 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
         }
     }
 
-    // Curves of every stage.
+    // Curves of every stage, and of the final student when a training step wrote it.
     let mut curves = Vec::new();
     std::fs::create_dir_all(out.join("curves"))?;
-    for (name, dir) in &stage_dirs {
+    let final_student = (s.student.label(), student_dir.clone());
+    let listed = stage_dirs.iter().any(|(_, d)| *d == student_dir);
+    for (name, dir) in stage_dirs.iter().chain((!listed).then_some(&final_student)) {
         for f in ["loss.svg", "reward.svg"] {
             if dir.join(f).is_file() {
                 let file = format!("curves/{}-{f}", name.replace(['/', ' '], "_"));
