@@ -4,14 +4,14 @@
 //! backward that saves only its two inputs.
 
 use crate::activation;
-use crate::backward_node::register_parent_grads;
+use crate::backward_node::{forward_keeping_inputs, register_parent_grads};
 use crate::flex_io::{contiguous_f32, flex};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, TensorMetadata, backend_extension};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::ops::{Backward, Ops};
 use burn_flex::FlexTensor;
 
 /// The op's name in error messages.
@@ -82,17 +82,9 @@ impl<B: Backend + SwigluOps> Backward<B, 2> for SwigluBackward {
 
 impl<B: Backend + SwigluOps, C: CheckpointStrategy> SwigluOps for Autodiff<B, C> {
     fn swiglu_forward(g: FloatTensor<Self>, u: FloatTensor<Self>) -> FloatTensor<Self> {
-        let nodes = [g.node(), u.node()];
-        let (g, u) = (g.into_primitive(), u.into_primitive());
-        let prep = SwigluBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful();
-        let out = B::swiglu_forward(g.clone(), u.clone());
-        match prep {
-            OpsKind::Tracked(prep) => prep.finish([g, u], out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        forward_keeping_inputs::<B, C, _, 2>(SwigluBackward, [g, u], |[g, u]| {
+            B::swiglu_forward(g, u)
+        })
     }
 
     fn swiglu_backward(

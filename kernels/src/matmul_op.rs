@@ -8,7 +8,7 @@
 //! becomes the tensor. The backward computes `dx = dy · wᵀ` and `dw = xᵀ · dy` with the
 //! transposes read in place, each only for an input that tracks a gradient.
 
-use crate::backward_node::register_parent_grads;
+use crate::backward_node::{forward_keeping_inputs, register_parent_grads};
 use crate::flex_io::{contiguous_f32, flex};
 use crate::gemm_call::{View, gemm_f32};
 use burn::backend::tensor::FloatTensor;
@@ -16,7 +16,7 @@ use burn::backend::{Backend, Flex, TensorMetadata, backend_extension};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::ops::{Backward, Ops};
 use burn_flex::FlexTensor;
 
 /// The op's name in error messages.
@@ -118,29 +118,31 @@ impl MatmulOps for Flex {
             rs: n,
             cs: 1,
         };
-        let dx = if need_dx {
-            // dy [m, n] · wᵀ [n, k]: wᵀ(i, j) = w(j, i) = w[j·n + i].
-            let wt = View {
-                data: ws,
-                rs: 1,
-                cs: n,
-            };
-            flex(product(m, n, k, dy_view, wt), [m, k])
-        } else {
-            flex(Vec::new(), [0])
+        // `lhs [rows, inner] · rhs [inner, cols]`, or an empty tensor for an input that tracks no
+        // gradient.
+        let grad = |need: bool, [rows, inner, cols]: [usize; 3], lhs: View, rhs: View| {
+            if need {
+                flex(product(rows, inner, cols, lhs, rhs), [rows, cols])
+            } else {
+                flex(Vec::new(), [0])
+            }
         };
-        let dw = if need_dw {
-            // xᵀ [k, m] · dy [m, n]: xᵀ(i, j) = x[j·k + i].
-            let xt = View {
-                data: xs,
-                rs: 1,
-                cs: k,
-            };
-            flex(product(k, m, n, xt, dy_view), [k, n])
-        } else {
-            flex(Vec::new(), [0])
+        // dy [m, n] · wᵀ [n, k]: wᵀ(i, j) = w(j, i) = w[j·n + i].
+        let wt = View {
+            data: ws,
+            rs: 1,
+            cs: n,
         };
-        (dx, dw)
+        // xᵀ [k, m] · dy [m, n]: xᵀ(i, j) = x[j·k + i].
+        let xt = View {
+            data: xs,
+            rs: 1,
+            cs: k,
+        };
+        (
+            grad(need_dx, [m, n, k], dy_view, wt),
+            grad(need_dw, [k, m, n], xt, dy_view),
+        )
     }
 }
 
@@ -167,17 +169,9 @@ impl<B: Backend + MatmulOps> Backward<B, 2> for MatmulBackward {
 
 impl<B: Backend + MatmulOps, C: CheckpointStrategy> MatmulOps for Autodiff<B, C> {
     fn matmul_forward(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        let nodes = [x.node(), w.node()];
-        let (x, w) = (x.into_primitive(), w.into_primitive());
-        let prep = MatmulBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful();
-        let y = B::matmul_forward(x.clone(), w.clone());
-        match prep {
-            OpsKind::Tracked(prep) => prep.finish([x, w], y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
+        forward_keeping_inputs::<B, C, _, 2>(MatmulBackward, [x, w], |[x, w]| {
+            B::matmul_forward(x, w)
+        })
     }
 
     fn matmul_backward(

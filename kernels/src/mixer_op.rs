@@ -4,7 +4,7 @@
 //! product and sum; the decay's softplus, negations and two exponentials; GroupNorm's means,
 //! differences and divisions, the bonus and the gate) and their backward nodes.
 
-use crate::backward_node::register_parent_grads;
+use crate::backward_node::{forward_keeping_inputs, register_parent_grads};
 use crate::flex_io::{contiguous_f32, flex};
 use crate::mixer::{self, OutputParams, OutputRows};
 use burn::backend::tensor::FloatTensor;
@@ -358,21 +358,9 @@ impl<B: Backend + MixerOps, C: CheckpointStrategy> MixerOps for Autodiff<B, C> {
         shift: FloatTensor<Self>,
         mu: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let nodes = [x.node(), shift.node(), mu.node()];
-        let [x, shift, mu] = [
-            x.into_primitive(),
-            shift.into_primitive(),
-            mu.into_primitive(),
-        ];
-        let prep = TokenMixBackward
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful();
-        let out = B::token_mix_forward(x.clone(), shift.clone(), mu.clone());
-        match prep {
-            OpsKind::Tracked(prep) => prep.finish([x, shift, mu], out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        forward_keeping_inputs::<B, C, _, 3>(TokenMixBackward, [x, shift, mu], |[x, s, mu]| {
+            B::token_mix_forward(x, s, mu)
+        })
     }
 
     fn token_mix_backward(
@@ -388,14 +376,9 @@ impl<B: Backend + MixerOps, C: CheckpointStrategy> MixerOps for Autodiff<B, C> {
     }
 
     fn decay_forward(z: FloatTensor<Self>, w0: FloatTensor<Self>) -> FloatTensor<Self> {
-        let nodes = [z.node(), w0.node()];
-        let (z, w0) = (z.into_primitive(), w0.into_primitive());
-        let prep = DecayBackward.prepare::<C>(nodes).compute_bound().stateful();
-        let out = B::decay_forward(z.clone(), w0.clone());
-        match prep {
-            OpsKind::Tracked(prep) => prep.finish([z, w0], out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        forward_keeping_inputs::<B, C, _, 2>(DecayBackward, [z, w0], |[z, w0]| {
+            B::decay_forward(z, w0)
+        })
     }
 
     fn decay_backward(
