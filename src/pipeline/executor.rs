@@ -671,7 +671,7 @@ mod tests {
     fn a_failure_skips_dependents_and_starts_nothing_new() {
         let dir = tempfile::tempdir().unwrap();
         let text = "max_parallel = 2\n\n\
-            [[step]]\nid = \"slow\"\nkind = \"fake\"\nsleep_ms = 150\n\n\
+            [[step]]\nid = \"slow\"\nkind = \"fake\"\nafter_failure_of = \"bad\"\n\n\
             [[step]]\nid = \"bad\"\nkind = \"fake\"\nbehaviour = \"fail\"\n\n\
             [[step]]\nid = \"after\"\nkind = \"fake\"\ndepends_on = [\"bad\"]\n\n\
             [[step]]\nid = \"later\"\nkind = \"fake\"\noutput = \"L\"\n";
@@ -682,7 +682,8 @@ mod tests {
         assert!(text.contains("runner resume"), "{text}");
         assert_eq!(record.status, RunStatus::Failed);
         let run = RunDir::open(&dir.path().join("runs/t/r")).unwrap();
-        // The slow step that was running finished; nothing new started after the failure.
+        // The step that was running finished (after the failure, by construction); nothing new
+        // started after the failure.
         assert_eq!(
             run.read_manifest("slow").map(|m| m.status),
             Some(StepStatus::Complete)
@@ -709,7 +710,7 @@ mod tests {
         p.steps[0].settings = std::sync::Arc::new(crate::pipeline::step::testing::Fake {
             behaviour: Default::default(),
             output: String::new(),
-            sleep_ms: 0,
+            after_failure_of: None,
             stop_after_checkpoint: false,
             reads: None,
             exclusive: false,

@@ -204,8 +204,10 @@ pub mod testing {
         /// Written to `out/result.txt`.
         #[serde(default)]
         pub output: String,
+        /// Finishes only once this step's manifest records its failure (and 50 ms more), so a
+        /// test orders a finish after a failure without guessing how long threads take.
         #[serde(default)]
-        pub sleep_ms: u64,
+        pub after_failure_of: Option<String>,
         /// The first attempt saves checkpoint 1 and fails; the next continues from it.
         #[serde(default)]
         pub stop_after_checkpoint: bool,
@@ -240,7 +242,25 @@ pub mod testing {
             }
         }
         fn run(&self, ctx: &StepContext) -> anyhow::Result<()> {
-            std::thread::sleep(std::time::Duration::from_millis(self.sleep_ms));
+            if let Some(id) = &self.after_failure_of {
+                let run_dir = ctx
+                    .step_dir
+                    .parent()
+                    .expect("a step folder is in a run folder");
+                let failed = || {
+                    crate::pipeline::rundir::read_manifest(&run_dir.join(id))
+                        .is_some_and(|m| m.status == crate::pipeline::rundir::StepStatus::Failed)
+                };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while !failed() {
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "`{id}` did not fail within 60 s"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             let resumed = ctx.checkpoints.latest().map(|c| c.tag);
             if self.stop_after_checkpoint && resumed.is_none() {
                 ctx.checkpoints
