@@ -206,6 +206,7 @@ micro_batch = 0
 grad_accum = 0
 max_tokens = 0
 bucket = 0
+mixer_lr_scale = 0.0
 "#,
     );
     let r = p.run(&["validate", "p.toml"]);
@@ -220,6 +221,7 @@ bucket = 0
         "`step.s2.train.grad_accum`",
         "`step.s2.train.max_tokens`",
         "`step.s2.train.bucket`",
+        "`step.s2.train.mixer_lr_scale`",
     ] {
         assert!(r.stderr.contains(key), "{key} not reported:\n{}", r.stderr);
     }

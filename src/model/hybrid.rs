@@ -122,6 +122,10 @@ impl Default for StudentConfig {
     }
 }
 
+/// Every parameter path of a converted layer's mixer contains this fragment (the variant's name
+/// below, as the module paths spell it).
+pub const MIXER_PARAMS: &str = ".Rwkv.";
+
 #[derive(Module, Debug)]
 pub enum Mixer {
     Attention(Attention),

@@ -175,7 +175,7 @@ impl Stage1Settings {
         }
         let trainable = named_params(&student, None)
             .into_keys()
-            .filter(|k| k.contains(".Rwkv."))
+            .filter(|k| k.contains(crate::model::hybrid::MIXER_PARAMS))
             .collect();
         Ok((student, trainable))
     }

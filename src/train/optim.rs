@@ -42,6 +42,9 @@ pub struct AdamW {
     /// Optimizer steps taken (for bias correction).
     pub step: u64,
     pub moments: BTreeMap<String, Moments>,
+    /// Learning-rate multipliers: a parameter whose path contains the fragment learns at that
+    /// multiple of the step's rate (the first match counts; others learn at the rate itself).
+    pub lr_scales: Vec<(String, f64)>,
 }
 
 use crate::model::weights::to_vec as flat;
@@ -195,6 +198,12 @@ impl ModuleMapper for Updater<'_> {
             return param;
         };
         let c = self.opt.config;
+        let lr_scale = self
+            .opt
+            .lr_scales
+            .iter()
+            .find(|(fragment, _)| name.contains(fragment.as_str()))
+            .map_or(1.0, |&(_, s)| s);
         let t = self.opt.step as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
         let decay = if shape.len() >= 2 {
@@ -217,7 +226,7 @@ impl ModuleMapper for Updater<'_> {
         // does not depend on the split), on every core; the per-step constants in f64 first.
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         let (ibc1, ibc2) = ((1.0 / bc1) as f32, (1.0 / bc2) as f32);
-        let (scale, lr, decay) = (self.scale as f32, self.lr as f32, decay as f32);
+        let (scale, lr, decay) = (self.scale as f32, (self.lr * lr_scale) as f32, decay as f32);
         p.par_iter_mut()
             .zip(mom.m.par_iter_mut())
             .zip(mom.v.par_iter_mut())
@@ -244,6 +253,7 @@ impl AdamW {
             config,
             step: 0,
             moments: BTreeMap::new(),
+            lr_scales: Vec::new(),
         }
     }
 
@@ -452,5 +462,65 @@ mod tests {
             .unwrap()
             .install(|| g.global_norm());
         assert_eq!(one_thread, fast);
+    }
+
+    #[derive(Module, Debug)]
+    struct Leaf {
+        w: Param<Tensor<1>>,
+    }
+
+    #[derive(Module, Debug)]
+    struct Pair {
+        mixer: Leaf,
+        mlp: Leaf,
+    }
+
+    /// A matching path learns at the multiple, the others at the rate itself: AdamW's first
+    /// step moves every element by lr·sign(g) (no decay on vectors), so the moves are exact.
+    #[test]
+    fn lr_scales_multiply_the_rate_of_matching_parameters_only() {
+        let device = crate::testing::device();
+        let leaf = || Leaf {
+            w: Param::from_tensor(Tensor::<1>::zeros([3], &device)),
+        };
+        let g = vec![0.5f32, -2.0, 1e-3];
+        let grads = NamedGrads {
+            grads: [("mixer.w", &g), ("mlp.w", &g)]
+                .into_iter()
+                .map(|(k, g)| (k.to_string(), (vec![3], g.clone())))
+                .collect(),
+        };
+        let moved = |scales: Vec<(String, f64)>| {
+            let mut opt = AdamW::new(AdamWConfig {
+                eps: 1e-12,
+                ..Default::default()
+            });
+            opt.lr_scales = scales;
+            let p = opt.step(
+                Pair {
+                    mixer: leaf(),
+                    mlp: leaf(),
+                },
+                &grads,
+                1e-3,
+                1.0,
+            );
+            (flat(p.mixer.w.val()), flat(p.mlp.w.val()))
+        };
+        let sign = [-1.0f32, 1.0, -1.0];
+        let close = |got: &[f32], step: f32| {
+            for (x, s) in got.iter().zip(sign) {
+                assert!(
+                    (x - s * step).abs() < 1e-7 * step.max(1.0),
+                    "{got:?} vs {step}"
+                );
+            }
+        };
+        let (mixer, mlp) = moved(vec![("mixer.".into(), 10.0)]);
+        close(&mixer, 1e-2);
+        close(&mlp, 1e-3);
+        let (mixer, mlp) = moved(Vec::new());
+        close(&mixer, 1e-3);
+        close(&mlp, 1e-3);
     }
 }

@@ -39,6 +39,9 @@ fn d_clip() -> f64 {
 fn d_wd() -> f64 {
     0.1
 }
+fn d_scale() -> f64 {
+    1.0
+}
 fn d_ckpt() -> u64 {
     50
 }
@@ -74,6 +77,10 @@ pub struct TrainSettings {
     pub grad_clip: f64,
     #[serde(default = "d_wd")]
     pub weight_decay: f64,
+    /// The converted layers' RWKV-7 mixers learn at this multiple of the schedule's rate; the
+    /// rest of the model (MLPs, norms, embeddings, head, kept attention) follows the schedule.
+    #[serde(default = "d_scale")]
+    pub mixer_lr_scale: f64,
     /// Checkpoint every this many optimizer steps (and always at the end).
     #[serde(default = "d_ckpt")]
     pub checkpoint_every: u64,
@@ -118,6 +125,12 @@ impl TrainSettings {
             if !(v >= 0.0 && v.is_finite()) {
                 bad(k, format!("{k} must be ≥ 0 (0 turns it off), got {v}"));
             }
+        }
+        if !(self.mixer_lr_scale > 0.0 && self.mixer_lr_scale.is_finite()) {
+            bad(
+                "mixer_lr_scale",
+                format!("mixer_lr_scale must be > 0, got {}", self.mixer_lr_scale),
+            );
         }
         out
     }
@@ -304,6 +317,10 @@ impl Trainer<'_> {
             weight_decay: s.weight_decay,
             ..Default::default()
         });
+        if s.mixer_lr_scale != 1.0 {
+            opt.lr_scales
+                .push((crate::model::hybrid::MIXER_PARAMS.into(), s.mixer_lr_scale));
+        }
         let mut state = TrainState::default();
         let metrics_file = metrics_path(self.checkpoints);
         if let Some(ckpt) = self.checkpoints.latest() {
