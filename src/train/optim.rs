@@ -132,6 +132,18 @@ impl NamedGrads {
             .values()
             .all(|(_, g)| g.iter().all(|x| x.is_finite()))
     }
+
+    /// The parameters whose gradients hold a NaN or an infinity, each with how many of its
+    /// values do, in parameter order.
+    pub fn non_finite(&self) -> Vec<(String, usize)> {
+        self.grads
+            .iter()
+            .filter_map(|(name, (_, g))| {
+                let bad = g.iter().filter(|x| !x.is_finite()).count();
+                (bad > 0).then(|| (name.clone(), bad))
+            })
+            .collect()
+    }
 }
 
 struct PathTracker {

@@ -211,9 +211,7 @@ pub fn apply_gradients<M: Module>(
     step: u64,
 ) -> Result<M> {
     if !norm.is_finite() || !grads.all_finite() {
-        bail!(
-            "the gradient norm is {norm} at step {step}: training stopped; the last good checkpoint is kept"
-        );
+        bail!("{}", non_finite_message(grads, norm, step));
     }
     let clip = if update.grad_clip > 0.0 && norm > update.grad_clip {
         update.grad_clip / norm
@@ -221,6 +219,38 @@ pub fn apply_gradients<M: Module>(
         1.0
     };
     Ok(opt.step(model, grads, update.lr, clip / update.divisor))
+}
+
+/// Why training stopped on non-finite gradients. A NaN spreads backwards from where it arises
+/// to every parameter below it, so the message names the deepest parameters hit (layer
+/// numbers compared as numbers): where it started.
+fn non_finite_message(grads: &NamedGrads, norm: f64, step: u64) -> String {
+    let mut bad = grads.non_finite();
+    bad.sort_by_key(|(name, _)| natural_key(name));
+    let listed: Vec<String> = bad
+        .iter()
+        .rev()
+        .take(6)
+        .map(|(name, n)| format!("{name} ({n} values)"))
+        .collect();
+    format!(
+        "the gradient norm is {norm} at step {step}: training stopped; the last good checkpoint is \
+         kept. Not finite in {} of {} parameters; the deepest: {}",
+        bad.len(),
+        grads.grads.len(),
+        listed.join(", ")
+    )
+}
+
+/// A parameter path as a sort key in which numeric parts compare as numbers
+/// (`layers.9` before `layers.10`).
+fn natural_key(name: &str) -> Vec<(u64, String)> {
+    name.split('.')
+        .map(|part| match part.parse::<u64>() {
+            Ok(n) => (n, String::new()),
+            Err(_) => (u64::MAX, part.to_string()),
+        })
+        .collect()
 }
 
 /// Where a training loop's per-step records go: `metrics.jsonl` (flushed after every line, so a
@@ -523,5 +553,33 @@ trait ScalarF64 {
 impl ScalarF64 for Tensor<1> {
     fn into_scalar_f64(self) -> f64 {
         crate::model::weights::to_vec(self)[0] as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_gradients_are_named_deepest_first() {
+        let g = |v: f32| (vec![2], vec![1.0, v]);
+        let grads = NamedGrads {
+            grads: BTreeMap::from([
+                ("embed".to_string(), g(f32::NAN)),
+                ("layers.9.mlp.w".to_string(), g(f32::NAN)),
+                ("layers.10.k".to_string(), g(f32::INFINITY)),
+                ("layers.10.v".to_string(), g(1.0)),
+                ("norm".to_string(), g(2.0)),
+            ]),
+        };
+        let m = non_finite_message(&grads, f64::NAN, 3);
+        assert!(m.starts_with("the gradient norm is NaN at step 3"), "{m}");
+        assert!(
+            m.ends_with(
+                "Not finite in 3 of 5 parameters; the deepest: layers.10.k (1 values), \
+                 layers.9.mlp.w (1 values), embed (1 values)"
+            ),
+            "{m}"
+        );
     }
 }
