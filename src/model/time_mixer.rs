@@ -412,9 +412,13 @@ fn load_linear_opt_bias(w: &Weights, out: usize, inp: usize, bias: bool) -> Line
     Linear::load(w, out, inp, bias && w.contains("bias"))
 }
 
-/// Per-head L2 normalisation of `[B, T, H, N]` over N.
+/// Per-head L2 normalisation of `[B, T, H, N]` over N: `x / max(‖x‖, 1e-12)`.
+///
+/// The floor is applied to the sum of squares before the square root (`1e-24`, the same value
+/// forward): at a zero vector — a padded position, whose mixer input is zeroed — the square
+/// root's derivative is infinite, and the clamp's zero gradient times it would be NaN.
 fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
-    let norm = x.clone().square().sum_dim(3).sqrt().clamp_min(1e-12);
+    let norm = x.clone().square().sum_dim(3).clamp_min(1e-24).sqrt();
     x / norm
 }
 
@@ -664,5 +668,40 @@ mod round_trip_tests {
         let (_dir, reader, out) = written(|t| m.put(t));
         assert_eq!(reader.shape("m.x_r"), Some(&[1, 1, 64][..]));
         assert!(!out.contains_key("m.g1") && out.contains_key("m.ln_x.bias"));
+    }
+}
+
+#[cfg(test)]
+mod padding_tests {
+    use super::*;
+    use crate::train::optim::collect_grads;
+    use burn::tensor::Distribution;
+
+    /// Padded positions enter the mixer as zeros, so their removal key `k·k_k` is a zero vector
+    /// (no key bias): every parameter's gradient must still be finite.
+    #[test]
+    fn padded_positions_keep_every_gradient_finite() {
+        let device = crate::testing::device().autodiff();
+        let s = MixerShape {
+            hidden: 64,
+            heads: 2,
+            head_size: 32,
+            kv_heads: 2,
+            lora: LoraRanks::for_hidden(64),
+            gate: GateForm::Sigmoid,
+            group_norm: true,
+            rope: false,
+            rope_theta: 10_000.0,
+        };
+        let m = TimeMixer::init_rwkv(&s, 1, 2, 7, &device);
+        let x = Tensor::<3>::random([2, 6, 64], Distribution::Normal(0.0, 1.0), &device);
+        // Row 0 padded on the right (as in training), row 1 on the left (as in batched decoding).
+        let keep = [1., 1., 1., 1., 0., 0., 0., 0., 1., 1., 1., 1.];
+        let mask = Tensor::<2>::from_data(TensorData::new(keep.to_vec(), [2, 6]), &device);
+        let (y, v_first, _) = m.forward(x, None, None, Some(mask), 0, Wkv7Impl::Fused);
+        let grads = (y.sum() + v_first.sum()).backward();
+        let g = collect_grads(&m, &grads);
+        assert!(g.grads.len() > 10, "{:?}", g.grads.keys());
+        assert!(g.non_finite().is_empty(), "{:?}", g.non_finite());
     }
 }
