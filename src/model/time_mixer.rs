@@ -637,9 +637,11 @@ pub fn orthogonal(
 }
 
 #[cfg(test)]
-mod round_trip_tests {
+mod tests {
     use super::*;
     use crate::model::weights::testing::{assert_round_trip, written};
+    use crate::train::optim::collect_grads;
+    use burn::tensor::Distribution;
 
     fn shape(gate: GateForm, group_norm: bool) -> MixerShape {
         MixerShape {
@@ -669,31 +671,13 @@ mod round_trip_tests {
         assert_eq!(reader.shape("m.x_r"), Some(&[1, 1, 64][..]));
         assert!(!out.contains_key("m.g1") && out.contains_key("m.ln_x.bias"));
     }
-}
-
-#[cfg(test)]
-mod padding_tests {
-    use super::*;
-    use crate::train::optim::collect_grads;
-    use burn::tensor::Distribution;
 
     /// Padded positions enter the mixer as zeros, so their removal key `k·k_k` is a zero vector
     /// (no key bias): every parameter's gradient must still be finite.
     #[test]
     fn padded_positions_keep_every_gradient_finite() {
         let device = crate::testing::device().autodiff();
-        let s = MixerShape {
-            hidden: 64,
-            heads: 2,
-            head_size: 32,
-            kv_heads: 2,
-            lora: LoraRanks::for_hidden(64),
-            gate: GateForm::Sigmoid,
-            group_norm: true,
-            rope: false,
-            rope_theta: 10_000.0,
-        };
-        let m = TimeMixer::init_rwkv(&s, 1, 2, 7, &device);
+        let m = TimeMixer::init_rwkv(&shape(GateForm::Sigmoid, true), 1, 2, 7, &device);
         let x = Tensor::<3>::random([2, 6, 64], Distribution::Normal(0.0, 1.0), &device);
         // Row 0 padded on the right (as in training), row 1 on the left (as in batched decoding).
         let keep = [1., 1., 1., 1., 0., 0., 0., 0., 1., 1., 1., 1.];
