@@ -1,12 +1,19 @@
 //! Times the slice-level kernels alone (no tensor conversions), per-token and chunked:
 //! `cargo run --release -p rwkv-kernels --example cpu_kernel_time [per-token|chunked|both] [REPS]
 //! [SEQ]` (REPS 3 by default; the best of them is printed last; SEQ 1024 by default, at batch 4
-//! and 9 heads of 64).
+//! and 9 heads of 64). `SIMD=avx2` or `SIMD=base` caps the instruction set (same results, for
+//! side-by-side timing on a CPU with more).
 use rwkv_kernels::chunked;
 use rwkv_kernels::cpu::{self, Dims, Inputs};
 use std::time::Instant;
 
 fn main() {
+    match std::env::var("SIMD").as_deref() {
+        Ok("avx2") => cpu::cap_simd_level(Some(cpu::SimdLevel::Avx2Fma)),
+        Ok("base") => cpu::cap_simd_level(Some(cpu::SimdLevel::Base)),
+        Ok(other) if !other.is_empty() => panic!("SIMD is avx2 or base, not {other}"),
+        _ => {}
+    }
     let seq: usize = std::env::args()
         .nth(3)
         .map_or(1024, |s| s.parse().expect("SEQ is a number"));

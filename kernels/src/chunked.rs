@@ -77,19 +77,54 @@ fn mm<const K: usize, const NC: usize>(
     mm_simd::<K, NC>(&mut c[..m * NC], a, &b[..K * NC], accumulate);
 }
 
-crate::cpu::simd_kernel!(
-    /// [`mm_width`] for the best instruction set. Not inlined: one copy per shape and
-    /// instruction set. Inlined into the head kernels, the twenty-odd products made functions
-    /// so large that the crate took ten minutes to build instead of one (the backward was then
-    /// 1.5× the per-token kernel's speed instead of 1.2×).
-    #[inline(never)]
-    mm_simd<K, NC> => mm_width(c: &mut [f32], a: Lhs<'_>, b: &[f32], accumulate: bool)
-);
+/// [`mm_width`] for the best instruction set, with tiles as wide as its registers allow: up to
+/// 64 columns (16 accumulators of 16 lanes) with AVX-512's 32 registers, 16 (8 of 8 lanes)
+/// with AVX2's 16. Not inlined: one copy per shape and instruction set. Inlined into the head
+/// kernels, the twenty-odd products made functions so large that the crate took ten minutes to
+/// build instead of one (the backward was then 1.5× the per-token kernel's speed instead of
+/// 1.2×).
+#[inline(never)]
+fn mm_simd<const K: usize, const NC: usize>(
+    c: &mut [f32],
+    a: Lhs<'_>,
+    b: &[f32],
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512<const K: usize, const NC: usize>(c: &mut [f32], a: Lhs, b: &[f32], acc: bool) {
+            mm_width::<K, NC, 32>(c, a, b, acc)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<const K: usize, const NC: usize>(c: &mut [f32], a: Lhs, b: &[f32], acc: bool) {
+            mm_width::<K, NC, 16>(c, a, b, acc)
+        }
+        match crate::cpu::simd_level() {
+            // SAFETY: the CPU has the enabled features (simd_level checked them).
+            crate::cpu::SimdLevel::Avx512 => {
+                return unsafe { avx512::<K, NC>(c, a, b, accumulate) };
+            }
+            crate::cpu::SimdLevel::Avx2Fma => return unsafe { avx2::<K, NC>(c, a, b, accumulate) },
+            crate::cpu::SimdLevel::Base => {}
+        }
+    }
+    mm_width::<K, NC, 16>(c, a, b, accumulate)
+}
 
-/// [`mm`]'s tiles as wide as `NC` allows.
+/// [`mm`]'s tiles as wide as `NC` and `MAXW` allow.
 #[inline(always)]
-fn mm_width<const K: usize, const NC: usize>(c: &mut [f32], a: Lhs, b: &[f32], accumulate: bool) {
-    if NC.is_multiple_of(16) {
+fn mm_width<const K: usize, const NC: usize, const MAXW: usize>(
+    c: &mut [f32],
+    a: Lhs,
+    b: &[f32],
+    accumulate: bool,
+) {
+    if MAXW >= 64 && NC.is_multiple_of(64) {
+        mm_tiles::<K, NC, 64>(c, a, b, accumulate);
+    } else if MAXW >= 32 && NC.is_multiple_of(32) {
+        mm_tiles::<K, NC, 32>(c, a, b, accumulate);
+    } else if NC.is_multiple_of(16) {
         mm_tiles::<K, NC, 16>(c, a, b, accumulate);
     } else if NC.is_multiple_of(8) {
         mm_tiles::<K, NC, 8>(c, a, b, accumulate);

@@ -135,16 +135,17 @@ macro_rules! dispatch_n {
 }
 pub(crate) use dispatch_n;
 
-/// The best instruction set of this CPU the kernels are compiled for.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum SimdLevel {
-    Avx512,
-    Avx2Fma,
+/// An instruction set the kernels are compiled for, from the widest.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum SimdLevel {
     /// The target's baseline (SSE2 on x86-64).
-    Base,
+    Base = 0,
+    Avx2Fma = 1,
+    Avx512 = 2,
 }
 
-pub(crate) fn simd_level() -> SimdLevel {
+/// The widest instruction set this CPU has among those the kernels are compiled for.
+pub fn detected_simd_level() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f")
@@ -158,6 +159,28 @@ pub(crate) fn simd_level() -> SimdLevel {
         }
     }
     SimdLevel::Base
+}
+
+/// The widest level the kernels may use ([`cap_simd_level`]); `u8::MAX` for no cap.
+static SIMD_CAP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Makes the kernels use at most `cap` from now on, in every thread (`None`: the CPU's best
+/// again). For tests and side-by-side measurements: results are the same at every level (see
+/// [`simd_kernel`]), only the speed differs.
+pub fn cap_simd_level(cap: Option<SimdLevel>) {
+    let v = cap.map_or(u8::MAX, |c| c as u8);
+    SIMD_CAP.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The instruction set the kernels use now: the CPU's best, at most the cap.
+pub(crate) fn simd_level() -> SimdLevel {
+    static DETECTED: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+    let best = *DETECTED.get_or_init(detected_simd_level);
+    match SIMD_CAP.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => best.min(SimdLevel::Base),
+        1 => best.min(SimdLevel::Avx2Fma),
+        _ => best,
+    }
 }
 
 /// Defines `$name::<G…>` (its const generics listed after the name, `usize` each), which runs

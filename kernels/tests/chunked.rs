@@ -148,3 +148,37 @@ fn chunked_equals_per_token_head_size_64() {
 fn chunked_equals_per_token_on_long_sequences() {
     check(dims(1, 1024, 2, 64), 6, (0.55, 0.999), false);
 }
+
+/// Both forms give the same bits at every instruction-set level this CPU has: the kernels use
+/// no fused multiply-adds and sum in the same order at every vector width (and tile width).
+#[test]
+fn every_instruction_set_gives_the_same_bits() {
+    use cpu::SimdLevel;
+    let d = dims(2, 67, 2, 64);
+    let x = raw(d, 7, (0.55, 0.999), true);
+    let run = |level: SimdLevel| -> Vec<Vec<f32>> {
+        cpu::cap_simd_level(Some(level));
+        let (y1, s1, sv1) = cpu::forward(d, inputs(&x), &x.s0, true);
+        let g1 = cpu::backward(d, inputs(&x), &sv1, &x.dy, &x.ds);
+        let (y2, s2, sv2) = chunked::forward(d, inputs(&x), &x.s0, true);
+        let g2 = chunked::backward(d, inputs(&x), &sv2, &x.dy, &x.ds);
+        cpu::cap_simd_level(None);
+        let mut all = vec![y1, s1, y2, s2];
+        for g in [g1, g2] {
+            all.extend([g.r, g.w, g.k, g.v, g.a, g.b, g.s0]);
+        }
+        all
+    };
+    let levels: Vec<SimdLevel> = [SimdLevel::Base, SimdLevel::Avx2Fma, SimdLevel::Avx512]
+        .into_iter()
+        .filter(|l| *l <= cpu::detected_simd_level())
+        .collect();
+    let base = run(levels[0]);
+    for &level in &levels[1..] {
+        for (i, (a, b)) in run(level).iter().zip(&base).enumerate() {
+            let same =
+                a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "{level:?} differs from {:?} in result {i}", levels[0]);
+        }
+    }
+}
