@@ -165,6 +165,43 @@ boxed = -1.0
 }
 
 #[test]
+fn sft_kl_term_needs_a_teacher_and_a_sane_weight() {
+    let p = Project::new();
+    p.write("s/x.txt", "x");
+    p.write("d/x.txt", "x");
+    let sft = |extra: &str| {
+        format!(
+            r#"[[step]]
+id = "sft"
+kind = "sft"
+student = "s"
+data = "d"
+{extra}
+
+[step.train]
+lr_init = 1e-4
+max_tokens = 1000
+"#
+        )
+    };
+    p.write("p.toml", &sft("kl_weight = 0.5"));
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("kl_weight = 0.5 needs a teacher"),
+        "{}",
+        r.stderr
+    );
+    p.write("p.toml", &sft("teacher = \"s\"\nkl_weight = -1.0"));
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("kl_weight must be ≥ 0"), "{}", r.stderr);
+    p.write("p.toml", &sft("teacher = \"s\"\nkl_weight = 0.5"));
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
 fn validate_reports_wrong_types_missing_inputs_duplicate_ids_and_exports() {
     let p = Project::new();
     p.write(

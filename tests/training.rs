@@ -351,6 +351,38 @@ fn freeze_mlp_keeps_every_mlp_weight() {
     );
 }
 
+/// SFT's KL term holds the student to its teacher: from the same stage-2 student, the held-out
+/// KL(teacher ‖ student) after SFT is lower with the term than without, and the step logs it.
+#[test]
+fn sft_kl_term_keeps_the_student_nearer_its_teacher() {
+    let p = project(6);
+    let after_sft = |id: &str, set: &[&str]| -> (f64, String) {
+        let mut args = vec!["run", "p.toml", "--run-id", id];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        p.run(&args).ok();
+        let out = p.path().join(format!("runs/p/{id}/sft/out"));
+        let eval: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        (eval["kl"].as_f64().unwrap(), metrics)
+    };
+    let (kl_plain, m_plain) = after_sft("plain", &[]);
+    let (kl_held, m_held) = after_sft(
+        "held",
+        &["step.sft.teacher=\"tiny\"", "step.sft.kl_weight=5.0"],
+    );
+    println!(
+        "held-out KL to the teacher after SFT: {kl_plain:.4} without the term, {kl_held:.4} with it"
+    );
+    assert!(kl_held < kl_plain * 0.9, "{kl_held} vs {kl_plain}");
+    assert!(
+        m_held.contains("\"kl\"") && !m_plain.contains("\"kl\""),
+        "{m_held}"
+    );
+}
+
 /// A loss that becomes infinite stops the step with the last good checkpoint kept, and says so.
 #[test]
 fn a_non_finite_loss_stops_the_step_and_keeps_the_last_checkpoint() {

@@ -1,5 +1,7 @@
 //! `sft` steps: supervised fine-tuning of a student on chat data (SPEC §5): cross-entropy on
-//! the assistant tokens only (the tokenize step's loss mask), labels shifted exactly once.
+//! the assistant tokens only (the tokenize step's loss mask), labels shifted exactly once;
+//! with `kl_weight` > 0, plus `kl_weight · KL(teacher ‖ student)` over every real token, which
+//! holds the student near its teacher's distribution while it learns the chat data.
 //! Writes the student directory, `metrics.jsonl`, `loss.svg` and `eval.json`.
 
 use super::student_out::{train_student, write_student};
@@ -7,10 +9,11 @@ use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
 use crate::pipeline::ArtifactRef;
 use crate::pipeline::step::{Step, StepContext, settings_json};
-use crate::train::losses::{batch_tensors, cross_entropy};
+use crate::train::losses::{DistillLoss, batch_tensors, cross_entropy};
 use crate::train::optim::trainable;
 use crate::train::trainer::{LossOutput, TrainSettings};
 use anyhow::Result;
+use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,6 +27,14 @@ pub struct SftSettings {
     pub reference: Option<ArtifactRef>,
     #[serde(default)]
     pub freeze_mlp: bool,
+    /// The model whose distribution the KL term holds the student to (e.g. `@teacher`);
+    /// needed when `kl_weight` > 0.
+    #[serde(default)]
+    pub teacher: Option<ArtifactRef>,
+    /// Weight of `KL(teacher ‖ student)` (over every real token) beside the cross-entropy; 0
+    /// (the default): cross-entropy alone, and no teacher forward.
+    #[serde(default)]
+    pub kl_weight: f64,
     #[serde(default = "crate::train::trainer::d_eval_batches")]
     pub eval_batches: usize,
     pub train: TrainSettings,
@@ -34,6 +45,28 @@ impl SftSettings {
         [("student", &self.student), ("data", &self.data)]
             .into_iter()
             .chain(self.reference.iter().map(|r| ("reference", r)))
+            .chain(self.teacher.iter().map(|t| ("teacher", t)))
+    }
+
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = self.train.problems();
+        if !(self.kl_weight >= 0.0 && self.kl_weight.is_finite()) {
+            out.push((
+                "kl_weight".into(),
+                format!("kl_weight must be ≥ 0, got {}", self.kl_weight),
+            ));
+        }
+        if self.kl_weight > 0.0 && self.teacher.is_none() {
+            out.push((
+                "teacher".into(),
+                format!(
+                    "kl_weight = {} needs a teacher to hold the student to: set \
+                     `teacher = \"@teacher\"` (or set kl_weight = 0)",
+                    self.kl_weight
+                ),
+            ));
+        }
+        out
     }
 }
 
@@ -51,7 +84,7 @@ impl Step for SftSettings {
     }
 
     fn problems(&self) -> Vec<(String, String)> {
-        self.train.problems()
+        SftSettings::problems(self)
     }
 
     fn max_ranks(&self) -> (usize, String) {
@@ -68,6 +101,18 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
     let student_dir = s.student.resolve(ctx)?;
     let data_dir = s.data.resolve(ctx)?;
     let (student, trainable) = trainable(Hybrid::load(&student_dir, &device)?, s.freeze_mlp);
+    let teacher = match &s.teacher {
+        Some(t) if s.kl_weight > 0.0 => {
+            Some(Transformer::load(&t.resolve(ctx)?, &device)?.set_require_grad(false))
+        }
+        _ => None,
+    };
+    let objective = DistillLoss {
+        kl_weight: s.kl_weight,
+        ce_weight: 1.0,
+        temperature: 1.0,
+        adaptive: None,
+    };
     let student = train_student(
         ctx,
         &s.train,
@@ -76,6 +121,10 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
         student,
         trainable,
         |m: &Hybrid, batch| {
+            if let Some(teacher) = &teacher {
+                let (loss, metrics) = objective.of_models(teacher, m, batch, &device);
+                return Ok(LossOutput { loss, metrics });
+            }
             let (ids, att, mask) = batch_tensors(batch, &device);
             let logits = m.forward(ids.clone(), Some(att.clone()));
             let (loss, targets) = cross_entropy(logits, ids, att, mask);
