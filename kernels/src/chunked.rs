@@ -22,8 +22,8 @@
 //! gradients).
 //!
 //! The products run through one small register-tiled kernel ([`mm`]: compile-time sizes, four
-//! output rows by 16 columns in named accumulators, the left operand read row-major or
-//! transposed in place). Chunks past the end of the sequence are padded with masked tokens, so
+//! output rows by 32 columns (AVX-512) or 16 (AVX2) in named accumulators, the left operand
+//! read row-major or transposed in place). Chunks past the end of the sequence are padded with masked tokens, so
 //! every product has the same compile-time shape. The forward carries the state key-major (the
 //! layout `R Sᵀ` and `A Sᵀ` read as a right operand) and saves it at each chunk start; the
 //! backward transposes it back for the products that need it value-major.
@@ -32,7 +32,9 @@
 //! 4, 9 heads of 64, 2 cores, side by side with the per-token kernel): backward about 1.2×
 //! faster from 32 tokens on (T = 1024: 143–161 ms against 174–190 ms), forward about a tenth
 //! slower, and only the chunk-start states saved. So [`crate::op`] uses this form for training
-//! passes from 32 tokens on, and the per-token kernel for forwards without a backward.
+//! passes from 32 tokens on, and the per-token kernel for forwards without a backward. On an
+//! AVX-512 CPU (2 cores) with 32-column tiles: forward 11.0–12.1 ms, backward 34.8–35.4 ms at
+//! T = 1024 (16-column tiles: 12.5 / 40 ms; the per-token kernel's backward: 62–70 ms).
 
 // Index loops walk several same-shaped rows at once; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
