@@ -23,8 +23,8 @@
 //!
 //! The products run through one small register-tiled kernel ([`mm`]: compile-time sizes, four
 //! output rows by 32 columns (AVX-512) or 16 (AVX2) in named accumulators, the left operand
-//! read row-major or transposed in place). Chunks past the end of the sequence are padded with masked tokens, so
-//! every product has the same compile-time shape. The forward carries the state key-major (the
+//! read row-major or transposed in place). Chunks past the end of the sequence are padded with
+//! masked tokens, so every product has the same compile-time shape. The forward carries the state key-major (the
 //! layout `R Sᵀ` and `A Sᵀ` read as a right operand) and saves it at each chunk start; the
 //! backward transposes it back for the products that need it value-major.
 //!
@@ -80,8 +80,9 @@ fn mm<const K: usize, const NC: usize>(
 }
 
 /// [`mm_width`] for the best instruction set, with tiles as wide as its registers allow: up to
-/// 64 columns (16 accumulators of 16 lanes) with AVX-512's 32 registers, 16 (8 of 8 lanes)
-/// with AVX2's 16. Not inlined: one copy per shape and instruction set. Inlined into the head
+/// 32 columns (8 accumulators of 16 lanes) with AVX-512's 32 registers, 16 (8 of 8 lanes) with
+/// AVX2's 16 (64 columns measured slower). The dispatch is `simd_kernel!`'s, written out
+/// because the tile width differs per level. Not inlined: one copy per shape and instruction set. Inlined into the head
 /// kernels, the twenty-odd products made functions so large that the crate took ten minutes to
 /// build instead of one (the backward was then 1.5× the per-token kernel's speed instead of
 /// 1.2×).
@@ -122,9 +123,7 @@ fn mm_width<const K: usize, const NC: usize, const MAXW: usize>(
     b: &[f32],
     accumulate: bool,
 ) {
-    if MAXW >= 64 && NC.is_multiple_of(64) {
-        mm_tiles::<K, NC, 64>(c, a, b, accumulate);
-    } else if MAXW >= 32 && NC.is_multiple_of(32) {
+    if MAXW >= 32 && NC.is_multiple_of(32) {
         mm_tiles::<K, NC, 32>(c, a, b, accumulate);
     } else if NC.is_multiple_of(16) {
         mm_tiles::<K, NC, 16>(c, a, b, accumulate);

@@ -101,17 +101,18 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
     let student_dir = s.student.resolve(ctx)?;
     let data_dir = s.data.resolve(ctx)?;
     let (student, trainable) = trainable(Hybrid::load(&student_dir, &device)?, s.freeze_mlp);
-    let teacher = match &s.teacher {
-        Some(t) if s.kl_weight > 0.0 => {
-            Some(Transformer::load(&t.resolve(ctx)?, &device)?.set_require_grad(false))
-        }
+    // With the KL term: the teacher and the stage-2 objective (CE at weight 1 beside the KL).
+    let held = match &s.teacher {
+        Some(t) if s.kl_weight > 0.0 => Some((
+            Transformer::load(&t.resolve(ctx)?, &device)?.set_require_grad(false),
+            DistillLoss {
+                kl_weight: s.kl_weight,
+                ce_weight: 1.0,
+                temperature: 1.0,
+                adaptive: None,
+            },
+        )),
         _ => None,
-    };
-    let objective = DistillLoss {
-        kl_weight: s.kl_weight,
-        ce_weight: 1.0,
-        temperature: 1.0,
-        adaptive: None,
     };
     let student = train_student(
         ctx,
@@ -121,7 +122,7 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
         student,
         trainable,
         |m: &Hybrid, batch| {
-            if let Some(teacher) = &teacher {
+            if let Some((teacher, objective)) = &held {
                 let (loss, metrics) = objective.of_models(teacher, m, batch, &device);
                 return Ok(LossOutput { loss, metrics });
             }

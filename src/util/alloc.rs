@@ -10,7 +10,7 @@
 //! arena of its own, grown in 64 MiB heaps, and unmaps such a heap whenever it falls empty,
 //! whatever the trim threshold, so the workers' tensors were faulted in afresh again and again.
 //! One arena for all threads: a stage-1 run of 8 steps of the main job took 13.4 M page faults
-//! and 106 s before, 1.2 M and 73 s after, with the same losses.
+//! and 106 s before, 1.2–1.3 M and 73–79 s after, with the same losses.
 
 /// Serves every allocation from one heap and keeps freed memory for reuse (glibc only; a
 /// no-op elsewhere). Call once, at start-up, before threads allocate.
