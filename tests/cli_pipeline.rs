@@ -165,7 +165,7 @@ boxed = -1.0
 }
 
 #[test]
-fn sft_kl_term_needs_a_teacher_and_a_sane_weight() {
+fn sft_kl_term_and_replay_are_validated() {
     let p = Project::new();
     p.write("s/x.txt", "x");
     p.write("d/x.txt", "x");
@@ -197,6 +197,22 @@ max_tokens = 1000
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("kl_weight must be ≥ 0"), "{}", r.stderr);
     p.write("p.toml", &sft("teacher = \"s\"\nkl_weight = 0.5"));
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Replay: its share of the tokens must be a fraction, and its data must exist.
+    p.write("p.toml", &sft("replay = \"d\"\nreplay_fraction = 1.0"));
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("replay_fraction") && r.stderr.contains("got 1"),
+        "{}",
+        r.stderr
+    );
+    p.write("p.toml", &sft("replay = \"nowhere\""));
+    let r = p.run(&["validate", "p.toml"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("nowhere"), "{}", r.stderr);
+    p.write("p.toml", &sft("replay = \"d\"\nreplay_fraction = 0.3"));
     let r = p.run(&["validate", "p.toml"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }

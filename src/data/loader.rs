@@ -4,7 +4,7 @@
 //! exactly the next batch.
 
 use super::shards::{DataManifest, Sequence, read_manifest, read_split};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,40 @@ impl Loader {
         Ok((
             Self::new(Arc::new(data), batch_size, length, manifest.pad_id, seed),
             manifest,
+        ))
+    }
+
+    /// A loader over the `train` split of `dir` with sequences of a second dataset mixed in
+    /// (see [`mix_in`]): rehearsal of other data while training on this one. The two datasets
+    /// must come from the same tokenizer. Returns the loader, `dir`'s manifest and how many
+    /// sequences and tokens came from `replay`.
+    pub fn open_with_replay(
+        dir: &Path,
+        replay: &Path,
+        fraction: f64,
+        batch_size: usize,
+        length: BatchLength,
+        seed: u64,
+    ) -> Result<(Self, DataManifest, (usize, usize))> {
+        let manifest = read_manifest(dir)?;
+        let mut data = read_split(dir, &manifest, "train")?;
+        let other = read_manifest(replay)?;
+        anyhow::ensure!(
+            other.tokenizer_sha256 == manifest.tokenizer_sha256 && other.pad_id == manifest.pad_id,
+            "the replay data {} was tokenized with another tokenizer than {} (tokenizer.json \
+             sha256 {} against {}): tokenize both with the same model's tokenizer",
+            replay.display(),
+            dir.display(),
+            other.tokenizer_sha256,
+            manifest.tokenizer_sha256
+        );
+        let extra = read_split(replay, &other, "train")?;
+        let taken = mix_in(&mut data, extra, fraction, seed)
+            .with_context(|| format!("mixing {} into {}", replay.display(), dir.display()))?;
+        Ok((
+            Self::new(Arc::new(data), batch_size, length, manifest.pad_id, seed),
+            manifest,
+            taken,
         ))
     }
 
@@ -168,6 +202,43 @@ impl Loader {
     }
 }
 
+/// Appends sequences of `replay`, taken in an order drawn from `seed`, to `data` until they hold
+/// `fraction` (in (0, 1)) of all the tokens; returns how many sequences and tokens were taken.
+/// Fails when `replay` holds too few tokens for that fraction.
+pub fn mix_in(
+    data: &mut Vec<Sequence>,
+    replay: Vec<Sequence>,
+    fraction: f64,
+    seed: u64,
+) -> Result<(usize, usize)> {
+    anyhow::ensure!(
+        fraction > 0.0 && fraction < 1.0,
+        "the replay fraction must be between 0 and 1, got {fraction}"
+    );
+    let own: usize = data.iter().map(|s| s.ids.len()).sum();
+    let want = (own as f64 * fraction / (1.0 - fraction)).round() as usize;
+    let available: usize = replay.iter().map(|s| s.ids.len()).sum();
+    anyhow::ensure!(
+        available >= want,
+        "{:.0} % of the tokens from replay needs {want} replay tokens beside the {own} of the \
+         data, but the replay data holds {available}: lower the fraction",
+        fraction * 100.0
+    );
+    let order = epoch_order(replay.len(), seed ^ 0x5245_504C_4159, 0);
+    let mut replay: Vec<Option<Sequence>> = replay.into_iter().map(Some).collect();
+    let (mut n, mut tokens) = (0, 0);
+    for i in order {
+        if tokens >= want {
+            break;
+        }
+        let s = replay[i].take().expect("each index once");
+        tokens += s.ids.len();
+        n += 1;
+        data.push(s);
+    }
+    Ok((n, tokens))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +299,35 @@ mod tests {
                 .map(|&a| a as usize)
                 .sum::<usize>()
         );
+    }
+
+    #[test]
+    fn replay_takes_its_share_of_tokens_the_same_way_each_time() {
+        let chat = |n: usize| -> Vec<Sequence> { data(n).iter().cloned().collect() };
+        let text: Vec<Sequence> = (0..50)
+            .map(|i| Sequence {
+                ids: vec![1000 + i; 10],
+                loss_mask: vec![1; 10],
+                doc_starts: vec![0],
+            })
+            .collect();
+        let mut a = chat(30);
+        let own: usize = a.iter().map(|s| s.ids.len()).sum();
+        let (n, tokens) = mix_in(&mut a, text.clone(), 0.25, 3).unwrap();
+        // A quarter of all the tokens: a third of the data's own, to the next whole sequence.
+        assert!(tokens * 3 >= own && tokens * 3 < own + 30, "{tokens} of {own}");
+        assert_eq!((a.len(), n * 10), (30 + n, tokens));
+        assert!(a[30..].iter().all(|s| s.ids[0] >= 1000));
+        let mut b = chat(30);
+        mix_in(&mut b, text.clone(), 0.25, 3).unwrap();
+        assert_eq!(a, b, "the same seed takes the same sequences");
+        let mut c = chat(30);
+        mix_in(&mut c, text.clone(), 0.25, 4).unwrap();
+        assert_ne!(a, c, "another seed takes others");
+        let err = mix_in(&mut chat(30), text.clone(), 0.95, 3).unwrap_err();
+        assert!(err.to_string().contains("lower the fraction"), "{err}");
+        for bad in [0.0, 1.0, -0.5, f64::NAN] {
+            assert!(mix_in(&mut chat(3), text.clone(), bad, 3).is_err(), "{bad}");
+        }
     }
 }

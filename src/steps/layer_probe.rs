@@ -178,7 +178,7 @@ fn train(
         trainable,
         dist: ctx.dist,
     };
-    run_on_data(ctx, &trainer, data, model, None, |m: &Hybrid, batch| {
+    run_on_data(ctx, &trainer, data, None, model, None, |m: &Hybrid, batch| {
         let (loss, metrics) = stage1_loss(teacher, m, batch, device, false);
         Ok(LossOutput { loss, metrics })
     })

@@ -1,10 +1,13 @@
 //! `sft` steps: supervised fine-tuning of a student on chat data (SPEC §5): cross-entropy on
 //! the assistant tokens only (the tokenize step's loss mask), labels shifted exactly once;
 //! with `kl_weight` > 0, plus `kl_weight · KL(teacher ‖ student)` over every real token, which
-//! holds the student near its teacher's distribution while it learns the chat data.
+//! holds the student near its teacher's distribution while it learns the chat data. With
+//! `replay`, sequences of another tokenized dataset (e.g. the distillation text) are mixed into
+//! the chat data, `replay_fraction` of the tokens, with the same objective over them: rehearsal
+//! of what earlier stages taught while the student learns the chats.
 //! Writes the student directory, `metrics.jsonl`, `loss.svg` and `eval.json`.
 
-use super::student_out::{train_student, write_student};
+use super::student_out::{Replay, train_student, write_student};
 use crate::model::Transformer;
 use crate::model::hybrid::Hybrid;
 use crate::pipeline::ArtifactRef;
@@ -35,9 +38,20 @@ pub struct SftSettings {
     /// (the default): cross-entropy alone, and no teacher forward.
     #[serde(default)]
     pub kl_weight: f64,
+    /// A tokenized dataset (e.g. `@text_tokens`, from the same tokenizer) whose `train`
+    /// sequences are mixed into the chat data; none (the default): the chat data alone.
+    #[serde(default)]
+    pub replay: Option<ArtifactRef>,
+    /// The share of the training tokens that come from `replay`, between 0 and 1.
+    #[serde(default = "d_replay_fraction")]
+    pub replay_fraction: f64,
     #[serde(default = "crate::train::trainer::d_eval_batches")]
     pub eval_batches: usize,
     pub train: TrainSettings,
+}
+
+fn d_replay_fraction() -> f64 {
+    0.25
 }
 
 impl SftSettings {
@@ -46,6 +60,7 @@ impl SftSettings {
             .into_iter()
             .chain(self.reference.iter().map(|r| ("reference", r)))
             .chain(self.teacher.iter().map(|t| ("teacher", t)))
+            .chain(self.replay.iter().map(|r| ("replay", r)))
     }
 
     pub fn problems(&self) -> Vec<(String, String)> {
@@ -54,6 +69,16 @@ impl SftSettings {
             out.push((
                 "kl_weight".into(),
                 format!("kl_weight must be ≥ 0, got {}", self.kl_weight),
+            ));
+        }
+        if self.replay.is_some() && !(self.replay_fraction > 0.0 && self.replay_fraction < 1.0) {
+            out.push((
+                "replay_fraction".into(),
+                format!(
+                    "replay_fraction is the share of the training tokens taken from `replay` and \
+                     must be between 0 and 1 (exclusive), got {}",
+                    self.replay_fraction
+                ),
             ));
         }
         if self.kl_weight > 0.0 && self.teacher.is_none() {
@@ -100,6 +125,11 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
     let device = ctx.tensor_device()?.autodiff();
     let student_dir = s.student.resolve(ctx)?;
     let data_dir = s.data.resolve(ctx)?;
+    let replay_dir = s.replay.as_ref().map(|r| r.resolve(ctx)).transpose()?;
+    let replay = replay_dir.as_deref().map(|data| Replay {
+        data,
+        fraction: s.replay_fraction,
+    });
     let (student, trainable) = trainable(Hybrid::load(&student_dir, &device)?, s.freeze_mlp);
     // With the KL term: the teacher and the stage-2 objective (CE at weight 1 beside the KL).
     let held = match &s.teacher {
@@ -118,6 +148,7 @@ pub fn run(s: &SftSettings, ctx: &StepContext) -> Result<()> {
         ctx,
         &s.train,
         &data_dir,
+        replay,
         serde_json::to_value(s)?,
         student,
         trainable,

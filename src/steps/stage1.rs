@@ -126,6 +126,7 @@ pub fn run(s: &Stage1Settings, ctx: &StepContext) -> Result<()> {
         ctx,
         &s.train,
         &data_dir,
+        None,
         serde_json::to_value(s)?,
         student,
         trainable,

@@ -148,6 +148,7 @@ pub fn run(s: &Stage2Settings, ctx: &StepContext) -> Result<()> {
         ctx,
         &s.train,
         &data_dir,
+        None,
         serde_json::to_value(s)?,
         student,
         trainable,

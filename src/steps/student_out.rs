@@ -15,12 +15,15 @@ use burn::module::Module;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// Trains `student` on the `train` split of `data` with the shared loop (checkpoints, resume,
-/// metrics, W&B with `settings` as the run's config), on the step's ranks.
+/// Trains `student` on the `train` split of `data` (with `replay`'s sequences mixed in, see
+/// [`Replay`]) with the shared loop (checkpoints, resume, metrics, W&B with `settings` as the
+/// run's config), on the step's ranks.
+#[allow(clippy::too_many_arguments)]
 pub fn train_student(
     ctx: &StepContext,
     train: &TrainSettings,
     data: &Path,
+    replay: Option<Replay>,
     settings: serde_json::Value,
     student: Hybrid,
     trainable: BTreeSet<String>,
@@ -37,29 +40,50 @@ pub fn train_student(
         ctx,
         &trainer,
         data,
+        replay,
         student,
         ctx.wandb_sink(settings)?,
         loss,
     )
 }
 
-/// Runs `trainer` from `student` on the `train` split of `data`, in micro-batches and buckets
-/// as its settings say, in the order the step's seed gives.
+/// A second tokenized dataset whose `train` sequences are mixed into a step's data:
+/// `fraction` of all the tokens trained on come from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay<'a> {
+    pub data: &'a Path,
+    pub fraction: f64,
+}
+
+/// Runs `trainer` from `student` on the `train` split of `data` (and `replay`'s share), in
+/// micro-batches and buckets as its settings say, in the order the step's seed gives.
 pub fn run_on_data(
     ctx: &StepContext,
     trainer: &Trainer,
     data: &Path,
+    replay: Option<Replay>,
     student: Hybrid,
     wandb: Option<crate::wandb::WandbSink>,
     loss: impl FnMut(&Hybrid, &Batch) -> Result<LossOutput>,
 ) -> Result<Hybrid> {
-    let (mut loader, _) = Loader::open(
-        data,
-        "train",
+    let (micro, length) = (
         trainer.settings.micro_batch,
         BatchLength::Bucket(trainer.settings.bucket),
-        ctx.seed,
-    )?;
+    );
+    let mut loader = match replay {
+        None => Loader::open(data, "train", micro, length, ctx.seed)?.0,
+        Some(r) => {
+            let (loader, _, (n, tokens)) =
+                Loader::open_with_replay(data, r.data, r.fraction, micro, length, ctx.seed)?;
+            tracing::info!(
+                "{}: {n} sequences ({tokens} tokens, {:.0} % of the tokens) mixed in from {}",
+                trainer.step_id,
+                r.fraction * 100.0,
+                r.data.display()
+            );
+            loader
+        }
+    };
     trainer.run(student, &mut loader, wandb, loss)
 }
 
