@@ -184,37 +184,30 @@ max_tokens = 1000
 "#
         )
     };
-    p.write("p.toml", &sft("kl_weight = 0.5"));
-    let r = p.run(&["validate", "p.toml"]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("kl_weight = 0.5 needs a teacher"),
-        "{}",
-        r.stderr
+    // Validates the step with `extra`: the exit code, and what the errors must say.
+    let check = |extra: &str, code: i32, says: &[&str]| {
+        p.write("p.toml", &sft(extra));
+        let r = p.run(&["validate", "p.toml"]);
+        assert_eq!(r.code, code, "{extra}: {}", r.stderr);
+        for s in says {
+            assert!(r.stderr.contains(s), "{extra}: no {s:?} in {}", r.stderr);
+        }
+    };
+    check("kl_weight = 0.5", 2, &["kl_weight = 0.5 needs a teacher"]);
+    check(
+        "teacher = \"s\"\nkl_weight = -1.0",
+        2,
+        &["kl_weight must be ≥ 0"],
     );
-    p.write("p.toml", &sft("teacher = \"s\"\nkl_weight = -1.0"));
-    let r = p.run(&["validate", "p.toml"]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("kl_weight must be ≥ 0"), "{}", r.stderr);
-    p.write("p.toml", &sft("teacher = \"s\"\nkl_weight = 0.5"));
-    let r = p.run(&["validate", "p.toml"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    check("teacher = \"s\"\nkl_weight = 0.5", 0, &[]);
     // Replay: its share of the tokens must be a fraction, and its data must exist.
-    p.write("p.toml", &sft("replay = \"d\"\nreplay_fraction = 1.0"));
-    let r = p.run(&["validate", "p.toml"]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("replay_fraction") && r.stderr.contains("got 1"),
-        "{}",
-        r.stderr
+    check(
+        "replay = \"d\"\nreplay_fraction = 1.0",
+        2,
+        &["replay_fraction", "got 1"],
     );
-    p.write("p.toml", &sft("replay = \"nowhere\""));
-    let r = p.run(&["validate", "p.toml"]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("nowhere"), "{}", r.stderr);
-    p.write("p.toml", &sft("replay = \"d\"\nreplay_fraction = 0.3"));
-    let r = p.run(&["validate", "p.toml"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    check("replay = \"nowhere\"", 2, &["nowhere"]);
+    check("replay = \"d\"\nreplay_fraction = 0.3", 0, &[]);
 }
 
 #[test]

@@ -315,7 +315,10 @@ mod tests {
         let own: usize = a.iter().map(|s| s.ids.len()).sum();
         let (n, tokens) = mix_in(&mut a, text.clone(), 0.25, 3).unwrap();
         // A quarter of all the tokens: a third of the data's own, to the next whole sequence.
-        assert!(tokens * 3 >= own && tokens * 3 < own + 30, "{tokens} of {own}");
+        assert!(
+            tokens * 3 >= own && tokens * 3 < own + 30,
+            "{tokens} of {own}"
+        );
         assert_eq!((a.len(), n * 10), (30 + n, tokens));
         assert!(a[30..].iter().all(|s| s.ids[0] >= 1000));
         let mut b = chat(30);

@@ -178,10 +178,18 @@ fn train(
         trainable,
         dist: ctx.dist,
     };
-    run_on_data(ctx, &trainer, data, None, model, None, |m: &Hybrid, batch| {
-        let (loss, metrics) = stage1_loss(teacher, m, batch, device, false);
-        Ok(LossOutput { loss, metrics })
-    })
+    run_on_data(
+        ctx,
+        &trainer,
+        data,
+        None,
+        model,
+        None,
+        |m: &Hybrid, batch| {
+            let (loss, metrics) = stage1_loss(teacher, m, batch, device, false);
+            Ok(LossOutput { loss, metrics })
+        },
+    )
 }
 
 /// `(KL, top-1)` of every layer replaced alone by its mixer in `mixers`, over the held-out
