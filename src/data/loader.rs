@@ -66,13 +66,7 @@ impl Loader {
         length: BatchLength,
         seed: u64,
     ) -> Result<(Self, DataManifest)> {
-        let manifest = read_manifest(dir)?;
-        let data = read_split(dir, &manifest, split)?;
-        anyhow::ensure!(
-            !data.is_empty(),
-            "the `{split}` split of {} is empty",
-            dir.display()
-        );
+        let (data, manifest) = read_nonempty(dir, split)?;
         Ok((
             Self::new(Arc::new(data), batch_size, length, manifest.pad_id, seed),
             manifest,
@@ -81,8 +75,8 @@ impl Loader {
 
     /// A loader over the `train` split of `dir` with sequences of a second dataset mixed in
     /// (see [`mix_in`]): rehearsal of other data while training on this one. The two datasets
-    /// must come from the same tokenizer. Returns the loader, `dir`'s manifest and how many
-    /// sequences and tokens came from `replay`.
+    /// must come from the same tokenizer. Returns the loader and how many sequences and tokens
+    /// came from `replay`.
     pub fn open_with_replay(
         dir: &Path,
         replay: &Path,
@@ -90,10 +84,9 @@ impl Loader {
         batch_size: usize,
         length: BatchLength,
         seed: u64,
-    ) -> Result<(Self, DataManifest, (usize, usize))> {
-        let manifest = read_manifest(dir)?;
-        let mut data = read_split(dir, &manifest, "train")?;
-        let other = read_manifest(replay)?;
+    ) -> Result<(Self, (usize, usize))> {
+        let (mut data, manifest) = read_nonempty(dir, "train")?;
+        let (extra, other) = read_nonempty(replay, "train")?;
         anyhow::ensure!(
             other.tokenizer_sha256 == manifest.tokenizer_sha256 && other.pad_id == manifest.pad_id,
             "the replay data {} was tokenized with another tokenizer than {} (tokenizer.json \
@@ -103,12 +96,10 @@ impl Loader {
             other.tokenizer_sha256,
             manifest.tokenizer_sha256
         );
-        let extra = read_split(replay, &other, "train")?;
         let taken = mix_in(&mut data, extra, fraction, seed)
             .with_context(|| format!("mixing {} into {}", replay.display(), dir.display()))?;
         Ok((
             Self::new(Arc::new(data), batch_size, length, manifest.pad_id, seed),
-            manifest,
             taken,
         ))
     }
@@ -200,6 +191,19 @@ impl Loader {
         }
         batch
     }
+}
+
+/// The sequences of one split of a tokenized dataset folder, and the folder's manifest. An
+/// empty split is an error: a loader over no sequences would never fill a batch.
+fn read_nonempty(dir: &Path, split: &str) -> Result<(Vec<Sequence>, DataManifest)> {
+    let manifest = read_manifest(dir)?;
+    let data = read_split(dir, &manifest, split)?;
+    anyhow::ensure!(
+        !data.is_empty(),
+        "the `{split}` split of {} is empty",
+        dir.display()
+    );
+    Ok((data, manifest))
 }
 
 /// Appends sequences of `replay`, taken in an order drawn from `seed`, to `data` until they hold
@@ -332,5 +336,51 @@ mod tests {
         for bad in [0.0, 1.0, -0.5, f64::NAN] {
             assert!(mix_in(&mut chat(3), text.clone(), bad, 3).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn replay_from_another_tokenizer_or_into_an_empty_split_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        // A dataset folder with `train` sequences as given and the tokenizer digest `sha`.
+        let dataset = |name: &str, train: &[Sequence], sha: &str| {
+            let dir = root.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let info =
+                super::super::shards::write_split(&dir, "train", train, train.len(), 8).unwrap();
+            let manifest = DataManifest {
+                format: 1,
+                max_seq_len: 16,
+                packed: false,
+                pad_id: 0,
+                vocab_size: 2000,
+                tokenizer_sha256: sha.into(),
+                splits: [("train".to_string(), info)].into(),
+            };
+            crate::util::fsx::atomic_write_json(
+                &dir.join(super::super::shards::MANIFEST),
+                &manifest,
+            )
+            .unwrap();
+            dir
+        };
+        let chat: Vec<Sequence> = data(6).iter().cloned().collect();
+        let text: Vec<Sequence> = data(40).iter().cloned().collect();
+        let open = |d: &Path, r: &Path| {
+            Loader::open_with_replay(d, r, 0.5, 2, BatchLength::Bucket(4), 1).map(|(_, t)| t)
+        };
+        let (c, t) = (dataset("chat", &chat, "aa"), dataset("text", &text, "aa"));
+        let (n, tokens) = open(&c, &t).unwrap();
+        assert!(n > 0 && tokens > 0);
+        let other = dataset("other", &text, "bb");
+        let err = open(&c, &other).unwrap_err().to_string();
+        assert!(err.contains("another tokenizer"), "{err}");
+        let empty = dataset("empty", &[], "aa");
+        let err = open(&empty, &t).unwrap_err().to_string();
+        assert!(
+            err.contains("split of") && err.contains("is empty"),
+            "{err}"
+        );
+        let err = open(&c, &empty).unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
     }
 }

@@ -73,7 +73,7 @@ pub fn run_on_data(
     let mut loader = match replay {
         None => Loader::open(data, "train", micro, length, ctx.seed)?.0,
         Some(r) => {
-            let (loader, _, (n, tokens)) =
+            let (loader, (n, tokens)) =
                 Loader::open_with_replay(data, r.data, r.fraction, micro, length, ctx.seed)?;
             tracing::info!(
                 "{}: {n} sequences ({tokens} tokens, {:.0} % of the tokens) mixed in from {}",
