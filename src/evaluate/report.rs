@@ -128,11 +128,19 @@ impl Generations {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpeedRow {
     pub context: usize,
+    /// Sequences decoded together from the prefilled context (reports written before this
+    /// field measured one).
+    #[serde(default = "one")]
+    pub batch: usize,
     pub teacher: ContextSpeed,
     pub student: ContextSpeed,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -202,7 +210,7 @@ fn math_rows(r: &Report) -> Vec<[String; 3]> {
     rows
 }
 
-fn speed_rows(r: &Report) -> Vec<[String; 6]> {
+fn speed_rows(r: &Report) -> Vec<[String; 7]> {
     r.speed
         .iter()
         .map(|s| {
@@ -214,6 +222,7 @@ fn speed_rows(r: &Report) -> Vec<[String; 6]> {
             };
             [
                 s.context.to_string(),
+                s.batch.to_string(),
                 f(t.decode_tok_s, 1),
                 f(h.decode_tok_s, 1),
                 ratio,
@@ -305,10 +314,14 @@ const HELDOUT_HEAD: [&str; 5] = [
 const MATH_HEAD: [&str; 3] = ["model", "correct", "accuracy"];
 const SPEED_NOTE: &str = "Decode speed after prefilling the context, and what the generation \
      carries: the teacher's KV cache grows with the context; in the student, converted layers \
-     hold a fixed-size RWKV state and the remaining attention layers a KV cache.";
+     hold a fixed-size RWKV state and the remaining attention layers a KV cache. At a batch \
+     above 1, that many sequences decode together from the prefilled context (its state \
+     repeated, as GRPO's groups are): every step reads the weights once for all of them, \
+     tok/s counts the tokens of all of them and the memory is the whole batch's.";
 
-const SPEED_HEAD: [&str; 6] = [
+const SPEED_HEAD: [&str; 7] = [
     "context",
+    "batch",
     "teacher tok/s",
     "student tok/s",
     "speed ratio",
@@ -535,11 +548,20 @@ mod tests {
                 accuracy_before: acc(0),
                 accuracy_after: acc(1),
             }],
-            speed: vec![SpeedRow {
-                context: 128,
-                teacher: speed(10.0, 1.0, 0.0),
-                student: speed(20.0, 0.5, 0.25),
-            }],
+            speed: vec![
+                SpeedRow {
+                    context: 128,
+                    batch: 1,
+                    teacher: speed(10.0, 1.0, 0.0),
+                    student: speed(20.0, 0.5, 0.25),
+                },
+                SpeedRow {
+                    context: 128,
+                    batch: 8,
+                    teacher: speed(40.0, 8.0, 0.0),
+                    student: speed(60.0, 4.0, 2.0),
+                },
+            ],
             curves: vec![Curve {
                 step: "stage1".into(),
                 file: "curves/stage1.svg".into(),
@@ -573,9 +595,17 @@ mod tests {
         );
         assert!(md.contains("| grpo (after) | 1/4 | 25.0% |"));
         assert!(
-            md.contains("| 128 | 10.0 | 20.0 | 2.00× | 1.00 | 0.50 (RWKV 0.25) |"),
+            md.contains("| 128 | 1 | 10.0 | 20.0 | 2.00× | 1.00 | 0.50 (RWKV 0.25) |"),
             "{md}"
         );
+        assert!(
+            md.contains("| 128 | 8 | 40.0 | 60.0 | 1.50× | 8.00 | 4.00 (RWKV 2.00) |"),
+            "{md}"
+        );
+        // A report written before rows had a batch measured one sequence.
+        let mut old = serde_json::to_value(&r.speed[0]).unwrap();
+        old.as_object_mut().unwrap().remove("batch");
+        assert_eq!(serde_json::from_value::<SpeedRow>(old).unwrap().batch, 1);
         assert!(md.contains("![stage1](curves/stage1.svg)"));
         assert!(md.contains("| 1 | 0.1250 | 95.0% | yes |"), "{md}");
         assert!(md.contains("| 0 | 0.5000 | 90.0% |  |"), "{md}");

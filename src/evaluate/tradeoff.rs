@@ -62,8 +62,11 @@ impl Student {
         })
     }
 
+    /// The row of one sequence decoded at `context` (what every report measures).
     fn at(&self, context: usize) -> Option<&SpeedRow> {
-        self.speed.iter().find(|s| s.context == context)
+        self.speed
+            .iter()
+            .find(|s| s.context == context && s.batch == 1)
     }
 
     /// Decode speed as a multiple of the teacher's at `context`.
@@ -460,14 +463,20 @@ mod tests {
                 ],
                 ..Default::default()
             },
-            speed: [2048, 8192]
-                .into_iter()
-                .map(|c| SpeedRow {
-                    context: c,
-                    teacher: at(c, 100.0, 80.0),
-                    student: at(c, 100.0 * speed, 80.0 * mem),
-                })
-                .collect(),
+            // A batched row first: the comparison reads the rows of one sequence.
+            speed: std::iter::once(SpeedRow {
+                context: 2048,
+                batch: 8,
+                teacher: at(2048, 400.0, 640.0),
+                student: at(2048, 1000.0, 64.0),
+            })
+            .chain([2048, 8192].into_iter().map(|c| SpeedRow {
+                context: c,
+                batch: 1,
+                teacher: at(c, 100.0, 80.0),
+                student: at(c, 100.0 * speed, 80.0 * mem),
+            }))
+            .collect(),
             ..Default::default()
         }
     }

@@ -9,11 +9,12 @@
 //!   the report is written) when the final student's greedy replies are degenerate where the
 //!   teacher's are not (`generation_check`);
 //! - the layers a stage-1 step chose by measurement, with every layer's score;
-//! - decode speed and cache/state memory vs context length, teacher against student;
+//! - decode speed and cache/state memory vs context length (one sequence, and batches of
+//!   them when asked), teacher against student;
 //! - the training curves (`loss.svg`, `reward.svg`) of every listed student's step and of the
 //!   final student's.
 
-use crate::bench::hybrid::measure;
+use crate::bench::hybrid::measure_batch;
 use crate::evaluate::agreement::compare;
 use crate::evaluate::degenerate::degenerate;
 use crate::evaluate::layer_choice::CHOICE_FILE;
@@ -57,6 +58,11 @@ fn d_contexts() -> Vec<usize> {
 fn d_decode() -> usize {
     16
 }
+fn d_decode_batches() -> Vec<usize> {
+    vec![1]
+}
+/// The most sequences the speed table decodes together (each holds its own KV cache).
+const MAX_DECODE_BATCH: usize = 64;
 fn d_field_q() -> String {
     "question".into()
 }
@@ -102,6 +108,11 @@ pub struct EvalSettings {
     /// Tokens decoded after each context.
     #[serde(default = "d_decode")]
     pub decode_tokens: usize,
+    /// Sequences decoded together at each context: 1 is one conversation; more is batched
+    /// decoding (GRPO's groups, a server's concurrent requests), where every step reads the
+    /// weights once for all of them and the caches become most of the bytes.
+    #[serde(default = "d_decode_batches")]
+    pub decode_batches: Vec<usize>,
     /// Fail the step (after writing the report) when a greedy reply of the final student to a
     /// fixed prompt is degenerate — empty, or caught in a loop — while the teacher's is not.
     #[serde(default = "d_yes")]
@@ -115,11 +126,29 @@ fn d_yes() -> bool {
 impl EvalSettings {
     /// Values that decode but cannot work, as (key, message).
     pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
         if self.batch_size == 0 {
-            vec![("batch_size".into(), "batch_size must be at least 1".into())]
-        } else {
-            Vec::new()
+            out.push(("batch_size".into(), "batch_size must be at least 1".into()));
         }
+        if self.decode_batches.is_empty() && !self.contexts.is_empty() {
+            out.push((
+                "decode_batches".into(),
+                "decode_batches is empty: list the batch sizes to measure at each context \
+                 (e.g. [1, 8]), or set contexts = [] to skip the speed table"
+                    .into(),
+            ));
+        }
+        if let Some(b) = self
+            .decode_batches
+            .iter()
+            .find(|b| !(1..=MAX_DECODE_BATCH).contains(*b))
+        {
+            out.push((
+                "decode_batches".into(),
+                format!("decode batch {b} is outside 1..={MAX_DECODE_BATCH}"),
+            ));
+        }
+        out
     }
 
     pub fn refs(&self) -> impl Iterator<Item = (&'static str, &ArtifactRef)> {
@@ -309,24 +338,31 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
 
     // Speed and memory vs context.
     let mut speed = Vec::new();
-    let bar = ctx.progress_bar(s.contexts.len() as u64, "contexts");
-    for (i, &c) in s.contexts.iter().enumerate() {
-        let t = measure(&teacher, c, s.decode_tokens, 1);
-        let h = measure(&student, c, s.decode_tokens, 1);
-        tracing::info!(
-            "{}: context {c}: decode {:.1} vs {:.1} tok/s, cache {:.2} MiB vs state {:.2} MiB",
-            ctx.id,
-            t.decode_tok_s,
-            h.decode_tok_s,
-            t.state_mib,
-            h.state_mib
-        );
-        speed.push(SpeedRow {
-            context: c,
-            teacher: t,
-            student: h,
-        });
-        bar.set_position(i as u64 + 1);
+    let bar = ctx.progress_bar(
+        (s.contexts.len() * s.decode_batches.len()) as u64,
+        "contexts × batches",
+    );
+    for &c in &s.contexts {
+        for &b in &s.decode_batches {
+            let t = measure_batch(&teacher, c, s.decode_tokens, 1, b);
+            let h = measure_batch(&student, c, s.decode_tokens, 1, b);
+            tracing::info!(
+                "{}: context {c}, batch {b}: decode {:.1} vs {:.1} tok/s, cache {:.2} MiB vs \
+                 state {:.2} MiB",
+                ctx.id,
+                t.decode_tok_s,
+                h.decode_tok_s,
+                t.state_mib,
+                h.state_mib
+            );
+            speed.push(SpeedRow {
+                context: c,
+                batch: b,
+                teacher: t,
+                student: h,
+            });
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
 
@@ -421,4 +457,50 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &str) -> EvalSettings {
+        toml::from_str(&format!(
+            "teacher = \"@teacher\"\nstudent = \"@convert\"\ndata = \"@text\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn decode_batches_are_checked_before_anything_is_measured() {
+        let keys = |extra: &str| -> Vec<String> {
+            settings(extra)
+                .problems()
+                .into_iter()
+                .map(|(k, m)| format!("{k}: {m}"))
+                .collect()
+        };
+        assert!(keys("").is_empty());
+        assert_eq!(settings("").decode_batches, vec![1]);
+        assert!(keys("decode_batches = [1, 8, 64]").is_empty());
+        assert!(keys("decode_batches = []\ncontexts = []").is_empty());
+        assert_eq!(
+            keys("decode_batches = []"),
+            vec![
+                "decode_batches: decode_batches is empty: list the batch sizes to measure at \
+                 each context (e.g. [1, 8]), or set contexts = [] to skip the speed table"
+                    .to_string()
+            ]
+        );
+        assert_eq!(
+            keys("decode_batches = [1, 0]"),
+            vec!["decode_batches: decode batch 0 is outside 1..=64".to_string()]
+        );
+        assert_eq!(
+            keys("decode_batches = [65]\nbatch_size = 0"),
+            vec![
+                "batch_size: batch_size must be at least 1".to_string(),
+                "decode_batches: decode batch 65 is outside 1..=64".to_string()
+            ]
+        );
+    }
 }
