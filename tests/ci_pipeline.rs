@@ -88,6 +88,28 @@ fn check_grpo_signal(run: &Path) {
     assert!(steps >= 2, "GRPO had a signal in {steps} steps:\n{metrics}");
 }
 
+/// The speed table has a row for each context and decode batch of `pipelines/ci.toml`, and two
+/// sequences decoded together carry exactly twice the cache and state of one.
+fn check_speed_rows(report: &Value) {
+    let rows = report["speed"].as_array().unwrap();
+    let keys: Vec<(u64, u64)> = rows
+        .iter()
+        .map(|r| (r["context"].as_u64().unwrap(), r["batch"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(keys, [(32, 1), (32, 2), (128, 1), (128, 2)], "{rows:?}");
+    for pair in rows.chunks(2) {
+        for model in ["teacher", "student"] {
+            let mib = |r: &Value| r[model]["state_mib"].as_f64().unwrap();
+            let (one, two) = (mib(&pair[0]), mib(&pair[1]));
+            assert!(
+                one > 0.0 && (two - 2.0 * one).abs() <= 1e-9 * two,
+                "{model}: {one} MiB for one sequence, {two} for two"
+            );
+            assert!(pair[1][model]["decode_tok_s"].as_f64().unwrap() > 0.0);
+        }
+    }
+}
+
 /// How far a number may be from its expectation: ratios and KL within 1 %, fractions within
 /// 0.01 (the CI machine reproduces the expectations bit for bit; the band leaves room for
 /// another CPU's rounding, and is tighter than GRPO's effect, which the test checks).
@@ -223,6 +245,7 @@ fn ci_pipeline_reproduces_its_expected_numbers_and_survives_kill_9() {
     }
 
     check_grpo_signal(&run_a);
+    check_speed_rows(&got);
 
     // Stage 1 chose its two layers with the layer probe; the report shows every layer's score.
     let choice = &got["layer_choices"][0];
