@@ -28,19 +28,9 @@ pub struct ContextSpeed {
     pub peak_rss_mib: Option<f64>,
 }
 
-/// Prefills `context` tokens, then decodes `new` tokens (median of `reps` decode runs).
-pub fn measure<M: LanguageModel>(
-    model: &M,
-    context: usize,
-    new: usize,
-    reps: usize,
-) -> ContextSpeed {
-    measure_batch(model, context, new, reps, 1)
-}
-
-/// As [`measure`] with `batch` sequences decoded together from the prefilled context (its state
-/// repeated, as GRPO's groups are); the speed counts the tokens of all of them, the memory is
-/// the whole batch's.
+/// Prefills `context` tokens, then decodes `new` tokens from there with `batch` sequences
+/// together (its state repeated, as GRPO's groups are; median of `reps` decode runs): the speed
+/// counts the tokens of all of them, the memory is the whole batch's.
 pub fn measure_batch<M: LanguageModel>(
     model: &M,
     context: usize,
@@ -48,41 +38,60 @@ pub fn measure_batch<M: LanguageModel>(
     reps: usize,
     batch: usize,
 ) -> ContextSpeed {
-    let batch = batch.max(1);
+    measure_batches(model, context, new, reps, &[batch])
+        .pop()
+        .expect("one row per batch size")
+}
+
+/// As [`measure_batch`] for each of `batches` in turn, from one prefill of the context.
+pub fn measure_batches<M: LanguageModel>(
+    model: &M,
+    context: usize,
+    new: usize,
+    reps: usize,
+    batches: &[usize],
+) -> Vec<ContextSpeed> {
     mem::reset_peak();
     let ids = prompt_ids(context, model.vocab_size());
     let mut state = model.new_state();
     let t0 = Instant::now();
     let logits = model.feed(&mut state, &ids);
     let prefill_s = t0.elapsed().as_secs_f64();
-    let mut speeds = Vec::new();
-    let mut end_state = state.clone();
-    for _ in 0..reps.max(1) {
-        // Its own copy (buffers of its own: no copy-on-write while timed), with room for the
-        // decoded tokens.
-        let mut s = model.repeat_state(&state, batch);
-        model.reserve(&mut s, new);
-        let mut next = vec![argmax(&logits); batch];
-        let t = Instant::now();
-        for _ in 0..new {
-            let rows: Vec<Vec<u32>> = next.iter().map(|&id| vec![id]).collect();
-            next = model
-                .feed_rows(&mut s, &rows)
-                .iter()
-                .map(|l| argmax(l))
-                .collect();
-        }
-        speeds.push((new * batch) as f64 / t.elapsed().as_secs_f64());
-        end_state = s;
-    }
-    ContextSpeed {
-        context,
-        prefill_s,
-        decode_tok_s: median(speeds),
-        state_mib: model.state_bytes(&end_state) as f64 / (1 << 20) as f64,
-        recurrent_mib: model.recurrent_bytes(&end_state) as f64 / (1 << 20) as f64,
-        peak_rss_mib: mem::peak_rss_mib(),
-    }
+    let first = argmax(&logits);
+    batches
+        .iter()
+        .map(|&batch| {
+            let batch = batch.max(1);
+            let mut speeds = Vec::new();
+            let mut end_state = state.clone();
+            for _ in 0..reps.max(1) {
+                // Its own copy (buffers of its own: no copy-on-write while timed), with room for
+                // the decoded tokens.
+                let mut s = model.repeat_state(&state, batch);
+                model.reserve(&mut s, new);
+                let mut next = vec![first; batch];
+                let t = Instant::now();
+                for _ in 0..new {
+                    let rows: Vec<Vec<u32>> = next.iter().map(|&id| vec![id]).collect();
+                    next = model
+                        .feed_rows(&mut s, &rows)
+                        .iter()
+                        .map(|l| argmax(l))
+                        .collect();
+                }
+                speeds.push((new * batch) as f64 / t.elapsed().as_secs_f64());
+                end_state = s;
+            }
+            ContextSpeed {
+                context,
+                prefill_s,
+                decode_tok_s: median(speeds),
+                state_mib: model.state_bytes(&end_state) as f64 / (1 << 20) as f64,
+                recurrent_mib: model.recurrent_bytes(&end_state) as f64 / (1 << 20) as f64,
+                peak_rss_mib: mem::peak_rss_mib(),
+            }
+        })
+        .collect()
 }
 
 /// What the two models read per decoding step besides their caches (their parameters' bytes),

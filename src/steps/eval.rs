@@ -14,7 +14,7 @@
 //! - the training curves (`loss.svg`, `reward.svg`) of every listed student's step and of the
 //!   final student's.
 
-use crate::bench::hybrid::measure_batch;
+use crate::bench::hybrid::measure_batches;
 use crate::evaluate::agreement::compare;
 use crate::evaluate::degenerate::degenerate;
 use crate::evaluate::layer_choice::CHOICE_FILE;
@@ -338,14 +338,12 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
 
     // Speed and memory vs context.
     let mut speed = Vec::new();
-    let bar = ctx.progress_bar(
-        (s.contexts.len() * s.decode_batches.len()) as u64,
-        "contexts × batches",
-    );
+    let bar = ctx.progress_bar(s.contexts.len() as u64, "contexts");
     for &c in &s.contexts {
-        for &b in &s.decode_batches {
-            let t = measure_batch(&teacher, c, s.decode_tokens, 1, b);
-            let h = measure_batch(&student, c, s.decode_tokens, 1, b);
+        // One prefill of the context per model, then each batch size decoded from it.
+        let teacher_rows = measure_batches(&teacher, c, s.decode_tokens, 1, &s.decode_batches);
+        let student_rows = measure_batches(&student, c, s.decode_tokens, 1, &s.decode_batches);
+        for ((&b, t), h) in s.decode_batches.iter().zip(teacher_rows).zip(student_rows) {
             tracing::info!(
                 "{}: context {c}, batch {b}: decode {:.1} vs {:.1} tok/s, cache {:.2} MiB vs \
                  state {:.2} MiB",
@@ -361,8 +359,8 @@ pub fn run(s: &EvalSettings, ctx: &StepContext) -> Result<()> {
                 teacher: t,
                 student: h,
             });
-            bar.inc(1);
         }
+        bar.inc(1);
     }
     bar.finish_and_clear();
 
