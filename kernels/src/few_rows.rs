@@ -4,13 +4,18 @@
 //! A general GEMM packs its right-hand side into panels before multiplying, which pays off when
 //! many rows share each packed panel; with a handful of rows the packing (a read and a write of
 //! every weight) costs more than the products. Here every weight is read once, straight from
-//! its row-major layout: for `W [K, N]` ([`matmul`]) row by row, each row of `x` adding its
-//! multiple of a 256-column piece of it to accumulators that stay in L1; for `W` given as
-//! `[N, K]`, i.e. `x · Wᵀ` ([`matmul_transposed`], the tied embedding as the output head), as
-//! dot products in register tiles of up to 4 rows of `x` × 2 rows of `W`. Column blocks run in
-//! parallel (rayon); each output is the same sum in the same order on any number of threads.
+//! its row-major layout:
+//! - `W [K, N]` ([`matmul`]): in register tiles of up to 4 rows of `x` × a strip of
+//!   [`STRIP_AVX512`] (or [`STRIP`]) columns of `W`, walking down the strip one row of `W` at a
+//!   time, the tile's sums held in registers; the last `N mod strip` columns row by row, each
+//!   row of `x` adding its multiple of a piece of a row of `W` to accumulators in L1;
+//! - `W` given as `[N, K]`, i.e. `x · Wᵀ` ([`matmul_transposed`], the tied embedding as the
+//!   output head): as dot products in register tiles of up to 4 rows of `x` × 2 rows of `W`.
+//!
+//! Strips (or column blocks) run in parallel (rayon); each output is the same sum in the same
+//! order on any number of threads and with any instruction set.
 
-use crate::cpu::simd_kernel;
+use crate::cpu::{SimdLevel, simd_kernel, simd_level};
 use rayon::prelude::*;
 
 /// The most rows these kernels take; more rows are a job for a GEMM.
@@ -20,15 +25,80 @@ pub const MAX_ROWS: usize = 16;
 const R: usize = 4;
 /// Lanes of the dot products of [`matmul_transposed`].
 const LANES: usize = 8;
-/// Output columns per parallel task.
+/// Output columns per parallel task of [`matmul_transposed`] (and most columns of a ragged
+/// piece of [`matmul`]).
 const BLOCK: usize = 256;
+/// Columns of a register tile of [`matmul`] with AVX-512: 4 rows × 6 vectors of 16 lanes keep
+/// 24 of the 32 vector registers for the sums.
+pub const STRIP_AVX512: usize = 96;
+/// Columns of a register tile of [`matmul`] with AVX2 or the baseline: 2 rows × 4 vectors of 8
+/// lanes (8 of the 16 vector registers).
+pub const STRIP: usize = 32;
 
 /// `x [m, k] · w [k, n]`, row-major; returns `[m, n]`.
 pub fn matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     check(x, w, m, k, n);
-    blocks(m, m, n, |c0, width, out| {
-        kn_block_simd(x, w, k, n, c0, width, out)
-    })
+    let wide = simd_level() == SimdLevel::Avx512;
+    // Half-width strips where the full ones would leave threads idle.
+    let narrow = n < 2 * rayon::current_num_threads() * STRIP_AVX512;
+    match (wide, narrow, m) {
+        (true, false, 1) => tiled::<1, STRIP_AVX512>(x, w, m, k, n),
+        (true, false, 2) => tiled::<2, STRIP_AVX512>(x, w, m, k, n),
+        (true, false, _) => tiled::<4, STRIP_AVX512>(x, w, m, k, n),
+        (true, true, 1) => tiled::<1, { STRIP_AVX512 / 2 }>(x, w, m, k, n),
+        (true, true, 2) => tiled::<2, { STRIP_AVX512 / 2 }>(x, w, m, k, n),
+        (true, true, _) => tiled::<4, { STRIP_AVX512 / 2 }>(x, w, m, k, n),
+        (false, _, 1) => tiled::<1, STRIP>(x, w, m, k, n),
+        (false, _, _) => tiled::<2, STRIP>(x, w, m, k, n),
+    }
+}
+
+/// [`matmul`] in tiles of `RT` rows × `CW` columns: the rows of `x` in groups of `RT`
+/// (interleaved, so that a tile reads its `RT` values of one column of `x` together; zero rows
+/// pad the last group), each strip of `CW` columns one parallel task over every group; the last
+/// `n mod CW` columns by [`kn_block`].
+fn tiled<const RT: usize, const CW: usize>(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    let groups = m.div_ceil(RT);
+    let mut xt = vec![0.0f32; groups * k * RT];
+    for (row, xr) in x.chunks_exact(k).enumerate() {
+        let group = &mut xt[(row / RT) * k * RT..(row / RT + 1) * k * RT];
+        for (c, &v) in xr.iter().enumerate() {
+            group[c * RT + row % RT] = v;
+        }
+    }
+    let strips = n / CW;
+    let parts: Vec<Vec<f32>> = (0..strips)
+        .into_par_iter()
+        .map(|s| {
+            let mut out = vec![0.0f32; groups * RT * CW];
+            for (g, tile) in out.chunks_exact_mut(RT * CW).enumerate() {
+                kn_tile_simd::<RT, CW>(&xt[g * k * RT..(g + 1) * k * RT], w, k, n, s * CW, tile);
+            }
+            out
+        })
+        .collect();
+    let mut y = vec![0.0f32; m * n];
+    for (s, part) in parts.iter().enumerate() {
+        for (row, dst) in y.chunks_exact_mut(n).enumerate() {
+            dst[s * CW..(s + 1) * CW].copy_from_slice(&part[row * CW..(row + 1) * CW]);
+        }
+    }
+    let c0 = strips * CW;
+    if c0 < n {
+        let width = n - c0;
+        let mut out = vec![0.0f32; m * BLOCK];
+        kn_block_simd(x, w, k, n, c0, width, &mut out);
+        for (row, dst) in y.chunks_exact_mut(n).enumerate() {
+            dst[c0..].copy_from_slice(&out[row * BLOCK..row * BLOCK + width]);
+        }
+    }
+    y
 }
 
 /// `x [m, k] · wᵀ` with `w` row-major `[n, k]`; returns `[m, n]`.
@@ -94,6 +164,18 @@ fn blocks(
 }
 
 simd_kernel!(
+    /// [`kn_tile`] for the best instruction set.
+    kn_tile_simd<RT, CW> => kn_tile(
+        xt: &[f32],
+        w: &[f32],
+        k: usize,
+        n: usize,
+        c0: usize,
+        out: &mut [f32],
+    )
+);
+
+simd_kernel!(
     /// [`kn_block`] for the best instruction set.
     kn_block_simd<> => kn_block(
         x: &[f32],
@@ -118,33 +200,47 @@ simd_kernel!(
     )
 );
 
+/// Columns `c0..c0 + CW` of `x · w` (`w [k, n]`) for `RT` rows of `x` given interleaved (`xt
+/// [k, RT]`), into `out` `[RT, CW]`: down the strip one row of `w` at a time, every row adding
+/// its multiple of that row's `CW` values to its sums, which stay in registers. Each sum is
+/// the products in the order of `k`, as in [`kn_block`].
+#[inline(always)]
+fn kn_tile<const RT: usize, const CW: usize>(
+    xt: &[f32],
+    w: &[f32],
+    k: usize,
+    n: usize,
+    c0: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [[0.0f32; CW]; RT];
+    for kk in 0..k {
+        let wv: &[f32; CW] = w[kk * n + c0..kk * n + c0 + CW].try_into().expect("strip");
+        let xs: &[f32; RT] = xt[kk * RT..(kk + 1) * RT].try_into().expect("rows");
+        for (a, &xv) in acc.iter_mut().zip(xs) {
+            for q in 0..CW {
+                a[q] += xv * wv[q];
+            }
+        }
+    }
+    for (o, a) in out.chunks_exact_mut(CW).zip(&acc) {
+        o.copy_from_slice(a);
+    }
+}
+
 /// Columns `c0..c0 + width` of `x · w` (`w [k, n]`) for every row of `x`, into `out`
-/// `[rows, BLOCK]`: row by row of `w` (each block of a row read once, contiguously), every row
-/// of `x` adding its multiple of it to its accumulators (`out`, which stays in L1).
+/// `[rows, BLOCK]` (`width ≤ BLOCK`): row by row of `w` (its piece of each row read once,
+/// contiguously), every row of `x` adding its multiple of it to its accumulators (`out`, in
+/// L1). The ragged last columns of [`matmul`].
 #[inline(always)]
 fn kn_block(x: &[f32], w: &[f32], k: usize, n: usize, c0: usize, width: usize, out: &mut [f32]) {
     let rows = x.len() / k;
-    if width == BLOCK {
-        for kk in 0..k {
-            let wv: [f32; BLOCK] = w[kk * n + c0..kk * n + c0 + BLOCK]
-                .try_into()
-                .expect("block");
-            for (r, acc) in out.chunks_exact_mut(BLOCK).take(rows).enumerate() {
-                let xv = x[r * k + kk];
-                let acc: &mut [f32; BLOCK] = acc.try_into().expect("block");
-                for q in 0..BLOCK {
-                    acc[q] += xv * wv[q];
-                }
-            }
-        }
-    } else {
-        for kk in 0..k {
-            let wv = &w[kk * n + c0..kk * n + c0 + width];
-            for (r, acc) in out.chunks_exact_mut(BLOCK).take(rows).enumerate() {
-                let xv = x[r * k + kk];
-                for (a, &wq) in acc[..width].iter_mut().zip(wv) {
-                    *a += xv * wq;
-                }
+    for kk in 0..k {
+        let wv = &w[kk * n + c0..kk * n + c0 + width];
+        for (r, acc) in out.chunks_exact_mut(BLOCK).take(rows).enumerate() {
+            let xv = x[r * k + kk];
+            for (a, &wq) in acc[..width].iter_mut().zip(wv) {
+                *a += xv * wq;
             }
         }
     }

@@ -399,15 +399,28 @@ pub fn forward_kl(t: &Tensor<3>, s: &Tensor<3>, tau: f64) -> Option<Tensor<2>> {
     Some(Tensor::from_dispatch(kl))
 }
 
+/// Most rows [`few_rows_matmul`] takes: from 9 rows on the backend's GEMM was as fast or
+/// faster (the `few_rows_time` example).
+pub const FEW_ROWS_TAKEN: usize = 8;
+
 /// `x [M, K] · w` (`w [K, N]`), or `x · wᵀ` when `transposed` (`w [N, K]`), by
-/// [`few_rows`] when that is the faster way: on the CPU backend without autodiff (decoding,
-/// not training) and for 2 to [`few_rows::MAX_ROWS`] rows (one row is a matrix–vector product,
-/// which the backend's GEMM already does at memory speed). `None`: the caller multiplies.
+/// [`few_rows`] where that measured faster than the backend's matmul (the `few_rows_time`
+/// example, run inside the thread pool as decoding is): on the CPU backend without autodiff
+/// (decoding, not training), for one row of `x · w`, 2 to [`FEW_ROWS_TAKEN`] rows of `x · w`
+/// with at least 256 columns (narrower, the backend's was faster: its strips keep both cores
+/// busy), and 2 to [`FEW_ROWS_TAKEN`] rows of `x · wᵀ` (for one row, the tied output head, the
+/// backend's matrix–vector product reads faster). `None`: the caller multiplies.
 pub fn few_rows_matmul(x: &Tensor<2>, w: &Tensor<2>, transposed: bool) -> Option<Tensor<2>> {
     let m = x.dims()[0];
+    let n = w.dims()[if transposed { 0 } else { 1 }];
     let plain_cpu =
         |d: burn::tensor::Device| matches!(d.as_dispatch(), burn::backend::DispatchDevice::Flex(_));
-    if !(2..=few_rows::MAX_ROWS).contains(&m) || !plain_cpu(x.device()) || !plain_cpu(w.device()) {
+    let taken = if transposed {
+        (2..=FEW_ROWS_TAKEN).contains(&m)
+    } else {
+        m == 1 || ((2..=FEW_ROWS_TAKEN).contains(&m) && n >= 256)
+    };
+    if !taken || !plain_cpu(x.device()) || !plain_cpu(w.device()) {
         return None;
     }
     let y = <burn::backend::Dispatch as FewRowsOps>::few_rows_matmul(
