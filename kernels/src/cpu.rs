@@ -23,6 +23,10 @@
 //! token). The forward also saves every token's `sa = S_{t−1}·α`, so recomputing a state is a
 //! stream of multiply-adds with no dot product. The backward works on value-major matrices (see
 //! [`head_backward`]): the recomputed states are exactly the forward's, transposed.
+//!
+//! Decoding one token without a backward ([`step`]) skips the key-major round trip (two
+//! transposes of every state, which cost several times the token's arithmetic): it updates
+//! the value-major state in place, row by row, with the two sums over j as dot products.
 
 use rayon::prelude::*;
 
@@ -262,6 +266,94 @@ simd_head_kernels!();
 pub fn forward(d: Dims, x: Inputs, s0: &[f32], save: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     check(d, &x, s0);
     dispatch_n!(d.head_size, forward_n, d, x, s0, save)
+}
+
+/// One token (`T = 1`) without saving for a backward, the decoding step: updates the
+/// value-major state `s` `[B,H,N,N]` in place and returns `y` `[B,1,H,N]`. A masked row
+/// keeps its state and outputs 0. The same values as [`forward`] up to rounding: its sums
+/// over j run in another order (see [`head_step`]).
+pub fn step(d: Dims, x: Inputs, s: &mut [f32]) -> Vec<f32> {
+    assert_eq!(d.seq, 1, "wkv7 step: one token (got {})", d.seq);
+    assert_eq!(s.len(), d.state_len(), "wkv7 step: state must be [B,H,N,N]");
+    check(d, &x, s);
+    dispatch_n!(d.head_size, step_n, d, x, s)
+}
+
+fn step_n<const N: usize>(d: Dims, x: Inputs, s: &mut [f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; d.seq_len()];
+    s.par_chunks_mut(N * N)
+        .zip(y.par_chunks_mut(N))
+        .enumerate()
+        .for_each(|(bh, (st, yh))| {
+            let (b, h) = (bh / d.heads, bh % d.heads);
+            if active(x.mask, d, b, 0) {
+                head_step_simd::<N>(d, &x, b, h, st, yh);
+            }
+        });
+    y
+}
+
+simd_kernel!(
+    /// [`head_step`] for the best instruction set.
+    head_step_simd<N> => head_step(
+        d: Dims,
+        x: &Inputs,
+        b: usize,
+        h: usize,
+        s: &mut [f32],
+        y: &mut [f32],
+    )
+);
+
+/// One token of one (batch, head) on its value-major state, one pass over the rows: row i is
+/// read, gives `sa[i] = S[i]·α` (a dot product), is updated to
+/// `S[i,j] w[j] + sa[i] β[j] + v[i] k[j]` and written back, then gives `y[i] = S[i]·r`.
+#[inline(always)]
+fn head_step<const N: usize>(
+    d: Dims,
+    x: &Inputs,
+    b: usize,
+    h: usize,
+    s: &mut [f32],
+    y: &mut [f32],
+) {
+    let r = tok::<N>(x.r, d, b, 0, h);
+    let w = tok::<N>(x.w, d, b, 0, h);
+    let k = tok::<N>(x.k, d, b, 0, h);
+    let v = tok::<N>(x.v, d, b, 0, h);
+    let a = tok::<N>(x.a, d, b, 0, h);
+    let beta = tok::<N>(x.b, d, b, 0, h);
+    for (i, (row, yi)) in s.chunks_exact_mut(N).zip(y.iter_mut()).enumerate() {
+        let sa = dot_lanes(row, a);
+        let vi = v[i];
+        for (((x, &wj), &bj), &kj) in row.iter_mut().zip(w).zip(beta).zip(k) {
+            *x = *x * wj + sa * bj + vi * kj;
+        }
+        *yi = dot_lanes(row, r);
+    }
+}
+
+/// `Σ_j x[j]·y[j]` over 16 lanes (`x.len()` a multiple of 16, or the lanes' tail summed
+/// after them), then a tree over the lanes.
+#[inline(always)]
+fn dot_lanes(x: &[f32], y: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (xc, yc) = (x.chunks_exact(L), y.chunks_exact(L));
+    let (xt, yt) = (xc.remainder(), yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for l in 0..L {
+            acc[l] += xs[l] * ys[l];
+        }
+    }
+    let mut width = L / 2;
+    while width > 0 {
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+        width /= 2;
+    }
+    acc[0] + xt.iter().zip(yt).map(|(a, b)| a * b).sum::<f32>()
 }
 
 fn forward_n<const N: usize>(

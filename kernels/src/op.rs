@@ -143,8 +143,17 @@ impl Wkv7Ops for Flex {
         save: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let x = Loaded::new([r, w, k, v, a, b, mask]);
-        let s0 = contiguous_f32(s0, OP, "state");
+        let mut s0 = contiguous_f32(s0, OP, "state");
         let d = x.d;
+        if d.seq == 1 && !save {
+            // Decoding: the state is updated in place (copied first only if it is shared).
+            let y = cpu::step(d, x.inputs(), s0.storage_mut());
+            return (
+                flex(y, [d.batch, 1, d.heads, d.head_size]),
+                s0,
+                flex(Vec::new(), [0]),
+            );
+        }
         let (y, s, saved) = if chunked_form(d, save) {
             crate::chunked::forward(d, x.inputs(), s0.storage(), save)
         } else {

@@ -298,8 +298,10 @@ fn two_halves_with_carried_state_equal_one_pass() {
     assert_eq!(vec_of(s2), vec_of(s), "chunked final state differs");
 }
 
+/// Decoding one token at a time (the in-place step kernel, its sums over j in another order)
+/// gives the sequence op's outputs and state, and the reference's, up to rounding.
 #[test]
-fn single_token_steps_equal_the_sequence_op() {
+fn single_token_steps_match_the_sequence_op_and_the_reference() {
     let c = Case {
         b: 2,
         t: 19,
@@ -308,11 +310,55 @@ fn single_token_steps_equal_the_sequence_op() {
     };
     let x = raw(&c, 6, false);
     let d = Device::flex();
-    let s0 = t4(&x.s0, [c.b, c.h, c.n, c.n], &d);
-    let (y, s) = wkv7(tensors(&c, &x, &d), None, Some(s0), Wkv7Impl::Fused);
+    let s0 = || Some(t4(&x.s0, [c.b, c.h, c.n, c.n], &d));
+    let (y, s) = wkv7(tensors(&c, &x, &d), None, s0(), Wkv7Impl::Fused);
+    let (yr, sr) = wkv7(tensors(&c, &x, &d), None, s0(), Wkv7Impl::Reference);
     let (ys, state) = token_by_token(&c, &x, &d);
-    assert_eq!(ys, vec_of(y));
-    assert_eq!(state, vec_of(s));
+    for (what, got, want) in [
+        ("y vs the sequence op", &ys, vec_of(y)),
+        ("state vs the sequence op", &state, vec_of(s)),
+        ("y vs the reference", &ys, vec_of(yr)),
+        ("state vs the reference", &state, vec_of(sr)),
+    ] {
+        let e = rel(got, &want);
+        assert!(e < TOL, "{what}: rel err {e}");
+    }
+}
+
+/// A masked sequence in a one-token step keeps its state exactly and outputs zeros; the
+/// others match the reference.
+#[test]
+fn a_single_token_step_skips_masked_rows() {
+    let c = Case {
+        b: 3,
+        t: 1,
+        h: 2,
+        n: 64,
+    };
+    let x = raw(&c, 8, false);
+    let d = Device::flex();
+    let keep = [1.0f32, 0.0, 1.0];
+    let mask = || {
+        Some(Tensor::<2>::from_data(
+            TensorData::new(keep.to_vec(), [c.b, 1]),
+            &d,
+        ))
+    };
+    let s0 = || Some(t4(&x.s0, [c.b, c.h, c.n, c.n], &d));
+    let (y, s) = wkv7(tensors(&c, &x, &d), mask(), s0(), Wkv7Impl::Fused);
+    let (yr, sr) = wkv7(tensors(&c, &x, &d), mask(), s0(), Wkv7Impl::Reference);
+    let (y, s, yr, sr) = (vec_of(y), vec_of(s), vec_of(yr), vec_of(sr));
+    assert!(rel(&y, &yr) < TOL, "y rel err {}", rel(&y, &yr));
+    assert!(rel(&s, &sr) < TOL, "state rel err {}", rel(&s, &sr));
+    let per_state = c.h * c.n * c.n;
+    assert_eq!(s[per_state..2 * per_state], x.s0[per_state..2 * per_state]);
+    let per_y = c.h * c.n;
+    assert!(y[per_y..2 * per_y].iter().all(|&v| v == 0.0));
+    assert_ne!(
+        s[..per_state],
+        x.s0[..per_state],
+        "a kept row's state moves"
+    );
 }
 
 /// `(y, final state)` of the fused op run one [`wkv7_step`] at a time on `d`, from `x.s0`.
