@@ -9,6 +9,7 @@ pub use sampler::{Sampler, SamplingConfig};
 use crate::model::transformer::{Transformer, TransformerCache, ids_tensor};
 use crate::model::weights::to_vec;
 use crate::text::TextTokenizer;
+use crate::util::pool::on_pool;
 use anyhow::Result;
 use std::time::{Duration, Instant};
 
@@ -107,9 +108,12 @@ impl LanguageModel for Transformer {
     }
 
     fn feed_rows(&self, state: &mut TransformerCache, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
-        let device = self.embed.val().device();
-        let (hidden, _) = self.forward_hidden(ids_tensor(rows, &device), None, Some(state), &[]);
-        last_logits(hidden, |h| self.logits(h))
+        on_pool(|| {
+            let device = self.embed.val().device();
+            let (hidden, _) =
+                self.forward_hidden(ids_tensor(rows, &device), None, Some(state), &[]);
+            last_logits(hidden, |h| self.logits(h))
+        })
     }
 
     fn prefill_padded(&self, rows: &[Vec<u32>]) -> Option<(TransformerCache, Vec<Vec<f32>>)> {
@@ -153,9 +157,12 @@ impl LanguageModel for crate::model::hybrid::Hybrid {
     }
 
     fn feed_rows(&self, state: &mut Self::State, rows: &[Vec<u32>]) -> Vec<Vec<f32>> {
-        let device = self.embed.val().device();
-        let (hidden, _) = self.forward_hidden(ids_tensor(rows, &device), None, Some(state), &[]);
-        last_logits(hidden, |h| self.logits(h))
+        on_pool(|| {
+            let device = self.embed.val().device();
+            let (hidden, _) =
+                self.forward_hidden(ids_tensor(rows, &device), None, Some(state), &[]);
+            last_logits(hidden, |h| self.logits(h))
+        })
     }
 
     /// Not for mixers with rotary embeddings: their recurrence depends on absolute positions,
