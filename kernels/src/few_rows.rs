@@ -3,7 +3,7 @@
 //!
 //! A general GEMM packs its right-hand side into panels before multiplying, which pays off when
 //! many rows share each packed panel; with a handful of rows the packing (a read and a write of
-//! every weight) costs more than the products. Here every weight is read once, straight from
+//! every weight) is a large part of the work. Here every weight is read once, straight from
 //! its row-major layout:
 //! - `W [K, N]` ([`matmul`]): in register tiles of up to 4 rows of `x` × a strip of
 //!   [`STRIP_AVX512`] (or [`STRIP`]) columns of `W`, walking down the strip one row of `W` at a
@@ -25,8 +25,8 @@ pub const MAX_ROWS: usize = 16;
 const R: usize = 4;
 /// Lanes of the dot products of [`matmul_transposed`].
 const LANES: usize = 8;
-/// Output columns per parallel task of [`matmul_transposed`] (and most columns of a ragged
-/// piece of [`matmul`]).
+/// Output columns per parallel task of [`matmul_transposed`], and the row width of
+/// [`kn_block`]'s accumulators.
 const BLOCK: usize = 256;
 /// Columns of a register tile of [`matmul`] with AVX-512: 4 rows × 6 vectors of 16 lanes keep
 /// 24 of the 32 vector registers for the sums.
