@@ -69,7 +69,7 @@ impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
         let rows: usize = dims[..D - 1].iter().product();
-        if rows <= rwkv_kernels::few_rows::MAX_ROWS {
+        if rows <= rwkv_kernels::FEW_ROWS_TAKEN {
             // Decoding a few sequences: see `rwkv_kernels::few_rows_matmul`.
             let flat = x.clone().reshape([rows, dims[D - 1]]);
             if let Some(y) = rwkv_kernels::few_rows_matmul(&flat, &self.weight.val(), false) {
